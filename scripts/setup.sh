@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create .venv in the repository and install cnnkit (editable) with its test extras from PyPI.
+# Idempotent: when .venv exists and pyproject.toml has not changed since the last install, it
+# returns at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+stamp=.venv/.cnnkit-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $($PYTHON --version 2>&1)"
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+if [ ! -x .venv/bin/python ]; then
+    if ! $PYTHON -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        # Debian ships venv separately; install it when we may, else say what to do
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+            $PYTHON -m venv .venv
+        else
+            echo "setup: python3 -m venv failed; install it with: sudo apt-get install python3-venv" >&2
+            exit 2
+        fi
+    fi
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "$want" > "$stamp"
+echo "setup: cnnkit installed in .venv ($(.venv/bin/cnnkit --version))"

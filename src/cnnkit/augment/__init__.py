@@ -1,0 +1,1 @@
+"""Augmentation presets built on torchvision.transforms.v2."""

@@ -1,0 +1,125 @@
+"""Run options as flat dataclasses: field names are the CLI option names (``--clip-grad`` is
+``clip_grad``), and a YAML file given with ``--config`` may set any of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from cnnkit.errors import CnnkitError
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field that carries its CLI help text (and allowed values)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    data: str = option("digits", "dataset root (ImageFolder: ROOT/train/CLASS/*.png, ROOT/val/…), or a built-in name: digits")
+    model: str = option("tiny_cnn", "model name: tiny_cnn, any timm model (resnet18, efficientnet_b0, …) or tv:NAME for torchvision")
+    epochs: int = option(20, "number of epochs")
+    batch: int = option(64, "global batch size (split across processes under torchrun)")
+    imgsz: int = option(224, "square image side after resize, in pixels")
+    lr: float = option(0.002, "peak learning rate")
+    optimizer: str = option("adamw", "optimizer", ("adamw", "sgd"))
+    momentum: float = option(0.9, "SGD momentum (AdamW beta1 is fixed at 0.9)")
+    weight_decay: float = option(0.05, "weight decay (not applied to biases and norm layers)")
+    scheduler: str = option("cosine", "learning-rate schedule after warm-up", ("cosine", "constant"))
+    warmup_epochs: float = option(1.0, "linear warm-up length in epochs")
+    min_lr_ratio: float = option(0.01, "final learning rate as a fraction of --lr (cosine)")
+    accumulate: int = option(1, "gradient accumulation steps per optimizer step")
+    clip_grad: float = option(0.0, "clip the gradient norm to this value (0 = off)")
+    ema: bool = option(False, "keep an exponential moving average of the weights and evaluate/save it")
+    ema_decay: float = option(0.998, "EMA decay per optimizer step")
+    patience: int = option(0, "stop after this many epochs without improvement (0 = off)")
+    label_smoothing: float = option(0.0, "label smoothing for the cross-entropy loss")
+    augment: str = option("light", "augmentation preset", ("none", "light"))
+    fliplr: float = option(0.5, "horizontal flip probability during training (0 for digits and text)")
+    val_split: float = option(0.2, "fraction of train held out for validation when ROOT has no val/")
+    device: str = option("auto", "auto (CUDA, then Apple MPS, then CPU), cpu, cuda or cuda:N, mps")
+    amp: bool = option(False, "mixed precision: bf16 on CPU, fp16 (or --amp-dtype) on CUDA")
+    amp_dtype: str = option("auto", "autocast dtype", ("auto", "bf16", "fp16"))
+    channels_last: bool = option(False, "use the channels_last memory format (faster convs on recent CPUs and GPUs)")
+    compile: bool = option(False, "torch.compile the model (slow first epoch, faster afterwards)")
+    workers: int = option(2, "data-loading worker processes per training process")
+    seed: int = option(0, "random seed (data order, augmentation, initialisation)")
+    deterministic: bool = option(False, "use deterministic algorithms (slower on GPU)")
+    out: str | None = option(None, "run directory (default: runs/TASK/NAME)")
+    name: str | None = option(None, "run name under runs/TASK (default: exp, exp2, …)")
+    resume: bool = option(False, "continue the interrupted run in --out / --name (default: the latest run)")
+    weights: str | None = option(None, "initialise from this weights file (.safetensors from a cnnkit run)")
+    pretrained: bool = option(False, "start from the library's published weights (needs the internet once)")
+
+    def validate(self) -> "TrainConfig":
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise CnnkitError(f"--{_flag(f.name)} {value!r} is not one of {', '.join(choices)}")
+        for name in ("epochs", "batch", "imgsz", "accumulate"):
+            if getattr(self, name) < 1:
+                raise CnnkitError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise CnnkitError(f"--lr must be positive, got {self.lr}")
+        if self.workers < 0:
+            raise CnnkitError(f"--workers must be 0 or more, got {self.workers}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def read_yaml_options(path: str | Path, config_type: type = TrainConfig) -> dict[str, Any]:
+    """Options from a YAML mapping, with unknown keys rejected (and the nearest known key suggested)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"{path}: no such config file")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise CnnkitError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(loaded, dict):
+        raise CnnkitError(f"{path}: expected a mapping of option: value")
+    hints = get_type_hints(config_type)
+    known = {f.name for f in fields(config_type)}
+    options: dict[str, Any] = {}
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean '{_flag(near[0])}'?" if near else "see --help for the options"
+            raise CnnkitError(f"{path}: unknown option '{key}'", hint)
+        options[name] = _coerce(value, hints[name], f"{path}: {key}")
+    return options
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if value is None:
+        return None
+    target = {int: int, float: float, bool: bool, str: str}.get(hint)
+    if target is None:  # Optional[...] hints: keep strings and numbers as they are
+        return value if not isinstance(value, (int, float)) or isinstance(value, bool) else str(value)
+    if target is bool and not isinstance(value, bool):
+        raise CnnkitError(f"{where}: expected true or false, got {value!r}")
+    try:
+        return target(value)
+    except (TypeError, ValueError):
+        raise CnnkitError(f"{where}: expected {target.__name__}, got {value!r}") from None
+
+
+def write_yaml(path: str | Path, config: dict[str, Any]) -> None:
+    from cnnkit.engine.rundir import write_text
+
+    write_text(path, yaml.safe_dump(config, sort_keys=False))

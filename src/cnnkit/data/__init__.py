@@ -1,0 +1,1 @@
+"""Datasets, image decoding, the built-in datasets and data checks."""

@@ -1,0 +1,110 @@
+"""Weights as safetensors with metadata; resume state as checkpoint.pt read with weights_only=True.
+
+Neither format can run code when loaded, so a downloaded cnnkit file is safe to open.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cnnkit.engine.rundir import atomic_path
+from cnnkit.errors import CnnkitError
+
+FORMAT = "cnnkit"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write the model's state dict as safetensors; metadata values are stored JSON-encoded."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
+    meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Metadata of a cnnkit weights file; CnnkitError if the file is missing or not one of ours."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"{path}: no such weights file", "pass the weights/best.safetensors of a run")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+    except Exception:
+        raise CnnkitError(
+            f"{path}: not a cnnkit weights file (not safetensors)",
+            "pass weights/best.safetensors or weights/last.safetensors from a cnnkit run",
+        ) from None
+    if raw.get("format") != FORMAT:
+        raise CnnkitError(f"{path}: safetensors file without cnnkit metadata", "pass weights written by cnnkit train")
+    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+
+
+def load_weights(path: str | Path, task: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) of a cnnkit weights file, checking that it belongs to ``task``."""
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
+    if task is not None and metadata.get("task") != task:
+        raise CnnkitError(
+            f"{path}: weights of a '{metadata.get('task')}' model, not '{task}'",
+            f"use `cnnkit {metadata.get('task')} …` with this file, or pass {task} weights",
+        )
+    return load_file(str(path)), metadata
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[int, list[str]]:
+    """Copy every tensor whose name and shape match; return (copied, skipped names).
+
+    Heads sized for another class count are skipped; if nothing matches, the file belongs to
+    another architecture and we refuse rather than train from a silently random model.
+    """
+    own = unwrap(model).state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(matched))
+    if not matched or len(matched) < 0.5 * len(own):
+        raise CnnkitError(
+            f"{source}: weights do not fit this architecture ({len(matched)} of {len(own)} tensors match)",
+            "pass weights trained with the same --model",
+        )
+    unwrap(model).load_state_dict(matched, strict=False)
+    return len(matched), skipped
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"{path}: no checkpoint to resume from", "start the run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CnnkitError(f"{path}: not a loadable cnnkit checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CnnkitError(f"{path}: not a cnnkit checkpoint")
+    return state

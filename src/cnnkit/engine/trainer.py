@@ -1,0 +1,316 @@
+"""The one training loop. Every task plugs in through three functions (see ``Task``); the loop owns
+device placement, mixed precision, channels_last, torch.compile, gradient accumulation and
+clipping, the optimizer and schedule, EMA, DDP, early stopping, checkpoints and resume.
+
+    state = resume or fresh
+    for epoch in range(start, epochs):
+        for step, batch in enumerate(train_loader):          # 1) forward under autocast
+            losses = task.train_loss(model, batch)           # 2) backward (scaled for fp16)
+            ...                                              # 3) every `accumulate` steps: clip, step, schedule, EMA
+        metrics = evaluate(task, ema or model, val_loader)   # 4) gathered over ranks
+        history.csv, weights/{last,best}.safetensors, checkpoint.pt   (rank 0, atomic)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from cnnkit.config import TrainConfig
+from cnnkit.console import console
+from cnnkit.engine import distributed as dist_utils
+from cnnkit.engine.callbacks import EpochProgress, progress_bar, write_history
+from cnnkit.engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint, save_weights, unwrap
+from cnnkit.engine.optim import build_optimizer, build_scheduler
+
+
+class Task(Protocol):
+    """What a task gives the engine. Batches are whatever the task's collate function returns."""
+
+    primary_metric: str  # higher is better; picks best.safetensors and drives early stopping
+
+    def train_loss(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """{"loss": scalar to backprop, other detached parts to log}."""
+
+    def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Per-sample outputs (first dim = batch), concatenated over batches and processes."""
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Metrics from all outputs of the validation set."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_epoch: int
+    best_metric: float
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, … in order: every sample evaluated exactly once across ranks
+    (DistributedSampler pads with repeats, which would bias metrics)."""
+
+    def __init__(self, length: int, rank: int, world: int):
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, seed: int,
+                collate_fn: Callable | None = None, device: torch.device | None = None) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): ``set_epoch`` reseeds the shuffle and the
+    workers' base seed, which is what makes --resume land on the same weights."""
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    if train:
+        sampler: Sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world)
+    per_rank = max(1, batch_size // world) if train else batch_size
+    return DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        pin_memory=device is not None and device.type == "cuda",
+        # BatchNorm cannot train on a final batch of one image; keep at least one batch though
+        drop_last=train and len(sampler) > per_rank,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 1000 + epoch)
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    return batch
+
+
+def batch_images(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return len(first)
+
+
+def autocast_dtype(device: torch.device, amp: bool, amp_dtype: str) -> torch.dtype | None:
+    """None when mixed precision is off; bf16 on CPU; fp16 by default on CUDA."""
+    if not amp:
+        return None
+    if amp_dtype == "bf16" or device.type == "cpu":
+        return torch.bfloat16
+    return torch.float16 if amp_dtype in ("auto", "fp16") else torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False, show: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metrics, outputs) over the whole loader, outputs gathered from every process."""
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    show = show and dist_utils.is_main()
+    with progress_bar(transient=True) if show else contextlib.nullcontext() as bar:
+        task_id = bar.add_task("evaluate", total=len(loader), info="", rate="") if show else None
+        started, seen = time.perf_counter(), 0
+        for batch in loader:
+            if batch is None:
+                continue
+            batch = to_device(batch, device, channels_last)
+            with autocast(device, amp_dtype):
+                out = task.eval_step(model, batch)
+            for key, value in out.items():
+                chunks.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu())
+            seen += batch_images(batch)
+            if show:
+                bar.update(task_id, advance=1, rate=f"{seen / max(time.perf_counter() - started, 1e-9):.0f} img/s")
+    local = {k: torch.cat(v).numpy() for k, v in chunks.items()}
+    parts = [p for p in dist_utils.gather(local) if p]
+    outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return task.metrics(outputs), outputs
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), np_state[2], np_state[3], np_state[4]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, run_dir: Path,
+        metadata: dict[str, Any], collate_fn: Callable | None = None, device: torch.device | None = None) -> FitResult:
+    """Train ``model`` on ``train_set``; evaluate on ``val_set`` after every epoch; write the run directory."""
+    device = device or dist_utils.select_device(cfg.device)
+    main = dist_utils.is_main()
+    world = dist_utils.world_size()
+    raw_model = unwrap(model).to(device)
+    if cfg.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+
+    train_loader = make_loader(train_set, cfg.batch, cfg.workers, True, cfg.seed, collate_fn, device)
+    val_loader = make_loader(val_set, cfg.batch, cfg.workers, False, cfg.seed, collate_fn, device)
+    steps_per_epoch = max(1, len(train_loader) // cfg.accumulate)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = build_optimizer(raw_model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.scheduler, cfg.min_lr_ratio)
+    amp_dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(raw_model, decay=cfg.ema_decay, use_warmup=True)
+
+    start_epoch, best_metric, best_epoch, bad_epochs, history = 0, -float("inf"), -1, 0, []
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if cfg.resume:
+        state = load_checkpoint(checkpoint_path)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, best_metric, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
+        bad_epochs, history = state["bad_epochs"], list(state["history"])
+        rng = state["rng"]
+        _set_rng_state(rng[dist_utils.rank()] if dist_utils.rank() < len(rng) else rng[0])
+        if main:
+            console.print(f"resuming {run_dir} from epoch {start_epoch + 1}/{cfg.epochs}")
+
+    train_model: nn.Module = raw_model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    progress = EpochProgress(enabled=main, epochs=cfg.epochs)
+    metrics: dict[str, Any] = {}
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        set_epoch(train_loader, cfg.seed, epoch)
+        train_model.train()
+        progress.start_epoch(epoch, len(train_loader))
+        loss_sums: dict[str, torch.Tensor] = {}
+        counted = 0
+        optimizer.zero_grad(set_to_none=True)
+        for step, batch in enumerate(train_loader):
+            if batch is None:  # every image of the batch was unreadable (already warned)
+                continue
+            batch = to_device(batch, device, cfg.channels_last)
+            do_step = (step + 1) % cfg.accumulate == 0 or step + 1 == len(train_loader)
+            sync = contextlib.nullcontext() if do_step or world == 1 else train_model.no_sync()
+            with sync:
+                with autocast(device, amp_dtype):
+                    losses = task.train_loss(train_model, batch)
+                scaler.scale(losses["loss"] / cfg.accumulate).backward()
+            if do_step:
+                if cfg.clip_grad > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                if ema is not None:
+                    ema.update(raw_model)
+            for key, value in losses.items():
+                loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float()
+            counted += 1
+            # reading the loss forces a device sync: do it only when the bar would show it anyway
+            show_loss = main and (step % 10 == 0 or step + 1 == len(train_loader))
+            progress.advance(batch_images(batch), (loss_sums["loss"] / counted).item() if show_loss else None)
+
+        images_per_s = progress.images_per_s() * world
+        eval_model = ema.module if ema is not None else raw_model
+        metrics, _ = evaluate(task, eval_model, val_loader, device, amp_dtype, cfg.channels_last)
+        train_losses = {f"train_{k}": (v / max(counted, 1)) for k, v in loss_sums.items()}
+        reduced = dist_utils.gather({k: float(v) for k, v in train_losses.items()})
+        row: dict[str, float] = {"epoch": epoch + 1}
+        row.update({k: float(np.mean([r[k] for r in reduced if k in r])) for k in train_losses})
+        row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        row.update({"lr": optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
+                    "time": time.perf_counter() - progress.started})
+        history.append(row)
+        current = float(metrics[task.primary_metric])
+        improved = current > best_metric
+        if improved:
+            best_metric, best_epoch, bad_epochs = current, epoch + 1, 0
+        else:
+            bad_epochs += 1
+        rng_states = dist_utils.gather(_rng_state())
+        if main:
+            epoch_meta = {**metadata, "epoch": epoch + 1, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+            save_weights(eval_model, run_dir / "weights" / "last.safetensors", epoch_meta)
+            if improved:
+                save_weights(eval_model, run_dir / "weights" / "best.safetensors", epoch_meta)
+            write_history(run_dir / "history.csv", history)
+            # the checkpoint comes last: if we die before it, resume redoes this epoch
+            save_checkpoint(checkpoint_path, {
+                "format": FORMAT, "epoch": epoch + 1, "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+                "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "history": history, "rng": rng_states,
+            })
+        progress.end_epoch(row, improved, task.primary_metric)
+        dist_utils.barrier()
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped_early = True
+            if main:
+                console.print(f"early stop: no {task.primary_metric} improvement for {cfg.patience} epochs (best {best_metric:.4f} at epoch {best_epoch})")
+            break
+    return FitResult(run_dir, best_epoch, best_metric, metrics, history, stopped_early)

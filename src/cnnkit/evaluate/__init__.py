@@ -1,0 +1,1 @@
+"""Evaluation outputs: training curves, confusion matrices, PR curves, image grids, HTML reports."""

@@ -1,0 +1,129 @@
+"""Image classification: cross-entropy loss, scikit-learn metrics, confusion matrix, PR curves, sample grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.evaluate import plots
+
+
+@dataclass
+class ClassifyTask:
+    """The engine's view of classification. Batches are (images [B, 3, H, W], labels [B])."""
+
+    class_names: list[str]
+    label_smoothing: float = 0.0
+    primary_metric: str = "top1"
+
+    def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits = model(images)
+        return {"loss": F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)}
+
+    def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        return {"logits": model(images).float(), "labels": labels}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return classification_metrics(outputs["logits"], outputs["labels"], self.class_names)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """top1, top5, macro_f1, balanced_accuracy, pr_auc (macro one-vs-rest average precision),
+    val_loss and per_class precision/recall/f1/support/ap — all computed by scikit-learn."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        balanced_accuracy_score,
+        f1_score,
+        precision_recall_fscore_support,
+        top_k_accuracy_score,
+    )
+
+    n_classes = len(class_names)
+    labels = labels.astype(np.int64)
+    if len(labels) == 0:
+        return {"top1": 0.0, "top5": 0.0, "macro_f1": 0.0, "balanced_accuracy": 0.0, "pr_auc": 0.0, "val_loss": 0.0, "per_class": {}}
+    probs = softmax(logits.astype(np.float64))
+    preds = probs.argmax(axis=1)
+    all_labels = list(range(n_classes))
+    k = min(5, n_classes)
+    # top-k with k >= number of classes is trivially 1 (and sklearn rejects 2-column scores)
+    top5 = 1.0 if k >= n_classes else float(top_k_accuracy_score(labels, probs, k=k, labels=all_labels))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=all_labels, zero_division=0)
+    per_class: dict[str, dict[str, float]] = {}
+    aps = []
+    for c, name in enumerate(class_names):
+        positives = labels == c
+        ap = float(average_precision_score(positives, probs[:, c])) if positives.any() else float("nan")
+        if positives.any():
+            aps.append(ap)
+        per_class[name] = {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                           "support": int(support[c]), "ap": ap}
+    present = np.unique(labels)
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
+    return {
+        "top1": float(accuracy_score(labels, preds)),
+        "top5": top5,
+        "macro_f1": float(f1_score(labels, preds, labels=present, average="macro", zero_division=0)),
+        "balanced_accuracy": float(np.mean([recall[c] for c in present])),
+        "pr_auc": float(np.mean(aps)) if aps else 0.0,
+        "val_loss": float(nll.mean()),
+        "per_class": per_class,
+    }
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, preds, labels=list(range(n_classes)))
+
+
+def draw(outputs: dict[str, np.ndarray], class_names: list[str], sample_files: list[Path], plot_dir: Path,
+         prefix: str = "val", max_images: int = 32) -> list[Path]:
+    """Confusion matrix, one-vs-rest PR curves and a grid of images (wrong ones first, marked)."""
+    from sklearn.metrics import precision_recall_curve
+
+    from cnnkit.data.images import load_image
+
+    logits, labels = outputs["logits"], outputs["labels"].astype(np.int64)
+    probs = softmax(logits.astype(np.float64))
+    preds = probs.argmax(axis=1)
+    written = [plots.plot_confusion_matrix(confusion(labels, preds, len(class_names)), class_names,
+                                           plot_dir / f"{prefix}_confusion_matrix.png")]
+    curves = {}
+    for c, name in enumerate(class_names):
+        positives = labels == c
+        if positives.any():
+            precision, recall, _ = precision_recall_curve(positives, probs[:, c])
+            curves[name] = (recall, precision, _ap(positives, probs[:, c]))
+    written.append(plots.plot_pr_curves(curves, plot_dir / f"{prefix}_pr_curves.png"))
+    wrong = np.flatnonzero(preds != labels)
+    right = np.flatnonzero(preds == labels)
+    chosen = list(wrong[: max_images // 2]) + list(right[: max_images - min(len(wrong), max_images // 2)])
+    images, titles, marks = [], [], []
+    for i in chosen:
+        images.append(np.asarray(load_image(sample_files[i])))
+        titles.append(f"pred {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})\ntrue {class_names[labels[i]]}")
+        marks.append(bool(preds[i] != labels[i]))
+    written.append(plots.plot_image_grid(images, titles, plot_dir / f"{prefix}_predictions.png", wrong=marks))
+    return written
+
+
+def _ap(positives: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(positives, scores))
