@@ -87,7 +87,7 @@ class Classifier:
             cfg.imgsz = self.imgsz
         if self.weights_path is not None and not cfg.weights:
             cfg.weights = str(self.weights_path)  # fine-tune from the loaded weights
-        run = train(cfg)
+        run = train(cfg, explicit=set(options))
         if run.dir and (run.dir / "weights" / "best.safetensors").is_file():
             loaded = Classifier.load(run.dir / "weights" / "best.safetensors")
             self.__dict__.update(loaded.__dict__)
@@ -190,15 +190,16 @@ def _evaluate_split(model, clf: Classifier, samples, batch: int, workers: int, d
 
 
 # ==================================================================== training run
-def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
-    """The run directory and, for --resume, the saved configuration of the interrupted run."""
+def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset()) -> tuple[TrainConfig, Path]:
+    """The run directory and, for --resume, the saved configuration of the interrupted run
+    (``explicit``: the options the user typed; of these only device and workers may change)."""
     if cfg.resume:
         run_dir = Path(cfg.out) if cfg.out else (Path("runs") / TASK / cfg.name if cfg.name else latest_run_dir(TASK))
         if run_dir is None or not (run_dir / "checkpoint.pt").is_file():
             raise CnnkitError(f"{run_dir or 'runs/' + TASK}: no checkpoint.pt to resume", "pass --out RUN_DIR of an interrupted run")
         saved = read_yaml_options(run_dir / "config.yaml")
         # a resumed run keeps its math; only where and how fast it runs may change
-        keep = {k: getattr(cfg, k) for k in ("device", "workers")}
+        keep = {k: getattr(cfg, k) for k in ("device", "workers") if k in explicit}
         cfg = replace(TrainConfig(**saved), **keep, resume=True, out=str(run_dir))
         return cfg.validate(), run_dir
     run_dir = Path(cfg.out) if cfg.out else next_run_dir(TASK, cfg.name)
@@ -207,9 +208,10 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path]:
     return replace(cfg, out=str(run_dir)).validate(), run_dir
 
 
-def train(cfg: TrainConfig) -> Run:
-    """One classification training run: data -> model -> engine -> metrics.json, plots, report.html."""
-    cfg, run_dir = resolve_run(cfg)
+def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
+    """One classification training run: data -> model -> engine -> metrics.json, plots, report.html.
+    ``explicit`` names the options the user set (the rest are defaults), which matters for --resume."""
+    cfg, run_dir = resolve_run(cfg, explicit)
     device = dist_utils.select_device(cfg.device)
     dist_utils.setup(device)
     main = dist_utils.is_main()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, get_type_hints
 
 import typer
-from click.core import ParameterSource
 
 from cnnkit import __version__
 from cnnkit.config import TrainConfig, read_yaml_options
@@ -43,13 +42,20 @@ def root(
     """cnnkit TASK MODE [options]; every command has --help."""
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Was this option given on the command line (or by env), rather than left at its default?"""
+    source = ctx.get_parameter_source(name)
+    # compared by name: typer may carry its own copy of click, whose enum is not click.core's
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -> Callable:
     """Register a command whose options are the fields of ``config_type``, plus --config FILE.yaml.
 
     Precedence: options typed on the command line > the YAML file > the dataclass defaults.
     """
 
-    def decorator(run: Callable[[Any], None]) -> Callable:
+    def decorator(run: Callable[[Any, set[str]], None]) -> Callable:
         hints = get_type_hints(config_type)
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
         for f in fields(config_type):
@@ -71,9 +77,9 @@ def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -
         def command(ctx: typer.Context, **values: Any) -> None:
             config_file = values.pop("config")
             options = read_yaml_options(config_file, config_type) if config_file else {}
-            typed = {k: v for k, v in values.items() if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+            typed = {k: v for k, v in values.items() if _typed(ctx, k)}
             options.update({k: v.value if isinstance(v, enum.Enum) else v for k, v in typed.items()})
-            run(config_type(**options).validate())
+            run(config_type(**options).validate(), set(options))
 
         command.__signature__ = inspect.Signature(params)
         command.__doc__ = help
@@ -84,10 +90,10 @@ def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -
 
 
 @config_command(classify_app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")
-def classify_train(cfg: TrainConfig) -> None:
+def classify_train(cfg: TrainConfig, explicit: set[str]) -> None:
     from cnnkit.api import train
 
-    train(cfg)
+    train(cfg, explicit)
 
 
 @classify_app.command("val")

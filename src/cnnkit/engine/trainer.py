@@ -266,7 +266,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 if ema is not None:
-                    ema.update(raw_model)
+                    ema.update(raw_model, step=scheduler.last_epoch)
             for key, value in losses.items():
                 loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float()
             counted += 1
