@@ -145,9 +145,6 @@ def test_corrupt_train_image_is_skipped_with_a_warning(dataset, tmp_path, monkey
     assert sum(c["support"] for c in metrics["per_class"].values()) == 6  # every val image evaluated
 
 
-@pytest.mark.xfail(strict=True, reason="a corrupt val image crashes the run at the end: classify.draw indexes sample "
-                   "files by output row, but collate_skipping_none dropped the unreadable image (api._evaluate_split), "
-                   "so the rows are shifted and draw() calls load_image on the corrupt file")
 def test_corrupt_val_image_is_skipped_with_a_warning(dataset, tmp_path, monkeypatch, capsys):
     corrupt = truncate(dataset / "val" / "a" / "1.png")
     out_dir = tmp_path / "run"

@@ -65,6 +65,12 @@ class TrainConfig:
         for name in ("epochs", "batch", "imgsz", "accumulate"):
             if getattr(self, name) < 1:
                 raise CnnkitError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("fliplr", "label_smoothing", "val_split", "ema_decay", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
+        for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience"):
+            if getattr(self, name) < 0:
+                raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
         if self.lr <= 0:
             raise CnnkitError(f"--lr must be positive, got {self.lr}")
         if self.workers < 0:
@@ -111,6 +117,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     target = {int: int, float: float, bool: bool, str: str}.get(hint)
     if target is None:  # Optional[...] hints: keep strings and numbers as they are
         return value if not isinstance(value, (int, float)) or isinstance(value, bool) else str(value)
+    if target is int and isinstance(value, float) and not value.is_integer():
+        raise CnnkitError(f"{where}: expected a whole number, got {value!r}")
     if target is bool and not isinstance(value, bool):
         raise CnnkitError(f"{where}: expected true or false, got {value!r}")
     try:

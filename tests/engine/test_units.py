@@ -46,9 +46,6 @@ def test_cosine_decays_monotonically_within_bounds():
     assert lr_factor(10 * total, total, warmup, "cosine", min_ratio) == pytest.approx(min_ratio)  # stays at the floor
 
 
-@pytest.mark.xfail(strict=True, reason="optim.lr_factor: progress = (step - warmup) / (total - warmup) is 1 only at step "
-                   "== total_steps, one past the last 0-based step, so the last optimizer step runs at more than "
-                   "min_ratio (0.048 instead of 0.01 for 10 steps, 2 warm-up); divide by (total - warmup - 1)")
 @pytest.mark.parametrize("total, warmup", [(10, 2), (100, 10), (7, 0)])
 def test_cosine_reaches_min_ratio_at_the_last_step(total, warmup):
     min_ratio = 0.01

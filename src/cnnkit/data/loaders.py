@@ -14,8 +14,9 @@ from cnnkit.errors import CnnkitError
 
 
 class ImageDataset(Dataset):
-    """(image tensor, label) for each (path, label) sample; None for a file that cannot be decoded,
-    so one corrupt image costs one sample, never the epoch."""
+    """(image tensor, label, index) for each (path, label) sample; None for a file that cannot be
+    decoded, so one corrupt image costs one sample, never the epoch. The index lets outputs be
+    matched back to files after skipped samples."""
 
     def __init__(self, samples: list[tuple[Path, int]], transform: Callable | None = None):
         self.samples = samples
@@ -24,14 +25,14 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+    def __getitem__(self, index: int) -> tuple[Any, int, int] | None:
         path, label = self.samples[index]
         try:
             image = load_image(path)
         except CnnkitError as exc:
             warn(f"{exc.message} (skipped)", once_key=str(path))
             return None
-        return (self.transform(image) if self.transform else image), label
+        return (self.transform(image) if self.transform else image), label, index
 
 
 def collate_skipping_none(batch: list[Any]) -> Any:

@@ -27,7 +27,7 @@ from cnnkit.console import console
 from cnnkit.engine.rundir import write_text
 
 
-def progress_bar(transient: bool = False, unit: str = "img") -> Progress:
+def progress_bar(transient: bool = False, auto_refresh: bool = True) -> Progress:
     """The one progress-bar style: description, bar, done/total, throughput, elapsed and ETA."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -40,37 +40,53 @@ def progress_bar(transient: bool = False, unit: str = "img") -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        auto_refresh=auto_refresh,
     )
 
 
 class EpochProgress:
-    """A progress bar per epoch with loss, images/s and ETA, then a one-line summary."""
+    """A progress bar per epoch with loss, images/s and ETA, then a one-line summary.
 
-    def __init__(self, enabled: bool, epochs: int):
+    The bar is redrawn from the training thread at most every ``interval`` seconds: a refresh
+    thread would compete with training for the CPU, which on a 2-core laptop costs a few percent.
+    """
+
+    def __init__(self, enabled: bool, epochs: int, interval: float = 0.25):
         self.enabled = enabled
         self.epochs = epochs
+        self.interval = interval
         self._progress: Progress | None = None
         self._task = None
+        self._pending = 0
+        self._last_draw = 0.0
+        self.loss: float | None = None
         self.images = 0
         self.started = 0.0
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         self.images = 0
-        self.started = time.perf_counter()
+        self._pending = 0
+        self.started = self._last_draw = time.perf_counter()
         if not self.enabled:
             return
-        self._progress = progress_bar(transient=True)
+        self._progress = progress_bar(transient=True, auto_refresh=False)
         self._progress.start()
         self._task = self._progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=steps, info="", rate="")
 
-    def advance(self, images: int, loss: float | None) -> None:
+    def due(self) -> bool:
+        """Is a redraw due? (The loop reads the loss, a device sync, only then.)"""
+        return self._progress is not None and time.perf_counter() - self._last_draw >= self.interval
+
+    def advance(self, images: int, loss: float | None = None) -> None:
         self.images += images
-        if self._progress is None:
+        self._pending += 1
+        if self._progress is None or loss is None:
             return
-        fields = {"rate": f"{self.images_per_s():.0f} img/s"}
-        if loss is not None:
-            fields["info"] = f"loss {loss:.4f}"
-        self._progress.update(self._task, advance=1, **fields)
+        self._progress.update(self._task, advance=self._pending, info=f"loss {loss:.4f}",
+                              rate=f"{self.images_per_s():.0f} img/s")
+        self._pending = 0
+        self._last_draw = time.perf_counter()
+        self._progress.refresh()
 
     def images_per_s(self) -> float:
         return self.images / max(time.perf_counter() - self.started, 1e-9)

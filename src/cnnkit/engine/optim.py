@@ -33,7 +33,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     if schedule == "constant":
         return 1.0
     # 2) cosine decay from the peak down to min_ratio at the last step
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps - 1)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 

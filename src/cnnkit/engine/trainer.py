@@ -256,7 +256,8 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
             with sync:
                 with autocast(device, amp_dtype):
                     losses = task.train_loss(train_model, batch)
-                scaler.scale(losses["loss"] / cfg.accumulate).backward()
+                loss = losses["loss"] / cfg.accumulate if cfg.accumulate > 1 else losses["loss"]
+                scaler.scale(loss).backward()
             if do_step:
                 if cfg.clip_grad > 0:
                     scaler.unscale_(optimizer)
@@ -270,9 +271,8 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
             for key, value in losses.items():
                 loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float()
             counted += 1
-            # reading the loss forces a device sync: do it only when the bar would show it anyway
-            show_loss = main and (step % 10 == 0 or step + 1 == len(train_loader))
-            progress.advance(batch_images(batch), (loss_sums["loss"] / counted).item() if show_loss else None)
+            # reading the loss forces a device sync: only when the bar is redrawn
+            progress.advance(batch_images(batch), (loss_sums["loss"] / counted).item() if progress.due() else None)
 
         images_per_s = progress.images_per_s() * world
         eval_model = ema.module if ema is not None else raw_model

@@ -16,20 +16,23 @@ from cnnkit.evaluate import plots
 
 @dataclass
 class ClassifyTask:
-    """The engine's view of classification. Batches are (images [B, 3, H, W], labels [B])."""
+    """The engine's view of classification. Batches are (images [B, 3, H, W], labels [B], indices [B])."""
 
     class_names: list[str]
     label_smoothing: float = 0.0
     primary_metric: str = "top1"
 
-    def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images, labels = batch
+    def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        images, labels = batch[0], batch[1]
         logits = model(images)
         return {"loss": F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)}
 
-    def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        return {"logits": model(images).float(), "labels": labels}
+    def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        images, labels = batch[0], batch[1]
+        out = {"logits": model(images).float(), "labels": labels}
+        if len(batch) > 2:
+            out["index"] = batch[2]
+        return out
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         return classification_metrics(outputs["logits"], outputs["labels"], self.class_names)
@@ -47,7 +50,6 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
     from sklearn.metrics import (
         accuracy_score,
         average_precision_score,
-        balanced_accuracy_score,
         f1_score,
         precision_recall_fscore_support,
         top_k_accuracy_score,
@@ -73,17 +75,26 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
             aps.append(ap)
         per_class[name] = {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
                            "support": int(support[c]), "ap": ap}
-    present = np.unique(labels)
     nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
     return {
         "top1": float(accuracy_score(labels, preds)),
         "top5": top5,
-        "macro_f1": float(f1_score(labels, preds, labels=present, average="macro", zero_division=0)),
-        "balanced_accuracy": float(np.mean([recall[c] for c in present])),
+        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+        "balanced_accuracy": _balanced_accuracy(labels, preds),
         "pr_auc": float(np.mean(aps)) if aps else 0.0,
         "val_loss": float(nll.mean()),
         "per_class": per_class,
     }
+
+
+def _balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected on small val sets
+        warnings.simplefilter("ignore")
+        return float(balanced_accuracy_score(labels, preds))
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
@@ -94,12 +105,14 @@ def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarr
 
 def draw(outputs: dict[str, np.ndarray], class_names: list[str], sample_files: list[Path], plot_dir: Path,
          prefix: str = "val", max_images: int = 32) -> list[Path]:
-    """Confusion matrix, one-vs-rest PR curves and a grid of images (wrong ones first, marked)."""
+    """Confusion matrix, one-vs-rest PR curves and a grid of images (wrong ones first, marked).
+    ``outputs["index"]`` maps each output row to ``sample_files``."""
     from sklearn.metrics import precision_recall_curve
 
     from cnnkit.data.images import load_image
 
     logits, labels = outputs["logits"], outputs["labels"].astype(np.int64)
+    files = [sample_files[i] for i in outputs["index"]] if "index" in outputs else sample_files
     probs = softmax(logits.astype(np.float64))
     preds = probs.argmax(axis=1)
     written = [plots.plot_confusion_matrix(confusion(labels, preds, len(class_names)), class_names,
@@ -113,10 +126,13 @@ def draw(outputs: dict[str, np.ndarray], class_names: list[str], sample_files: l
     written.append(plots.plot_pr_curves(curves, plot_dir / f"{prefix}_pr_curves.png"))
     wrong = np.flatnonzero(preds != labels)
     right = np.flatnonzero(preds == labels)
-    chosen = list(wrong[: max_images // 2]) + list(right[: max_images - min(len(wrong), max_images // 2)])
+    n_right = min(len(right), max_images - min(len(wrong), max_images // 2))
+    # evenly spaced through the (class-sorted) set, so correct examples of every class appear
+    spread = right[np.unique(np.linspace(0, len(right) - 1, n_right).astype(int))] if n_right else right[:0]
+    chosen = list(wrong[: max_images // 2]) + list(spread)
     images, titles, marks = [], [], []
     for i in chosen:
-        images.append(np.asarray(load_image(sample_files[i])))
+        images.append(np.asarray(load_image(files[i])))
         titles.append(f"pred {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})\ntrue {class_names[labels[i]]}")
         marks.append(bool(preds[i] != labels[i]))
     written.append(plots.plot_image_grid(images, titles, plot_dir / f"{prefix}_predictions.png", wrong=marks))
