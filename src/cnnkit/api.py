@@ -27,7 +27,7 @@ from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import read_history
-from cnnkit.engine.checkpoint import load_matching, load_weights, read_metadata
+from cnnkit.engine.checkpoint import load_matching, load_weights, read_state_dict
 from cnnkit.engine.rundir import latest_run_dir, next_run_dir, write_json
 from cnnkit.engine.trainer import evaluate, fit, make_loader, seed_everything
 from cnnkit.errors import CnnkitError
@@ -224,8 +224,7 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_classifier(cfg.model, len(dataset.classes), cfg.pretrained)
     if cfg.weights and not cfg.resume:
-        state, _ = load_weights(cfg.weights)
-        copied, skipped = load_matching(model, state, cfg.weights)
+        copied, skipped = load_matching(model, read_state_dict(cfg.weights), cfg.weights)
         if main:
             console.print(f"initialised {copied} tensors from {cfg.weights}" + (f" ({len(skipped)} new, e.g. {skipped[0]})" if skipped else ""))
     metadata = {"task": TASK, "model": cfg.model, "class_names": dataset.classes, "num_classes": len(dataset.classes),

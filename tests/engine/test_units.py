@@ -377,3 +377,23 @@ def test_classification_metrics_hand_made():
     assert m["val_loss"] == pytest.approx(-np.mean(np.log([
         math.exp(5) / (math.exp(5) + 2), math.exp(5) / (math.exp(5) + 2),
         math.exp(1) / (math.exp(5) + math.exp(1) + 1), math.exp(5) / (math.exp(5) + 2)])))
+
+
+def test_read_state_dict_accepts_common_weight_files(tmp_path):
+    """--weights takes cnnkit safetensors, plain state dicts (nested or with DDP prefixes) and checkpoints."""
+    from safetensors.torch import save_file
+
+    from cnnkit.engine.checkpoint import read_state_dict, save_checkpoint
+    from cnnkit.models.tiny_cnn import TinyCNN
+
+    state = TinyCNN(3).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "plain.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, tmp_path / "ddp.pth")
+    save_checkpoint(tmp_path / "checkpoint.pt", {"format": "cnnkit", "model": state, "epoch": 1})
+    for name in ("plain.safetensors", "ddp.pth", "checkpoint.pt"):
+        loaded = read_state_dict(tmp_path / name)
+        assert loaded.keys() == state.keys(), name
+        assert all(torch.equal(loaded[k], state[k]) for k in state), name
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(CnnkitError, match="junk.pt"):
+        read_state_dict(tmp_path / "junk.pt")

@@ -41,6 +41,8 @@ def progress_bar(transient: bool = False, auto_refresh: bool = True) -> Progress
         console=console,
         transient=transient,
         auto_refresh=auto_refresh,
+        # in a log file or CI a live bar only leaves blank lines; the summary lines say enough
+        disable=not console.is_terminal,
     )
 
 

@@ -30,10 +30,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write the model's state dict as safetensors; metadata values are stored JSON-encoded."""
+    """Write the model's weights as safetensors; metadata values are stored JSON-encoded."""
+    return save_state_dict(unwrap(model).state_dict(), path, metadata)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
@@ -71,6 +75,35 @@ def load_weights(path: str | Path, task: str | None = None) -> tuple[dict[str, t
             f"use `cnnkit {metadata.get('task')} …` with this file, or pass {task} weights",
         )
     return load_file(str(path)), metadata
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from any weights file to initialise from: a cnnkit or plain safetensors file (timm's
+    hub weights are these), a cnnkit checkpoint.pt, or a PyTorch state dict (.pt/.pth/.bin, also
+    nested under "state_dict" or "model"), always read without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception:
+            raise CnnkitError(f"{path}: not a readable safetensors file") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CnnkitError(f"{path}: not a PyTorch weights file that loads safely ({type(exc).__name__})",
+                          "use .safetensors or a plain state dict") from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CnnkitError(f"{path}: holds no state dict of tensors")
+    # weights saved from DDP or torch.compile wrappers carry a prefix on every name
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[int, list[str]]:

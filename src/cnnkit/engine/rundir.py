@@ -42,6 +42,14 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def copy_file(source: str | Path, path: str | Path) -> Path:
+    import shutil
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(path)
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 

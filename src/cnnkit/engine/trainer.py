@@ -29,7 +29,14 @@ from cnnkit.config import TrainConfig
 from cnnkit.console import console
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import EpochProgress, progress_bar, write_history
-from cnnkit.engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint, save_weights, unwrap
+from cnnkit.engine.rundir import copy_file
+from cnnkit.engine.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    save_checkpoint,
+    save_state_dict,
+    unwrap,
+)
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 
 
@@ -190,6 +197,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _write_epoch(run_dir: Path, weights: dict, checkpoint: dict, meta: dict, best: bool, history: list[dict]) -> None:
+    """An epoch's files, in an order that keeps the run consistent wherever a kill lands: weights,
+    history, and the checkpoint last (if we die before it, resume redoes this epoch)."""
+    save_state_dict(weights, run_dir / "weights" / "last.safetensors", meta)
+    if best:
+        copy_file(run_dir / "weights" / "last.safetensors", run_dir / "weights" / "best.safetensors")
+    write_history(run_dir / "history.csv", history)
+    save_checkpoint(run_dir / "checkpoint.pt", checkpoint)
+
+
 def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, run_dir: Path,
         metadata: dict[str, Any], collate_fn: Callable | None = None, device: torch.device | None = None) -> FitResult:
     """Train ``model`` on ``train_set``; evaluate on ``val_set`` after every epoch; write the run directory."""
@@ -294,18 +311,15 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
         rng_states = dist_utils.gather(_rng_state())
         if main:
             epoch_meta = {**metadata, "epoch": epoch + 1, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-            save_weights(eval_model, run_dir / "weights" / "last.safetensors", epoch_meta)
-            if improved:
-                save_weights(eval_model, run_dir / "weights" / "best.safetensors", epoch_meta)
-            write_history(run_dir / "history.csv", history)
-            # the checkpoint comes last: if we die before it, resume redoes this epoch
-            save_checkpoint(checkpoint_path, {
+            # written synchronously: on a 2-core CPU a writer thread slowed the next epoch more
+            # than the write itself costs (measured with benchmarks/train_overhead.py)
+            _write_epoch(run_dir, unwrap(eval_model).state_dict(), {
                 "format": FORMAT, "epoch": epoch + 1, "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
                 "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "history": history, "rng": rng_states,
-            })
+            }, epoch_meta, improved, history)
         progress.end_epoch(row, improved, task.primary_metric)
         dist_utils.barrier()
         if cfg.patience and bad_epochs >= cfg.patience:

@@ -21,6 +21,8 @@ def build_classifier(name: str, num_classes: int, pretrained: bool = False) -> n
         if source == "timm":
             import timm
 
+            if pretrained and not _hub_reachable():
+                _use_hub_cache_only()  # cached weights still load; missing ones fail now, not after a minute of retries
             return timm.create_model(canonical, pretrained=pretrained, num_classes=num_classes)
         return _torchvision_classifier(canonical, num_classes, pretrained)
     except CnnkitError:
@@ -28,11 +30,35 @@ def build_classifier(name: str, num_classes: int, pretrained: bool = False) -> n
     except Exception as exc:  # download failures surface as many exception types (OSError, HTTP, hub errors)
         if not pretrained:
             raise
-        first_line = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        if source == "timm" and not _hub_reachable():
+            reason = "the Hugging Face hub is unreachable (no internet?) and no copy is cached"
         raise CnnkitError(
-            f"could not load published weights for '{name}': {first_line}",
-            "no internet? drop --pretrained, or pass --weights FILE with local weights",
+            f"could not load published weights for '{name}': {reason}",
+            "drop --pretrained, or pass --weights FILE with local weights",
         ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a connection to the Hugging Face hub (or the mirror in $HF_ENDPOINT)?"""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _use_hub_cache_only() -> None:
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def _torchvision_classifier(name: str, num_classes: int, pretrained: bool) -> nn.Module:
