@@ -58,6 +58,7 @@ class Classifier:
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.model: nn.Module | None = None
         self.weights_path: Path | None = None
+        self.val_split, self.split_seed = 0.2, 0
         if self.class_names:
             self.model = build_classifier(model, len(self.class_names), pretrained)
 
@@ -67,13 +68,11 @@ class Classifier:
         state, meta = load_weights(weights, task=TASK)
         clf = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"])
         clf.mean, clf.std = tuple(meta["mean"]), tuple(meta["std"])
+        # how the training run cut val from train, so `val` on such a dataset sees the same held-out images
+        clf.val_split, clf.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         clf.model.load_state_dict(state)
         clf.weights_path = Path(weights)
         return clf
-
-    def metadata(self) -> dict[str, Any]:
-        return {"task": TASK, "model": self.model_name, "class_names": self.class_names, "num_classes": len(self.class_names),
-                "imgsz": self.imgsz, "mean": list(self.mean), "std": list(self.std), "cnnkit_version": __version__}
 
     # ---------------------------------------------------------------- train
     def train(self, data: str = "digits", **options: Any) -> Run:
@@ -98,7 +97,7 @@ class Classifier:
             device: str = "auto", workers: int = 2) -> dict[str, Any]:
         """Metrics, plots and report.html of the model on one split of a dataset, written into ``out``."""
         model = self._require_model()
-        dataset = load_imagefolder(resolve_data(data), val_split=0.2, seed=0)
+        dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
         if split not in dataset.splits:
             raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
         samples = _remap_labels(dataset.splits[split], dataset.classes, self.class_names, data)
@@ -214,6 +213,9 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
     cfg, run_dir = resolve_run(cfg, explicit)
     device = dist_utils.select_device(cfg.device)
     dist_utils.setup(device)
+    # ranks may have picked different free names (exp, exp2) before joining: rank 0's wins
+    run_dir = Path(dist_utils.broadcast(str(run_dir)))
+    cfg = replace(cfg, out=str(run_dir))
     main = dist_utils.is_main()
     seed_everything(cfg.seed + dist_utils.rank(), cfg.deterministic)
     # rank 0 materialises a built-in dataset; the others wait so they never read half of it
@@ -228,7 +230,8 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
         if main:
             console.print(f"initialised {copied} tensors from {cfg.weights}" + (f" ({len(skipped)} new, e.g. {skipped[0]})" if skipped else ""))
     metadata = {"task": TASK, "model": cfg.model, "class_names": dataset.classes, "num_classes": len(dataset.classes),
-                "imgsz": cfg.imgsz, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "cnnkit_version": __version__}
+                "imgsz": cfg.imgsz, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "cnnkit_version": __version__,
+                "val_split": cfg.val_split, "split_seed": cfg.seed}
     train_set = ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, cfg.augment, cfg.fliplr))
     val_set = ImageDataset(dataset.splits["val"], classify_transforms(cfg.imgsz, False))
     if main:

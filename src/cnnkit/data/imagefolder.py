@@ -28,7 +28,7 @@ class ImageFolderData:
 
 
 def find_split_dirs(root: Path) -> dict[str, Path]:
-    """Split name -> folder, for the splits present under root."""
+    """Split name -> folder, for the splits present under root, in train, val, test order."""
     found: dict[str, Path] = {}
     if not root.is_dir():
         return found
@@ -38,7 +38,7 @@ def find_split_dirs(root: Path) -> dict[str, Path]:
         name = SPLIT_ALIASES.get(child.name.lower(), child.name.lower())
         if name in SPLIT_NAMES and name not in found:
             found[name] = child
-    return found
+    return {name: found[name] for name in SPLIT_NAMES if name in found}  # train, val, test order
 
 
 def list_class_images(split_dir: Path) -> dict[str, list[Path]]:
