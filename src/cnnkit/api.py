@@ -27,7 +27,8 @@ from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import read_history
-from cnnkit.engine.checkpoint import load_matching, load_weights, read_state_dict
+from cnnkit.engine.checkpoint import load_matching, load_weights, read_state_dict, recorded_model
+from cnnkit.engine.transfer import load_backbone, plan_transfer
 from cnnkit.engine.rundir import latest_run_dir, next_run_dir, write_json
 from cnnkit.engine.trainer import evaluate, fit, make_loader, seed_everything
 from cnnkit.errors import CnnkitError
@@ -229,6 +230,12 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
         copied, skipped = load_matching(model, read_state_dict(cfg.weights), cfg.weights)
         if main:
             console.print(f"initialised {copied} tensors from {cfg.weights}" + (f" ({len(skipped)} new, e.g. {skipped[0]})" if skipped else ""))
+    if cfg.backbone_from and not cfg.resume:
+        copied = load_backbone(model, read_state_dict(cfg.backbone_from), cfg.backbone_from, cfg.model,
+                               recorded_model(cfg.backbone_from))
+        if main:
+            console.print(f"backbone: {copied} tensors from {cfg.backbone_from}")
+    plan = plan_transfer(model, cfg.transfer, bool(cfg.pretrained or cfg.weights or cfg.backbone_from), cfg.backbone_lr_mult)
     metadata = {"task": TASK, "model": cfg.model, "class_names": dataset.classes, "num_classes": len(dataset.classes),
                 "imgsz": cfg.imgsz, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "cnnkit_version": __version__,
                 "val_split": cfg.val_split, "split_seed": cfg.seed}
@@ -241,7 +248,9 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
         console.print(f"cnnkit {__version__}  classify {cfg.model} ({n_params / 1e6:.2f}M params)  {len(dataset.classes)} classes  "
                       f"images: {counts}  device {device}" + (f" x{dist_utils.world_size()}" if dist_utils.world_size() > 1 else ""))
     task = classify.ClassifyTask(dataset.classes, cfg.label_smoothing)
-    result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, collate_skipping_none, device)
+    if main and plan.mode != "scratch":
+        console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
+    result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, collate_skipping_none, device, plan)
     dist_utils.cleanup()
     if not main:
         return Run(run_dir, result.metrics, result.best_epoch)

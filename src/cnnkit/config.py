@@ -55,6 +55,11 @@ class TrainConfig:
     resume: bool = option(False, "continue the interrupted run in --out / --name (default: the latest run)")
     weights: str | None = option(None, "initialise from this weights file (.safetensors from a cnnkit run)")
     pretrained: bool = option(False, "start from the library's published weights (needs the internet once)")
+    backbone_from: str | None = option(None, "copy the backbone (all but the head) from this weights file: another dataset, task or pretraining")
+    transfer: str = option("auto", "what trains: scratch, linear (frozen backbone), finetune (backbone at --backbone-lr-mult), "
+                           "gradual (unfreeze top-down, a chunk an epoch); auto = finetune with a weights source, else scratch",
+                           ("auto", "scratch", "linear", "finetune", "gradual"))
+    backbone_lr_mult: float = option(0.1, "backbone learning rate as a fraction of --lr when fine-tuning")
 
     def validate(self) -> "TrainConfig":
         for f in fields(self):
@@ -65,7 +70,7 @@ class TrainConfig:
         for name in ("epochs", "batch", "imgsz", "accumulate"):
             if getattr(self, name) < 1:
                 raise CnnkitError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("fliplr", "label_smoothing", "val_split", "ema_decay", "min_lr_ratio"):
+        for name in ("fliplr", "label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
         for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience"):

@@ -64,6 +64,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in raw.items() if k != "format"}
 
 
+def recorded_model(path: str | Path) -> str | None:
+    """The architecture name a cnnkit weights file records; None for any other file."""
+    try:
+        return read_metadata(path).get("model")
+    except CnnkitError:
+        return None
+
+
 def load_weights(path: str | Path, task: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, metadata) of a cnnkit weights file, checking that it belongs to ``task``."""
     from safetensors.torch import load_file

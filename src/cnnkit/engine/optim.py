@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay conv/linear weights only: decaying biases and norm scales hurts accuracy for no gain."""
+def param_groups(params: nn.Module | Iterable[tuple[str, nn.Parameter]], weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Decay conv/linear weights only: decaying biases and norm scales hurts accuracy for no gain.
+    ``params`` is a model or (name, parameter) pairs; ``lr`` sets the groups' own rate."""
+    named = params.named_parameters() if isinstance(params, nn.Module) else params
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
+    for name, param in named:
+        if not param.requires_grad:  # frozen for the whole run (--transfer linear)
             continue
         (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {} if lr is None else {"lr": lr}
+    return [{"params": decay, "weight_decay": weight_decay, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
+                    head: set[str] | None = None, backbone_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW. With ``head`` (parameter names) and ``backbone_lr_mult``, every other
+    parameter trains at ``lr * backbone_lr_mult``: the fine-tuning recipe of transfer learning.
+    Parameters frozen for a while (gradual unfreezing) keep requires_grad and stay in: they get no
+    gradient while frozen, and optimizers skip those."""
+    if head is not None and backbone_lr_mult != 1.0:
+        backbone = [(n, p) for n, p in model.named_parameters() if n not in head]
+        top = [(n, p) for n, p in model.named_parameters() if n in head]
+        groups = param_groups(backbone, weight_decay, lr * backbone_lr_mult) + param_groups(top, weight_decay, lr)
+    else:
+        groups = param_groups(model, weight_decay)
+    groups = [g for g in groups if g["params"]]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))

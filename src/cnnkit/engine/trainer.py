@@ -30,6 +30,7 @@ from cnnkit.console import console
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import EpochProgress, progress_bar, write_history
 from cnnkit.engine.rundir import copy_file
+from cnnkit.engine.transfer import TransferPlan, apply_freeze, freeze_for_run
 from cnnkit.engine.checkpoint import (
     FORMAT,
     load_checkpoint,
@@ -208,8 +209,10 @@ def _write_epoch(run_dir: Path, weights: dict, checkpoint: dict, meta: dict, bes
 
 
 def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, run_dir: Path,
-        metadata: dict[str, Any], collate_fn: Callable | None = None, device: torch.device | None = None) -> FitResult:
-    """Train ``model`` on ``train_set``; evaluate on ``val_set`` after every epoch; write the run directory."""
+        metadata: dict[str, Any], collate_fn: Callable | None = None, device: torch.device | None = None,
+        transfer: TransferPlan | None = None) -> FitResult:
+    """Train ``model`` on ``train_set``; evaluate on ``val_set`` after every epoch; write the run directory.
+    ``transfer`` says which parameters train when, and the backbone's learning-rate multiplier."""
     device = device or dist_utils.select_device(cfg.device)
     main = dist_utils.is_main()
     world = dist_utils.world_size()
@@ -221,7 +224,11 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
     val_loader = make_loader(val_set, cfg.batch, cfg.workers, False, cfg.seed, collate_fn, device)
     steps_per_epoch = max(1, len(train_loader) // cfg.accumulate)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = build_optimizer(raw_model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    if transfer is not None:
+        freeze_for_run(raw_model, transfer)
+    optimizer = build_optimizer(raw_model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                head=set(transfer.head) if transfer else None,
+                                backbone_lr_mult=transfer.backbone_lr_mult if transfer else 1.0)
     scheduler = build_scheduler(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.scheduler, cfg.min_lr_ratio)
     amp_dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
@@ -260,6 +267,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
     for epoch in range(start_epoch, cfg.epochs):
         set_epoch(train_loader, cfg.seed, epoch)
         train_model.train()
+        frozen = apply_freeze(raw_model, transfer.frozen(epoch)) if transfer is not None else []
         progress.start_epoch(epoch, len(train_loader))
         loss_sums: dict[str, torch.Tensor] = {}
         counted = 0
@@ -276,6 +284,8 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
                 loss = losses["loss"] / cfg.accumulate if cfg.accumulate > 1 else losses["loss"]
                 scaler.scale(loss).backward()
             if do_step:
+                for param in frozen:  # gradual unfreezing: not yet this part of the backbone
+                    param.grad = None
                 if cfg.clip_grad > 0:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)

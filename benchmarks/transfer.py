@@ -1,0 +1,108 @@
+"""Does transfer learning work? Pretrain on digits 0-4, transfer to digits 5-9 with few labels.
+
+    python benchmarks/transfer.py [--shots 5,10,20] [--seeds 0,1,2] [--epochs 40]
+
+1) Pretrain tiny_cnn on the digits 0-4 (train split, 32 px, 15 epochs).
+2) For each number of labelled images per class n and each seed, sample n training images of each
+   of the digits 5-9 and train with --transfer scratch (random start), linear (frozen pretrained
+   backbone, new head) and finetune (pretrained backbone at 0.1x the head's rate), same epochs and
+   learning rate. The best epoch is picked on the 5-9 validation split; accuracy is measured on the
+   5-9 test split (180 images).
+3) Print mean ± std test accuracy over the seeds; target: finetune beats scratch by >= 10 points at n=10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cnnkit.augment.presets import classify_transforms
+from cnnkit.config import TrainConfig
+from cnnkit.data.builtin import resolve_data
+from cnnkit.data.imagefolder import load_imagefolder
+from cnnkit.data.loaders import ImageDataset, collate_skipping_none
+from cnnkit.engine.checkpoint import load_weights, read_state_dict
+from cnnkit.engine.trainer import evaluate, fit, make_loader, seed_everything
+from cnnkit.engine.transfer import load_backbone, plan_transfer
+from cnnkit.models.backbones import build_classifier
+from cnnkit.tasks.classify import ClassifyTask
+
+IMGSZ = 32
+
+
+def subset(samples, digits: list[int]):
+    """Samples of the given digits, relabelled 0..len(digits)-1."""
+    index = {d: i for i, d in enumerate(digits)}
+    return [(path, index[label]) for path, label in samples if label in index]
+
+
+def run(train, val, test, classes, cfg: TrainConfig, run_dir: Path, backbone: Path | None, mode: str) -> float:
+    seed_everything(cfg.seed)
+    model = build_classifier("tiny_cnn", len(classes))
+    if backbone is not None:
+        load_backbone(model, read_state_dict(backbone), str(backbone), "tiny_cnn", "tiny_cnn")
+    plan = plan_transfer(model, mode, backbone is not None, cfg.backbone_lr_mult)
+    task = ClassifyTask(classes)
+    train_set = ImageDataset(train, classify_transforms(IMGSZ, True, cfg.augment, 0.0))
+    val_set = ImageDataset(val, classify_transforms(IMGSZ, False))
+    fit(task, model, train_set, val_set, cfg, run_dir, {"task": "classify", "model": "tiny_cnn"}, collate_skipping_none, transfer=plan)
+    state, _ = load_weights(run_dir / "weights" / "best.safetensors")
+    model.load_state_dict(state)
+    loader = make_loader(ImageDataset(test, classify_transforms(IMGSZ, False)), 256, 0, False, 0, collate_skipping_none)
+    metrics, _ = evaluate(task, model, loader, torch.device("cpu"), show=False)
+    return metrics["top1"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shots", default="5,10,20")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--modes", default="scratch,linear,finetune")
+    args = parser.parse_args()
+    data = load_imagefolder(resolve_data("digits"))
+    source_digits, target_digits = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
+    base = TrainConfig(model="tiny_cnn", imgsz=IMGSZ, batch=16, lr=0.003, workers=0, device="cpu", fliplr=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        print("1) pretraining tiny_cnn on digits 0-4 …")
+        source_acc = run(subset(data.splits["train"], source_digits), subset(data.splits["val"], source_digits),
+                         subset(data.splits["test"], source_digits), [str(d) for d in source_digits],
+                         replace(base, epochs=15, batch=64), tmp / "source", None, "scratch")
+        print(f"   source test top-1 on digits 0-4: {source_acc:.3f}")
+        backbone = tmp / "source" / "weights" / "best.safetensors"
+        target_train = subset(data.splits["train"], target_digits)
+        val, test = subset(data.splits["val"], target_digits), subset(data.splits["test"], target_digits)
+        classes = [str(d) for d in target_digits]
+        results: dict[tuple[int, str], list[float]] = {}
+        for shots in map(int, args.shots.split(",")):
+            for seed in map(int, args.seeds.split(",")):
+                rng = random.Random(seed)
+                train = [s for c in range(5) for s in rng.sample([x for x in target_train if x[1] == c], shots)]
+                for mode in args.modes.split(","):
+                    cfg = replace(base, epochs=args.epochs, seed=seed, transfer=mode)
+                    acc = run(train, val, test, classes, cfg, tmp / f"{shots}_{seed}_{mode}",
+                              None if mode == "scratch" else backbone, mode)
+                    results.setdefault((shots, mode), []).append(acc)
+                    print(f"   n={shots:2d} seed {seed} {mode:8s} test top-1 {acc:.3f}")
+    modes = args.modes.split(",")
+    print("\n2) test top-1 on digits 5-9 (mean ± std over seeds)")
+    print("| images per class | " + " | ".join(modes) + " |")
+    print("| --- |" + " --- |" * len(modes))
+    for shots in map(int, args.shots.split(",")):
+        cells = [f"{statistics.mean(results[shots, m]):.3f} ± {statistics.pstdev(results[shots, m]):.3f}" for m in modes]
+        print(f"| {shots} | " + " | ".join(cells) + " |")
+    if (10, "finetune") in results and (10, "scratch") in results:
+        gain = statistics.mean(results[10, "finetune"]) - statistics.mean(results[10, "scratch"])
+        print(f"\nfinetune - scratch at 10 images per class: {100 * gain:+.1f} points (target >= +10): "
+              f"{'PASS' if gain >= 0.10 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
