@@ -59,7 +59,8 @@ def test_yaml_round_trip(tmp_path):
                       clip_grad=1.5, ema=True, ema_decay=0.99, patience=3, label_smoothing=0.1, augment="none",
                       fliplr=0.0, val_split=0.3, amp=True, amp_dtype="bf16", channels_last=True, workers=0, seed=42,
                       deterministic=True, out="runs/classify/x", name="exp9", resume=True, weights="w.safetensors",
-                      pretrained=True, min_lr_ratio=0.05, device="cpu", compile=True)
+                      pretrained=True, min_lr_ratio=0.05, device="cpu", compile=True, backbone_from="b.safetensors",
+                      transfer="linear", backbone_lr_mult=0.5)
     # every field differs from its default, so a field that is lost on the way shows up
     defaults = TrainConfig()
     assert [f.name for f in fields(cfg) if getattr(cfg, f.name) == getattr(defaults, f.name)] == []
