@@ -144,6 +144,26 @@ class Classifier:
                                 "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]})
         return results
 
+    def features(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None,
+                 layers: list[str] | None = None, batch: int = 64, device: str = "auto", workers: int = 2) -> dict[str, np.ndarray]:
+        """Pooled features [N, D] (the classifier's input) of every image, with ``files`` [N], ``labels``
+        [N] and ``class_names`` when the folders name the classes, and ``layer:NAME`` maps for
+        ``layers``; written to ``out`` (.npz) when given. Unreadable images are skipped with a warning."""
+        from cnnkit.tasks import features as feat
+
+        model = self._require_model()
+        names = feat.check_layers(model, layers or [])
+        source_list = [sources] if isinstance(sources, (str, Path)) else list(sources)
+        files = [path for path, _ in expand_sources(source_list)]
+        labels = feat.folder_labels(files, [str(s) for s in source_list], self.class_names)
+        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
+        arrays = feat.extract_features(model, files, labels, transform, batch, workers, dist_utils.select_device(device), names)
+        if "labels" in arrays:
+            arrays["class_names"] = np.array(self.class_names)
+        if out is not None:
+            feat.save_npz(out, arrays)
+        return arrays
+
     def _require_model(self) -> nn.Module:
         if self.model is None:
             raise CnnkitError("this Classifier has no weights yet", "train it first or use Classifier.load(FILE)")

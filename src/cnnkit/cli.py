@@ -139,6 +139,45 @@ def classify_predict(
         console.print(f"{len(results)} predictions written to {save_json}")
 
 
+@classify_app.command("features")
+def classify_features(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    source: Optional[list[str]] = typer.Option(None, "--source", metavar="DIR|FILE|GLOB", help="image folder, file or glob pattern (quote globs); repeat for more"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.npz", help="the .npz to write: features [N, D], files [N], labels [N] when the folders name the classes"),
+    batch: int = typer.Option(64, "--batch", min=1, help="batch size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    layers: Optional[str] = typer.Option(None, "--layers", metavar="A,B|list", help="comma-separated module names whose outputs are also saved, "
+                                         "as layer:NAME [N, C, H, W] float16; 'list' prints the usable names"),
+) -> None:
+    """Pooled features (the classifier's input) of every image, saved as an .npz for search, clustering or probes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnkit.api import Classifier
+    from cnnkit.console import console
+    from cnnkit.tasks.features import list_layers
+
+    clf = Classifier.load(weights)
+    if layers is not None and layers.strip() == "list":
+        table = Table("layer", "type", "output (C, H, W)")
+        for name, kind, shape in list_layers(clf.model, clf.imgsz):
+            table.add_row(name, kind, " x ".join(map(str, shape)))
+        Console().print(table)  # stdout: results; messages go to stderr
+        return
+    if not source:
+        raise CnnkitError("missing --source", "pass --source DIR or --source 'GLOB' (repeatable)")
+    if out is None or out.is_dir():
+        raise CnnkitError(f"--out {out}: is a folder" if out else "missing --out", "pass --out FILE.npz")
+    names = [n.strip() for n in (layers or "").split(",") if n.strip()]
+    arrays = clf.features(source, out, layers=names, batch=batch, device=device, workers=workers)
+    n, dims = arrays["features"].shape
+    notes = ["labels from class folders" if "labels" in arrays else "no labels (files are not in class folders)"]
+    if names:
+        notes.append(f"layers {', '.join(names)}")
+    console.print(f"{n} images, {dims} dims, {'; '.join(notes)}: written to {out}", soft_wrap=True, markup=False)
+
+
 @data_app.command("check")
 def data_check(
     root: str = typer.Argument(..., help="dataset root (ImageFolder layout) or built-in name"),
