@@ -26,6 +26,33 @@ def digits_root(cnnkit_home) -> Path:
     return resolve_data("digits")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny tensors gain nothing from more threads, and spinning OpenMP threads slow to a crawl when
+    other processes share the cores. (Subprocess runs of cnnkit keep their own setting.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run `cnnkit ARGS` in this process: (exit code, stdout, stderr)."""
+    import cnnkit.cli
+
+    monkeypatch.setattr(sys, "argv", ["cnnkit", *map(str, args)])
+    capsys.readouterr()  # drop anything printed before
+    code = 0
+    try:
+        cnnkit.cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_cnnkit(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m cnnkit ARGS` (or LAUNCHER -m cnnkit ARGS, e.g. torchrun) and capture its output."""
     command = [*(launcher or [sys.executable]), "-m", "cnnkit", *args]

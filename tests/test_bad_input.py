@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import cnnkit.cli
+from conftest import run_cli
 from cnnkit.engine.checkpoint import save_weights
 from cnnkit.errors import CnnkitError
 from cnnkit.models.tiny_cnn import TinyCNN
@@ -25,30 +26,6 @@ from cnnkit.models.tiny_cnn import TinyCNN
 META = {"task": "classify", "model": "tiny_cnn", "class_names": ["a", "b"], "num_classes": 2, "imgsz": 16,
         "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "cnnkit_version": "test"}
 TINY_TRAIN = ["--model", "tiny_cnn", "--epochs", "1", "--imgsz", "16", "--batch", "4", "--workers", "0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from more threads, and spinning OpenMP threads slow to a crawl when
-    other processes share the cores; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# ---------------------------------------------------------------------------- helpers
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run `cnnkit ARGS` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["cnnkit", *map(str, args)])
-    capsys.readouterr()  # drop anything printed before
-    code = 0
-    try:
-        cnnkit.cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_user_error(result, *names: str) -> str:

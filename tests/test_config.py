@@ -14,20 +14,9 @@ from PIL import Image
 
 import cnnkit.api
 import cnnkit.cli
+from conftest import run_cli
 from cnnkit.config import TrainConfig, read_yaml_options, write_yaml
 from cnnkit.errors import CnnkitError
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["cnnkit", *map(str, args)])
-    capsys.readouterr()
-    code = 0
-    try:
-        cnnkit.cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -40,16 +29,6 @@ def captured(monkeypatch) -> list[TrainConfig]:
 
     monkeypatch.setattr(cnnkit.api, "train", record)
     return configs
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from more threads, and spinning OpenMP threads slow to a crawl when
-    other processes share the cores; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------- YAML

@@ -10,16 +10,6 @@ from cnnkit.engine.checkpoint import load_weights, save_weights
 from cnnkit.errors import CnnkitError
 from cnnkit.models.backbones import build_classifier
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from more threads, and spinning OpenMP threads slow to a crawl when
-    other processes share the cores; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 NAMES = ["tiny_cnn", "resnet18", "mobilenetv3_small", "efficientnet_b0", "densenet121", "vgg11", "tv:resnet18"]
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import cnnkit.cli
+from conftest import run_cli
 from cnnkit.augment.presets import classify_transforms
 from cnnkit.data.images import load_image
 from cnnkit.engine.checkpoint import save_weights
@@ -23,27 +24,6 @@ from cnnkit.tasks.features import extract_features, list_layers, pooled_features
 CLASSES = ["cat", "dog"]
 META = {"task": "classify", "model": "tiny_cnn", "class_names": CLASSES, "num_classes": 2, "imgsz": 16,
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "cnnkit_version": "test"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run `cnnkit ARGS` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["cnnkit", *map(str, args)])
-    capsys.readouterr()
-    code = 0
-    try:
-        cnnkit.cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
