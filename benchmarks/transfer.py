@@ -44,14 +44,14 @@ def subset(samples, digits: list[int]):
 
 def run(train, val, test, classes, cfg: TrainConfig, run_dir: Path, backbone: Path | None, mode: str) -> float:
     seed_everything(cfg.seed)
-    model = build_classifier("tiny_cnn", len(classes))
+    model = build_classifier(cfg.model, len(classes))
     if backbone is not None:
-        load_backbone(model, read_state_dict(backbone), str(backbone), "tiny_cnn", "tiny_cnn")
+        load_backbone(model, read_state_dict(backbone), str(backbone), cfg.model, cfg.model)
     plan = plan_transfer(model, mode, backbone is not None, cfg.backbone_lr_mult)
     task = ClassifyTask(classes)
     train_set = ImageDataset(train, classify_transforms(IMGSZ, True, cfg.augment, 0.0))
     val_set = ImageDataset(val, classify_transforms(IMGSZ, False))
-    fit(task, model, train_set, val_set, cfg, run_dir, {"task": "classify", "model": "tiny_cnn"}, collate_skipping_none, transfer=plan)
+    fit(task, model, train_set, val_set, cfg, run_dir, {"task": "classify", "model": cfg.model}, collate_skipping_none, transfer=plan)
     state, _ = load_weights(run_dir / "weights" / "best.safetensors")
     model.load_state_dict(state)
     loader = make_loader(ImageDataset(test, classify_transforms(IMGSZ, False)), 256, 0, False, 0, collate_skipping_none)
@@ -65,16 +65,21 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--modes", default="scratch,linear,finetune")
+    parser.add_argument("--model", default="tiny_cnn")
+    parser.add_argument("--lr", type=float, default=0.003)
+    parser.add_argument("--backbone-lr-mult", type=float, default=0.1)
+    parser.add_argument("--source-epochs", type=int, default=15)
     args = parser.parse_args()
     data = load_imagefolder(resolve_data("digits"))
     source_digits, target_digits = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
-    base = TrainConfig(model="tiny_cnn", imgsz=IMGSZ, batch=16, lr=0.003, workers=0, device="cpu", fliplr=0.0)
+    base = TrainConfig(model=args.model, imgsz=IMGSZ, batch=16, lr=args.lr, workers=0, device="cpu", fliplr=0.0,
+                       backbone_lr_mult=args.backbone_lr_mult)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        print("1) pretraining tiny_cnn on digits 0-4 …")
+        print(f"1) pretraining {args.model} on digits 0-4 …")
         source_acc = run(subset(data.splits["train"], source_digits), subset(data.splits["val"], source_digits),
                          subset(data.splits["test"], source_digits), [str(d) for d in source_digits],
-                         replace(base, epochs=15, batch=64), tmp / "source", None, "scratch")
+                         replace(base, epochs=args.source_epochs, batch=64), tmp / "source", None, "scratch")
         print(f"   source test top-1 on digits 0-4: {source_acc:.3f}")
         backbone = tmp / "source" / "weights" / "best.safetensors"
         target_train = subset(data.splits["train"], target_digits)

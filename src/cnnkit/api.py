@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -78,20 +78,10 @@ class Classifier:
     # ---------------------------------------------------------------- train
     def train(self, data: str = "digits", **options: Any) -> Run:
         """Train on an ImageFolder dataset (or 'digits'); options are TrainConfig fields."""
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise CnnkitError(f"unknown training option '{unknown[0]}'", "see `cnnkit classify train --help`")
-        cfg = TrainConfig(data=data, model=self.model_name, pretrained=self.pretrained, **options)
-        if "imgsz" not in options:
-            cfg.imgsz = self.imgsz
-        if self.weights_path is not None and not cfg.weights:
-            cfg.weights = str(self.weights_path)  # fine-tune from the loaded weights
-        run = train(cfg, explicit=set(options))
-        if run.dir and (run.dir / "weights" / "best.safetensors").is_file():
-            loaded = Classifier.load(run.dir / "weights" / "best.safetensors")
-            self.__dict__.update(loaded.__dict__)
-        return run
+        defaults = {"model": self.model_name, "pretrained": self.pretrained, "imgsz": self.imgsz}
+        if self.weights_path is not None:
+            defaults["weights"] = str(self.weights_path)  # fine-tune from the loaded weights
+        return _train_and_reload(self, TrainConfig, CLASSIFY, data, defaults, options)
 
     # ---------------------------------------------------------------- val
     def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 64,
@@ -164,6 +154,41 @@ class Classifier:
             feat.save_npz(out, arrays)
         return arrays
 
+    def explain(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None,
+                target: str | int | None = None, layers: list[str] | None = None,
+                device: str = "auto") -> list[dict[str, Any]]:
+        """One PNG per image in ``out`` (default runs/classify/explain): the input, Grad-CAM of the
+        predicted class (or ``target``, a class name or index) on the last conv stage, and the
+        strongest channels of ``layers`` (default: an early, a middle and the last conv stage).
+        [{"file", "label", "score", "target", "target_score", "png", "cam" [imgsz, imgsz], "topk"}]."""
+        from cnnkit.tasks import explain as ex
+
+        model = self._require_model()
+        target_index = ex.resolve_target(target, self.class_names, self.weights_path)
+        files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
+        for path, named in files:  # a bad file named on the command line fails before any PNG is written
+            if named:
+                load_image(path)
+        model.to(dist_utils.select_device(device)).eval()
+        stages = ex.pick_layers(model, self.imgsz)
+        names = ex.check_map_layers(model, layers, self.imgsz) if layers else stages
+        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
+        out_dir = Path(out) if out is not None else Path("runs") / TASK / "explain"
+        results: list[dict[str, Any]] = []
+        for (path, named), png in zip(files, ex.png_names([p for p, _ in files])):
+            try:
+                image = load_image(path)
+            except CnnkitError as exc:
+                if named:
+                    raise
+                warn(f"{exc.message} (skipped)")
+                continue
+            result = ex.explain_image(model, image, transform, self.class_names, out_dir / png, layers=names,
+                                      cam_layer=stages[-1], target=target_index, mean=self.mean, std=self.std,
+                                      title=path.name)
+            results.append({"file": str(path), **result})
+        return results
+
     def _require_model(self) -> nn.Module:
         if self.model is None:
             raise CnnkitError("this Classifier has no weights yet", "train it first or use Classifier.load(FILE)")
@@ -209,29 +234,58 @@ def _evaluate_split(model, clf: Classifier, samples, batch: int, workers: int, d
     return evaluate(task, model.to(device), loader, device)
 
 
+def _train_and_reload(owner: Any, config_type: type, recipe: "Recipe", data: str, defaults: dict[str, Any],
+                      options: dict[str, Any]) -> Run:
+    """``owner.train``: options checked against ``config_type``, the owner's settings as defaults, then
+    the owner becomes the run's best weights."""
+    known = {f.name for f in fields(config_type)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise CnnkitError(f"unknown training option '{unknown[0]}'", f"see `cnnkit {recipe.task} train --help`")
+    cfg = config_type(data=data, **{**defaults, **options})
+    run = train(cfg, explicit=set(options), recipe=recipe)
+    if run.dir and (run.dir / "weights" / "best.safetensors").is_file():
+        owner.__dict__.update(type(owner).load(run.dir / "weights" / "best.safetensors").__dict__)
+    return run
+
+
 # ==================================================================== training run
-def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset()) -> tuple[TrainConfig, Path]:
+@dataclass(frozen=True)
+class Recipe:
+    """What a task brings to a training run; everything else (run directory, resume, data, transfer,
+    the engine, DDP) is shared. Plain functions of (cfg, class names)."""
+
+    task: str
+    build_model: Callable[[Any, list[str]], nn.Module]
+    make_task: Callable[[Any, list[str]], Any]
+    metadata: Callable[[Any, list[str]], dict[str, Any]]
+    finish: Callable[[Any, Path, Any, torch.device], dict[str, Any]]
+
+
+def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = TASK) -> tuple[TrainConfig, Path]:
     """The run directory and, for --resume, the saved configuration of the interrupted run
     (``explicit``: the options the user typed; of these only device and workers may change)."""
     if cfg.resume:
-        run_dir = Path(cfg.out) if cfg.out else (Path("runs") / TASK / cfg.name if cfg.name else latest_run_dir(TASK))
+        run_dir = Path(cfg.out) if cfg.out else (Path("runs") / task / cfg.name if cfg.name else latest_run_dir(task))
         if run_dir is None or not (run_dir / "checkpoint.pt").is_file():
-            raise CnnkitError(f"{run_dir or 'runs/' + TASK}: no checkpoint.pt to resume", "pass --out RUN_DIR of an interrupted run")
-        saved = read_yaml_options(run_dir / "config.yaml")
+            raise CnnkitError(f"{run_dir or 'runs/' + task}: no checkpoint.pt to resume", "pass --out RUN_DIR of an interrupted run")
+        saved = read_yaml_options(run_dir / "config.yaml", type(cfg))
         # a resumed run keeps its math; only where and how fast it runs may change
         keep = {k: getattr(cfg, k) for k in ("device", "workers") if k in explicit}
-        cfg = replace(TrainConfig(**saved), **keep, resume=True, out=str(run_dir))
+        cfg = replace(type(cfg)(**saved), **keep, resume=True, out=str(run_dir))
         return cfg.validate(), run_dir
-    run_dir = Path(cfg.out) if cfg.out else next_run_dir(TASK, cfg.name)
+    run_dir = Path(cfg.out) if cfg.out else next_run_dir(task, cfg.name)
     if (run_dir / "checkpoint.pt").is_file():
         raise CnnkitError(f"{run_dir}: already holds a run", "pass --resume to continue it, or another --out/--name")
     return replace(cfg, out=str(run_dir)).validate(), run_dir
 
 
-def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
-    """One classification training run: data -> model -> engine -> metrics.json, plots, report.html.
-    ``explicit`` names the options the user set (the rest are defaults), which matters for --resume."""
-    cfg, run_dir = resolve_run(cfg, explicit)
+def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | None" = None) -> Run:
+    """One training run: data -> model -> engine -> metrics.json, plots, report.html; classification
+    unless ``recipe`` says otherwise. ``explicit`` names the options the user set (the rest are
+    defaults), which matters for --resume."""
+    recipe = recipe or CLASSIFY
+    cfg, run_dir = resolve_run(cfg, explicit, recipe.task)
     device = dist_utils.select_device(cfg.device)
     dist_utils.setup(device)
     # ranks may have picked different free names (exp, exp2) before joining: rank 0's wins
@@ -245,7 +299,7 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
     data_root = data_root or resolve_data(cfg.data)
     dataset = load_imagefolder(data_root, cfg.val_split, cfg.seed)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_classifier(cfg.model, len(dataset.classes), cfg.pretrained)
+    model = recipe.build_model(cfg, dataset.classes)
     if cfg.weights and not cfg.resume:
         copied, skipped = load_matching(model, read_state_dict(cfg.weights), cfg.weights)
         if main:
@@ -256,8 +310,8 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
         if main:
             console.print(f"backbone: {copied} tensors from {cfg.backbone_from}")
     plan = plan_transfer(model, cfg.transfer, bool(cfg.pretrained or cfg.weights or cfg.backbone_from), cfg.backbone_lr_mult)
-    metadata = {"task": TASK, "model": cfg.model, "class_names": dataset.classes, "num_classes": len(dataset.classes),
-                "imgsz": cfg.imgsz, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "cnnkit_version": __version__,
+    metadata = {"task": recipe.task, "model": cfg.model, **recipe.metadata(cfg, dataset.classes), "imgsz": cfg.imgsz,
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "cnnkit_version": __version__,
                 "val_split": cfg.val_split, "split_seed": cfg.seed}
     train_set = ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, cfg.augment, cfg.fliplr))
     val_set = ImageDataset(dataset.splits["val"], classify_transforms(cfg.imgsz, False))
@@ -265,16 +319,16 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset()) -> Run:
         write_yaml(run_dir / "config.yaml", cfg.to_dict())
         n_params = sum(p.numel() for p in model.parameters())
         counts = ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
-        console.print(f"cnnkit {__version__}  classify {cfg.model} ({n_params / 1e6:.2f}M params)  {len(dataset.classes)} classes  "
+        console.print(f"cnnkit {__version__}  {recipe.task} {cfg.model} ({n_params / 1e6:.2f}M params)  {len(dataset.classes)} classes  "
                       f"images: {counts}  device {device}" + (f" x{dist_utils.world_size()}" if dist_utils.world_size() > 1 else ""))
-    task = classify.ClassifyTask(dataset.classes, cfg.label_smoothing)
+    task = recipe.make_task(cfg, dataset.classes)
     if main and plan.mode != "scratch":
         console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
     result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, collate_skipping_none, device, plan)
     dist_utils.cleanup()
     if not main:
         return Run(run_dir, result.metrics, result.best_epoch)
-    metrics = finish_run(cfg, run_dir, dataset, device)
+    metrics = recipe.finish(cfg, run_dir, dataset, device)
     return Run(run_dir, metrics, result.best_epoch)
 
 
@@ -303,3 +357,312 @@ def finish_run(cfg: TrainConfig, run_dir: Path, dataset, device: torch.device) -
     line = f"val top1 {metrics['top1']:.4f}" + (f"  test top1 {metrics['test']['top1']:.4f}" if "test" in metrics else "")
     console.print(f"{line}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
     return metrics
+
+
+CLASSIFY = Recipe(
+    task=TASK,
+    build_model=lambda cfg, classes: build_classifier(cfg.model, len(classes), cfg.pretrained),
+    make_task=lambda cfg, classes: classify.ClassifyTask(classes, cfg.label_smoothing),
+    metadata=lambda cfg, classes: {"class_names": classes, "num_classes": len(classes)},
+    finish=finish_run,
+)
+
+
+# ==================================================================== embeddings and search
+EMBED = "embed"
+
+
+class Embedder:
+    """Images -> L2-normalised vectors: a metric-learning model (``embed train``) or any classifier's
+    pooled features (``Embedder.load`` of a classify weights file)."""
+
+    def __init__(self, model: str = "tiny_cnn", dim: int = 128, imgsz: int = 224, pretrained: bool = False):
+        self.model_name, self.dim, self.imgsz, self.pretrained = model, dim, imgsz, pretrained
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.model: nn.Module | None = None
+        self.weights_path: Path | None = None
+        self.sha256 = ""
+        self.val_split, self.split_seed = 0.2, 0
+
+    @classmethod
+    def load(cls, weights: str | Path) -> "Embedder":
+        """An embedder from an embed weights file, or from a classify one (its pooled features)."""
+        from cnnkit.engine.checkpoint import read_metadata
+        from cnnkit.models.embedder import build_embedder
+        from cnnkit.retrieval.index import file_sha256
+
+        meta = read_metadata(weights)
+        if meta.get("task") == "classify":
+            clf = Classifier.load(weights)
+            emb = cls(clf.model_name, 0, clf.imgsz)
+            emb.model = clf.model
+        else:
+            state, meta = load_weights(weights, task=EMBED)
+            emb = cls(meta["model"], int(meta["dim"]), int(meta["imgsz"]))
+            emb.model = build_embedder(meta["model"], int(meta["dim"]))
+            emb.model.load_state_dict(state)
+        emb.mean, emb.std = tuple(meta["mean"]), tuple(meta["std"])
+        emb.val_split, emb.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
+        emb.weights_path, emb.sha256 = Path(weights), file_sha256(weights)
+        emb.model.eval()
+        return emb
+
+    def train(self, data: str = "digits", **options: Any) -> Run:
+        """Metric learning on an ImageFolder whose classes are identities; options are EmbedConfig fields."""
+        from cnnkit.config import EmbedConfig
+
+        defaults = {"model": self.model_name, "pretrained": self.pretrained, "imgsz": self.imgsz, "dim": self.dim}
+        return _train_and_reload(self, EmbedConfig, EMBED_RECIPE, data, defaults, options)
+
+    def embed(self, sources: Iterable[str | Path] | str | Path, batch: int = 64, device: str = "auto", workers: int = 2,
+              progress: bool = True) -> dict[str, np.ndarray]:
+        """{"vectors": float32 [N, D] (unit length), "files": [N] (absolute paths)} of the readable images."""
+        from cnnkit.retrieval.index import normalize
+        from cnnkit.tasks.features import extract_features
+
+        model = self._require_model()
+        source_list = [sources] if isinstance(sources, (str, Path)) else list(sources)
+        # the same image reached twice (overlapping folders, a glob and a file) is embedded once
+        files = list(dict.fromkeys(path.resolve() for path, _ in expand_sources(source_list)))
+        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
+        arrays = extract_features(model, files, None, transform, batch, workers, dist_utils.select_device(device), progress=progress)
+        return {"vectors": normalize(arrays["features"]), "files": arrays["files"]}
+
+    def val(self, data: str, query_split: str | None = None, gallery_split: str = "train", out: str | Path | None = None,
+            batch: int = 64, device: str = "auto", workers: int = 2) -> dict[str, Any]:
+        """recall@1, recall@5 and map of ``query_split`` (default: test, else val) against ``gallery_split``;
+        with one split for both, leave-one-out within it. Writes metrics.json, a retrieval sheet and report.html."""
+        from cnnkit.retrieval.metrics import retrieval_metrics
+
+        self._require_model()
+        dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
+        query_split = query_split or ("test" if "test" in dataset.splits else "val")
+        for split in (query_split, gallery_split):
+            if split not in dataset.splits:
+                raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
+        out_dir = Path(out) if out else (self.weights_path.parent.parent / "val" if self.weights_path else Path("runs/embed/val"))
+        q = self._split_vectors(dataset.splits[query_split], batch, device, workers)
+        g = q if gallery_split == query_split else self._split_vectors(dataset.splits[gallery_split], batch, device, workers)
+        metrics = retrieval_metrics(q["vectors"], q["labels"], g["vectors"], g["labels"], same_set=gallery_split == query_split)
+        metrics = {"query_split": query_split, "gallery_split": gallery_split, "queries": len(q["files"]),
+                   "gallery": len(g["files"]), **metrics}
+        paths = [_query_sheet(q, g, dataset.classes, out_dir / "plots" / f"{query_split}_vs_{gallery_split}.png",
+                              same_set=gallery_split == query_split)]
+        write_json(out_dir / "metrics.json", metrics)
+        write_report(out_dir / "report.html", f"cnnkit embed val: {self.model_name} on {data} ({query_split} vs {gallery_split})",
+                     {"weights": str(self.weights_path), "data": str(data)}, metrics, paths)
+        console.print(f"{query_split} vs {gallery_split}: recall@1 {metrics['recall@1']:.4f}  recall@5 {metrics['recall@5']:.4f}  "
+                      f"map {metrics['map']:.4f}  report {out_dir / 'report.html'}")
+        return metrics
+
+    def _split_vectors(self, samples, batch: int, device: str, workers: int) -> dict[str, np.ndarray]:
+        from cnnkit.retrieval.index import normalize
+        from cnnkit.tasks.features import extract_features
+
+        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
+        arrays = extract_features(self._require_model(), [p for p, _ in samples], [label for _, label in samples], transform,
+                                  batch, workers, dist_utils.select_device(device))
+        return {"vectors": normalize(arrays["features"]), "files": arrays["files"], "labels": arrays["labels"]}
+
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise CnnkitError("this Embedder has no weights yet", "train it first or use Embedder.load(FILE)")
+        return self.model
+
+
+def _query_sheet(q: dict, g: dict, class_names: list[str], path: Path, same_set: bool, n_queries: int = 8, k: int = 5) -> Path:
+    from cnnkit.retrieval.sheets import contact_sheet
+
+    k = min(k, len(g["files"]) - (1 if same_set else 0))
+    chosen = np.unique(np.linspace(0, len(q["files"]) - 1, min(n_queries, len(q["files"]))).astype(int))
+    sims = q["vectors"][chosen] @ g["vectors"].T
+    if same_set:
+        sims[np.arange(len(chosen)), chosen] = -np.inf
+    rows = []
+    for i, row in zip(chosen, sims):
+        nearest = np.argsort(-row)[:max(k, 0)]
+        rows.append([(q["files"][i], f"query: {class_names[q['labels'][i]]}", None)] +
+                    [(g["files"][j], f"{class_names[g['labels'][j]]} {row[j]:.2f}", bool(g["labels"][j] == q["labels"][i])) for j in nearest])
+    return contact_sheet(rows, path)
+
+
+def finish_embed_run(cfg, run_dir: Path, dataset, device: torch.device) -> dict[str, Any]:
+    """Best weights: leave-one-out retrieval on val, and test queries against the train gallery when
+    there is a test split; metrics.json, plots and report.html."""
+    from cnnkit.retrieval.metrics import retrieval_metrics
+    from cnnkit.tasks import embed as embed_task
+
+    best = Embedder.load(run_dir / "weights" / "best.safetensors")
+    plot_dir = run_dir / "plots"
+    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
+    val = best._split_vectors(dataset.splits["val"], cfg.batch, str(device), cfg.workers)
+    metrics: dict[str, Any] = retrieval_metrics(val["vectors"], val["labels"], val["vectors"], val["labels"], same_set=True)
+    paths += embed_task.draw({"embeddings": val["vectors"], "labels": val["labels"]}, dataset.classes,
+                             [Path(f) for f in val["files"]], plot_dir, prefix="val")
+    if "test" in dataset.splits:
+        test = best._split_vectors(dataset.splits["test"], cfg.batch, str(device), cfg.workers)
+        gallery = best._split_vectors(dataset.splits["train"], cfg.batch, str(device), cfg.workers)
+        metrics["test"] = {"query_split": "test", "gallery_split": "train",
+                           **retrieval_metrics(test["vectors"], test["labels"], gallery["vectors"], gallery["labels"])}
+        paths.append(_query_sheet(test, gallery, dataset.classes, plot_dir / "test_vs_train.png", same_set=False))
+    write_json(run_dir / "metrics.json", metrics)
+    summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    if "test" in metrics:
+        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
+    write_report(run_dir / "report.html", f"cnnkit embed: {cfg.model} on {cfg.data}", cfg.to_dict(), summary, paths)
+    line = f"val recall@1 {metrics['recall@1']:.4f}" + (f"  test-vs-train recall@1 {metrics['test']['recall@1']:.4f}" if "test" in metrics else "")
+    console.print(f"{line}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
+    return metrics
+
+
+def _build_embed_model(cfg, classes):
+    from cnnkit.models.embedder import build_embedder
+
+    return build_embedder(cfg.model, cfg.dim, cfg.pretrained)
+
+
+def _make_embed_task(cfg, classes):
+    from cnnkit.tasks.embed import EmbedTask
+
+    return EmbedTask(cfg.loss, cfg.margin, cfg.temperature)
+
+
+EMBED_RECIPE = Recipe(
+    task=EMBED,
+    build_model=_build_embed_model,
+    make_task=_make_embed_task,
+    metadata=lambda cfg, classes: {"dim": cfg.dim, "loss": cfg.loss, "class_names": classes},
+    finish=finish_embed_run,
+)
+
+
+def _index_embedder(gallery, weights: str | Path | None) -> Embedder:
+    """The model that made the index's vectors: --weights (checked against the index) or the index's copy."""
+    if weights is not None:
+        embedder = Embedder.load(weights)
+        gallery.check_model(embedder.sha256, weights)
+        return embedder
+    if gallery.model_file is None:
+        raise CnnkitError(f"the index has no copy of its model ({gallery.meta.model})", "pass --weights FILE, the model it was built with")
+    embedder = Embedder.load(gallery.model_file)
+    gallery.check_model(embedder.sha256, gallery.model_file)
+    return embedder
+
+
+def _matches(files: list[str], patterns: Iterable[str | Path]) -> tuple[list[str], list[str]]:
+    """(indexed files matching any pattern, patterns that matched nothing): a pattern is a file, a folder
+    (everything under it) or a glob, compared with the absolute paths the index stores."""
+    import fnmatch
+    import os
+
+    matched: set[str] = set()
+    unmatched: list[str] = []
+    for pattern in patterns:
+        target = str(Path(pattern).expanduser().absolute())
+        resolved = str(Path(pattern).expanduser().resolve())
+        hit = {f for f in files if f in (target, resolved) or f.startswith(target + os.sep) or f.startswith(resolved + os.sep)
+               or fnmatch.fnmatchcase(f, target)}
+        if not hit:
+            unmatched.append(str(pattern))
+        matched |= hit
+    return sorted(matched), unmatched
+
+
+def build_index(out: str | Path, sources: Iterable[str | Path] = (), weights: str | Path | None = None, kind: str = "flat",
+                add: bool = False, remove: Iterable[str | Path] = (), nlist: int = 0, nprobe: int = 8, hnsw_m: int = 32,
+                ef_search: int = 64, batch: int = 64, device: str = "auto", workers: int = 2):
+    """Build the index in ``out`` from ``sources`` embedded by ``weights``; or, with ``add``/``remove``,
+    change an existing one (new images embedded by the index's own model; removals need no model).
+    Returns the GalleryIndex; the directory is replaced in one swap."""
+    from cnnkit.retrieval.index import GalleryIndex
+
+    sources, remove = list(sources), list(remove)
+    out = Path(out)
+    if add or remove:
+        gallery = GalleryIndex.load(out)
+        before = gallery.meta.count
+        if remove:
+            files, unmatched = _matches(gallery.files, remove)
+            for pattern in unmatched:
+                warn(f"{pattern}: not in the index (nothing removed for it)")
+            gallery.remove(files)
+        added = 0
+        if add:
+            if not sources:
+                raise CnnkitError("--add needs images: pass --source DIR|GLOB|FILE")
+            embedder = _index_embedder(gallery, weights)
+            vectors = embedder.embed(sources, batch, device, workers)
+            added = gallery.add(vectors["vectors"], vectors["files"])
+        gallery.save(out)
+        console.print(f"{out}: {before} -> {gallery.meta.count} images ({added} added, {before + added - gallery.meta.count} removed)")
+        return gallery
+    if weights is None:
+        raise CnnkitError("building an index needs --weights FILE (an embed or classify weights file)")
+    if not sources:
+        raise CnnkitError("building an index needs --source DIR|GLOB|FILE")
+    embedder = Embedder.load(weights)
+    vectors = embedder.embed(sources, batch, device, workers)
+    gallery = GalleryIndex.build(vectors["vectors"], list(vectors["files"]), kind, embedder.sha256, embedder.model_name,
+                                 Path(weights), nlist, nprobe, hnsw_m, ef_search, __version__)
+    gallery.save(out)
+    console.print(f"{out}: {kind} index of {gallery.meta.count} images, {gallery.meta.dim}-d, model {embedder.model_name}")
+    return gallery
+
+
+def search_index(index: str | Path, queries: Iterable[str | Path], k: int = 5, weights: str | Path | None = None,
+                 batch: int = 64, device: str = "auto", workers: int = 0) -> list[dict[str, Any]]:
+    """[{"query", "neighbors": [{"file", "score"}, …]}] best first (score = cosine similarity)."""
+    from cnnkit.retrieval.index import GalleryIndex
+
+    gallery = GalleryIndex.load(index)
+    if k > gallery.meta.count:
+        raise CnnkitError(f"-k {k} is larger than the gallery of {index} ({gallery.meta.count} images)",
+                          f"use -k {max(1, gallery.meta.count)} or less")
+    queries = list(queries)
+    for query in queries:  # every query is asked for by name: an unreadable one is an error, not a skip
+        if Path(query).is_file():
+            load_image(query)
+    embedder = _index_embedder(gallery, weights)
+    vectors = embedder.embed(queries, batch, device, workers, progress=len(queries) > batch)
+    scores, rows = gallery.search(vectors["vectors"], k)
+    return [{"query": str(q), "neighbors": [{"file": gallery.files[r], "score": float(s)} for s, r in zip(srow, rrow) if r >= 0]}
+            for q, srow, rrow in zip(vectors["files"], scores, rows)]
+
+
+def _vectors_for(index: str | Path | None, sources: Iterable[str | Path], weights: str | Path | None, batch: int,
+                 device: str, workers: int) -> tuple[np.ndarray, list[str]]:
+    from cnnkit.retrieval.index import GalleryIndex
+
+    sources = list(sources)
+    if index is not None:
+        if sources:
+            raise CnnkitError("pass either --index or --source, not both")
+        gallery = GalleryIndex.load(index)
+        return gallery.vectors, gallery.files
+    if weights is None or not sources:
+        raise CnnkitError("pass --index INDEX_DIR, or --source DIR with --weights FILE")
+    vectors = Embedder.load(weights).embed(sources, batch, device, workers)
+    return vectors["vectors"], list(vectors["files"])
+
+
+def dedup(index: str | Path | None = None, sources: Iterable[str | Path] = (), weights: str | Path | None = None,
+          threshold: float = 0.95, batch: int = 64, device: str = "auto", workers: int = 2) -> list[dict[str, Any]]:
+    """Groups of near-duplicates: images linked by cosine similarity >= threshold (connected
+    components of that graph), largest first: [{"files", "min_score", "max_score"}]."""
+    from cnnkit.retrieval.groups import duplicate_groups
+
+    if not -1.0 <= threshold <= 1.0:
+        raise CnnkitError(f"--threshold must be between -1 and 1 (cosine similarity), got {threshold}")
+    vectors, files = _vectors_for(index, sources, weights, batch, device, workers)
+    return duplicate_groups(vectors, files, threshold)
+
+
+def cluster(k: int, index: str | Path | None = None, sources: Iterable[str | Path] = (), weights: str | Path | None = None,
+            seed: int = 0, batch: int = 64, device: str = "auto", workers: int = 2) -> dict[str, Any]:
+    """Spherical k-means (FAISS) of the embeddings: {"clusters": [{"id", "size", "files", "scores"}], "assignment": [N]}."""
+    from cnnkit.retrieval.groups import kmeans_clusters
+
+    vectors, files = _vectors_for(index, sources, weights, batch, device, workers)
+    if not 1 <= k <= len(files):
+        raise CnnkitError(f"-k {k} must be between 1 and the number of images ({len(files)})")
+    return kmeans_clusters(vectors, files, k, seed)

@@ -86,6 +86,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class EmbedConfig(TrainConfig):
+    """`embed train`: the training options plus the embedding's size and metric-learning loss."""
+
+    dim: int = option(128, "embedding size (the projection after the backbone's pooled features)")
+    loss: str = option("supcon", "metric-learning loss (pytorch-metric-learning): supervised contrastive, triplet with "
+                       "semi-hard mining, multi-similarity with its miner, or contrastive pairs",
+                       ("supcon", "triplet", "multisimilarity", "contrastive"))
+    margin: float = option(0.2, "margin of the triplet and contrastive losses (cosine similarity)")
+    temperature: float = option(0.1, "temperature of the supervised contrastive loss")
+
+    def validate(self) -> "EmbedConfig":
+        super().validate()
+        if self.dim < 1:
+            raise CnnkitError(f"--dim must be at least 1, got {self.dim}")
+        if self.temperature <= 0:
+            raise CnnkitError(f"--temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.margin <= 2.0:
+            raise CnnkitError(f"--margin must be between 0 and 2, got {self.margin}")
+        return self
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 

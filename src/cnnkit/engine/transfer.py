@@ -109,15 +109,24 @@ def load_backbone(model: nn.Module, state: dict, source: str, model_name: str, s
     if source_model is not None and source_model != model_name:
         raise CnnkitError(f"{source}: holds a '{source_model}' model, but --model is '{model_name}'",
                           f"train with --model {source_model}, or pick weights of a {model_name}")
-    reference = next(iter(own))
-    prefixes = {key[: -len(reference)] for key in state if key.endswith(reference)} or {""}
-    best = max(prefixes, key=lambda p: sum(p + k in state and state[p + k].shape == v.shape for k, v in own.items()))
-    missing = [k for k in own if best + k not in state]
-    wrong = [k for k, v in own.items() if best + k in state and state[best + k].shape != v.shape]
+    # the backbone may sit under a prefix on either side: a detector's ``backbone.body.``, or an
+    # embedding network's ``backbone.`` when a classifier's backbone goes into it (or back)
+    firsts = {k.split(".", 1)[0] for k in own}
+    own_prefixes = [""] + ([firsts.pop() + "."] if len(firsts) == 1 and all("." in k for k in own) else [])
+    candidates = []
+    for strip in own_prefixes:
+        reference = next(iter(own))[len(strip):]
+        for prefix in {key[: -len(reference)] for key in state if key.endswith(reference)} or {""}:
+            mapping = {k: prefix + k[len(strip):] for k in own}
+            fits = sum(mapping[k] in state and state[mapping[k]].shape == v.shape for k, v in own.items())
+            candidates.append((fits, -len(prefix) - len(strip), mapping))
+    _, _, mapping = max(candidates, key=lambda c: c[:2])
+    missing = [k for k in own if mapping[k] not in state]
+    wrong = [k for k, v in own.items() if mapping[k] in state and state[mapping[k]].shape != v.shape]
     if missing or wrong:
-        what = (f"'{wrong[0]}' has shape {list(state[best + wrong[0]].shape)} there, {list(own[wrong[0]].shape)} here"
+        what = (f"'{wrong[0]}' has shape {list(state[mapping[wrong[0]]].shape)} there, {list(own[wrong[0]].shape)} here"
                 if wrong else f"'{missing[0]}' is missing")
         raise CnnkitError(f"{source}: backbone does not fit --model {model_name} ({len(missing) + len(wrong)} of {len(own)} "
                           f"tensors differ; {what})", "pass weights of the same architecture")
-    model.load_state_dict({k: state[best + k] for k in own}, strict=False)
+    model.load_state_dict({k: state[mapping[k]] for k in own}, strict=False)
     return len(own)
