@@ -208,3 +208,20 @@ def test_validate_rejects_out_of_range(change, flag):
     with pytest.raises(CnnkitError) as info:
         replace(TrainConfig(), **change).validate()
     assert flag in str(info.value)
+
+
+def test_embed_config_round_trip_and_checks(tmp_path, captured, monkeypatch, capsys):
+    from cnnkit.config import EmbedConfig
+
+    cfg = EmbedConfig(dim=64, loss="triplet", margin=0.3, temperature=0.2, per_class=8, epochs=3)
+    path = tmp_path / "embed.yaml"
+    write_yaml(path, cfg.to_dict())
+    assert EmbedConfig(**read_yaml_options(path, EmbedConfig)) == cfg
+    for change, flag in [({"dim": 0}, "--dim"), ({"temperature": 0.0}, "--temperature"), ({"margin": 3.0}, "--margin"),
+                         ({"per_class": 100}, "--per-class"), ({"loss": "arcface"}, "--loss")]:
+        with pytest.raises(CnnkitError, match=flag):
+            replace(cfg, **change).validate()
+    # the command line reaches the embed recipe with typed options over the YAML file
+    code, _, err = run_cli(["embed", "train", "--config", path, "--dim", "32"], monkeypatch, capsys)
+    assert code == 0, err
+    assert isinstance(captured[-1], EmbedConfig) and captured[-1].dim == 32 and captured[-1].loss == "triplet"

@@ -5,11 +5,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # importing torch takes seconds: load the API only when it is used (keeps `cnnkit --help` fast)
-    if name == "Classifier":
-        from cnnkit.api import Classifier
+    if name in ("Classifier", "Embedder"):
+        from cnnkit import api
 
-        return Classifier
+        return getattr(api, name)
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "__version__"]
+__all__ = ["Classifier", "Embedder", "__version__"]

@@ -260,6 +260,7 @@ class Recipe:
     make_task: Callable[[Any, list[str]], Any]
     metadata: Callable[[Any, list[str]], dict[str, Any]]
     finish: Callable[[Any, Path, Any, torch.device], dict[str, Any]]
+    train_sampler: Callable[[Any, list], Any] | None = None  # (cfg, train samples) -> Sampler; None = shuffled
 
 
 def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = TASK) -> tuple[TrainConfig, Path]:
@@ -324,7 +325,8 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     task = recipe.make_task(cfg, dataset.classes)
     if main and plan.mode != "scratch":
         console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
-    result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, collate_skipping_none, device, plan)
+    sampler = recipe.train_sampler(cfg, dataset.splits["train"]) if recipe.train_sampler else None
+    result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, collate_skipping_none, device, plan, sampler)
     dist_utils.cleanup()
     if not main:
         return Run(run_dir, result.metrics, result.best_epoch)
@@ -521,6 +523,15 @@ def _build_embed_model(cfg, classes):
     return build_embedder(cfg.model, cfg.dim, cfg.pretrained)
 
 
+def _embed_sampler(cfg, samples):
+    """Batches of --per-class images of each identity (None: plain shuffled batches)."""
+    from cnnkit.data.loaders import PerClassSampler
+
+    if cfg.per_class <= 0:
+        return None
+    return PerClassSampler([label for _, label in samples], cfg.per_class, cfg.seed, dist_utils.rank(), dist_utils.world_size())
+
+
 def _make_embed_task(cfg, classes):
     from cnnkit.tasks.embed import EmbedTask
 
@@ -533,6 +544,7 @@ EMBED_RECIPE = Recipe(
     make_task=_make_embed_task,
     metadata=lambda cfg, classes: {"dim": cfg.dim, "loss": cfg.loss, "class_names": classes},
     finish=finish_embed_run,
+    train_sampler=_embed_sampler,
 )
 
 
@@ -574,7 +586,7 @@ def build_index(out: str | Path, sources: Iterable[str | Path] = (), weights: st
     """Build the index in ``out`` from ``sources`` embedded by ``weights``; or, with ``add``/``remove``,
     change an existing one (new images embedded by the index's own model; removals need no model).
     Returns the GalleryIndex; the directory is replaced in one swap."""
-    from cnnkit.retrieval.index import GalleryIndex
+    from cnnkit.retrieval.index import GalleryIndex, check_index_target
 
     sources, remove = list(sources), list(remove)
     out = Path(out)
@@ -600,6 +612,7 @@ def build_index(out: str | Path, sources: Iterable[str | Path] = (), weights: st
         raise CnnkitError("building an index needs --weights FILE (an embed or classify weights file)")
     if not sources:
         raise CnnkitError("building an index needs --source DIR|GLOB|FILE")
+    check_index_target(out)  # before minutes of embedding, not after
     embedder = Embedder.load(weights)
     vectors = embedder.embed(sources, batch, device, workers)
     gallery = GalleryIndex.build(vectors["vectors"], list(vectors["files"]), kind, embedder.sha256, embedder.model_name,

@@ -56,7 +56,8 @@ class TrainConfig:
     weights: str | None = option(None, "initialise from this weights file (.safetensors from a cnnkit run)")
     pretrained: bool = option(False, "start from the library's published weights (needs the internet once)")
     backbone_from: str | None = option(None, "copy the backbone (all but the head) from this weights file: another dataset, task or pretraining")
-    transfer: str = option("auto", "what trains: scratch, linear (frozen backbone), finetune (backbone at --backbone-lr-mult), "
+    transfer: str = option("auto", "what trains: scratch, linear (frozen backbone; a lone head wants about 10x the fine-tuning --lr), "
+                           "finetune (backbone at --backbone-lr-mult), "
                            "gradual (unfreeze top-down, a chunk an epoch); auto = finetune with a weights source, else scratch",
                            ("auto", "scratch", "linear", "finetune", "gradual"))
     backbone_lr_mult: float = option(0.1, "backbone learning rate as a fraction of --lr when fine-tuning")
@@ -96,11 +97,15 @@ class EmbedConfig(TrainConfig):
                        ("supcon", "triplet", "multisimilarity", "contrastive"))
     margin: float = option(0.2, "margin of the triplet and contrastive losses (cosine similarity)")
     temperature: float = option(0.1, "temperature of the supervised contrastive loss")
+    per_class: int = option(4, "images of one identity per batch, in groups (class-balanced batches give every "
+                            "image positives to learn from); 0 = plainly shuffled batches")
 
     def validate(self) -> "EmbedConfig":
         super().validate()
         if self.dim < 1:
             raise CnnkitError(f"--dim must be at least 1, got {self.dim}")
+        if self.per_class < 0 or self.per_class > self.batch:
+            raise CnnkitError(f"--per-class must be between 0 and --batch ({self.batch}), got {self.per_class}")
         if self.temperature <= 0:
             raise CnnkitError(f"--temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.margin <= 2.0:

@@ -170,6 +170,8 @@ def test_bad_input_is_one_line_naming_it(index_dir, digits_root, other_weights, 
         (["embed", "index", "--out", tmp_path / "new", "--source", digits_root / "val", "--index", "annoy",
           "--weights", other_weights], "annoy"),
         (["embed", "index", "--out", index_dir, "--add", "--source", query, "--weights", other_weights], "not the model"),
+        (["embed", "index", "--out", digits_root / "val", "--source", query, "--weights", other_weights],
+         "exists and is not a cnnkit index"),
     ]
     for args, expected in cases:
         code, _, err = run_cli(args, monkeypatch, capsys)

@@ -109,3 +109,22 @@ def test_backbone_from_copies_all_but_the_head_and_refuses_other_architectures(t
     other = build_classifier("resnet18", 3).state_dict()
     with pytest.raises(CnnkitError, match="backbone does not fit"):
         load_backbone(TinyCNN(3), other, "r18.pth", "tiny_cnn")
+
+
+def test_backbone_moves_between_classifier_and_embedder():
+    """A classifier's backbone goes into an embedding network (under its ``backbone.`` prefix) and back."""
+    from cnnkit.models.embedder import build_embedder
+
+    torch.manual_seed(0)
+    classifier = build_classifier("tiny_cnn", 3)
+    embedder = build_embedder("tiny_cnn", 16)
+    copied = load_backbone(embedder, classifier.state_dict(), "clf.safetensors", "tiny_cnn", "tiny_cnn")
+    assert copied == len([k for k in embedder.state_dict() if not k.startswith("proj.")])
+    for key, value in classifier.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(embedder.state_dict()["backbone." + key], value), key
+    other = build_classifier("tiny_cnn", 7)
+    load_backbone(other, embedder.state_dict(), "emb.safetensors", "tiny_cnn", "tiny_cnn")
+    assert torch.equal(other.state_dict()["features.0.0.weight"], classifier.state_dict()["features.0.0.weight"])
+    with pytest.raises(CnnkitError, match="backbone does not fit"):
+        load_backbone(build_embedder("resnet18", 16), classifier.state_dict(), "clf.safetensors", "resnet18")

@@ -397,3 +397,21 @@ def test_read_state_dict_accepts_common_weight_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
     with pytest.raises(CnnkitError, match="junk.pt"):
         read_state_dict(tmp_path / "junk.pt")
+
+
+def test_per_class_sampler_gives_class_groups_and_covers_the_epoch():
+    from cnnkit.data.loaders import PerClassSampler
+
+    labels = [0] * 10 + [1] * 7 + [2] * 3 + [3] * 1
+    sampler = PerClassSampler(labels, per_class=4, seed=3)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 4 * (3 + 2 + 1 + 1)
+    for start in range(0, len(order), 4):
+        assert len({labels[i] for i in order[start:start + 4]}) == 1  # each group is one class
+    assert set(order) == set(range(len(labels)))  # every image once per epoch (plus top-ups)
+    assert list(sampler) == order  # (seed, epoch) decide the order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    shards = [list(PerClassSampler(labels, 4, seed=3, rank=r, world=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 12  # 7 groups over 2 ranks: 3 each, the same count on every rank
+    assert all(len({labels[i] for i in shard[s:s + 4]}) == 1 for shard in shards for s in range(0, 12, 4))

@@ -121,3 +121,14 @@ def test_a_different_model_is_refused():
     gallery = GalleryIndex.build(clustered(10), names(10), "flat", "a" * 64, "tiny_cnn")
     with pytest.raises(CnnkitError, match="not the model this index was built with"):
         gallery.check_model("b" * 64, "other.safetensors")
+
+
+def test_save_never_replaces_a_folder_that_is_not_an_index(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(CnnkitError, match="exists and is not a cnnkit index"):
+        GalleryIndex.build(clustered(10), names(10), "flat", "sha", "m").save(photos)
+    assert (photos / "holiday.jpg").read_bytes() == b"precious"
+    (tmp_path / "empty").mkdir()
+    GalleryIndex.build(clustered(10), names(10), "flat", "sha", "m").save(tmp_path / "empty")  # an empty folder is fine

@@ -1,12 +1,14 @@
-"""Datasets over (path, label) samples and the collate function that skips unreadable images."""
+"""Datasets over (path, label) samples, the collate function that skips unreadable images, and a
+class-balanced sampler for metric learning."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from cnnkit.console import warn
 from cnnkit.data.images import load_image
@@ -43,3 +45,40 @@ def collate_skipping_none(batch: list[Any]) -> Any:
 
 def labels_tensor(samples: list[tuple[Path, int]]) -> torch.Tensor:
     return torch.tensor([label for _, label in samples])
+
+
+class PerClassSampler(Sampler[int]):
+    """Sample indices in groups of ``per_class`` images of one class, groups in random order, so a
+    batch of B holds B / per_class classes with ``per_class`` images each: metric-learning losses
+    need positives in every batch, which random batches over many classes rarely give.
+
+    An epoch visits every image once (a class's last group is topped up with its own images).
+    The order depends only on (seed, epoch), like DistributedSampler's, and under DDP each rank
+    takes every world-th group, all ranks the same number.
+    """
+
+    def __init__(self, labels: list[int], per_class: int, seed: int = 0, rank: int = 0, world: int = 1):
+        self.labels = np.asarray(labels)
+        self.per_class, self.seed, self.rank, self.world = per_class, seed, rank, world
+        self.epoch = 0
+        counts = np.bincount(self.labels) if len(self.labels) else np.zeros(0, int)
+        self.n_groups = int(sum(-(-int(c) // per_class) for c in counts if c)) // world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_groups * self.per_class
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        groups = []
+        for label in np.unique(self.labels):
+            members = rng.permutation(np.flatnonzero(self.labels == label))
+            short = -len(members) % self.per_class
+            if short:
+                members = np.concatenate([members, rng.choice(members, short, replace=short > len(members))])
+            groups += list(members.reshape(-1, self.per_class))
+        order = rng.permutation(len(groups))
+        mine = [groups[i] for i in order[self.rank::self.world][: self.n_groups]]
+        return iter(np.concatenate(mine).tolist() if mine else [])

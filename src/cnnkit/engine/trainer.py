@@ -90,13 +90,15 @@ class ShardSampler(Sampler[int]):
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, seed: int,
-                collate_fn: Callable | None = None, device: torch.device | None = None) -> DataLoader:
+                collate_fn: Callable | None = None, device: torch.device | None = None,
+                sampler: Sampler | None = None) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): ``set_epoch`` reseeds the shuffle and the
     workers' base seed, which is what makes --resume land on the same weights."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
-    if train:
-        sampler: Sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    else:
+    # a sampler passed in is the task's own order (already sharded per rank), e.g. class-balanced batches
+    if sampler is None and train:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    elif sampler is None:
         sampler = ShardSampler(len(dataset), rank, world)
     per_rank = max(1, batch_size // world) if train else batch_size
     return DataLoader(
@@ -114,7 +116,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, se
 
 
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    if isinstance(loader.sampler, DistributedSampler):
+    if callable(getattr(loader.sampler, "set_epoch", None)):
         loader.sampler.set_epoch(epoch)
     loader.generator.manual_seed(seed * 1000 + epoch)
 
@@ -210,9 +212,10 @@ def _write_epoch(run_dir: Path, weights: dict, checkpoint: dict, meta: dict, bes
 
 def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, run_dir: Path,
         metadata: dict[str, Any], collate_fn: Callable | None = None, device: torch.device | None = None,
-        transfer: TransferPlan | None = None) -> FitResult:
+        transfer: TransferPlan | None = None, train_sampler: Sampler | None = None) -> FitResult:
     """Train ``model`` on ``train_set``; evaluate on ``val_set`` after every epoch; write the run directory.
-    ``transfer`` says which parameters train when, and the backbone's learning-rate multiplier."""
+    ``transfer`` says which parameters train when, and the backbone's learning-rate multiplier;
+    ``train_sampler`` (with ``set_epoch``, sharded per rank) replaces the shuffled DistributedSampler."""
     device = device or dist_utils.select_device(cfg.device)
     main = dist_utils.is_main()
     world = dist_utils.world_size()
@@ -220,7 +223,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
     if cfg.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
 
-    train_loader = make_loader(train_set, cfg.batch, cfg.workers, True, cfg.seed, collate_fn, device)
+    train_loader = make_loader(train_set, cfg.batch, cfg.workers, True, cfg.seed, collate_fn, device, train_sampler)
     val_loader = make_loader(val_set, cfg.batch, cfg.workers, False, cfg.seed, collate_fn, device)
     steps_per_epoch = max(1, len(train_loader) // cfg.accumulate)
     total_steps = steps_per_epoch * cfg.epochs
