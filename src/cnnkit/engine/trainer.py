@@ -256,7 +256,8 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
         rng = state["rng"]
         _set_rng_state(rng[dist_utils.rank()] if dist_utils.rank() < len(rng) else rng[0])
         if main:
-            console.print(f"resuming {run_dir} from epoch {start_epoch + 1}/{cfg.epochs}")
+            console.print(f"resuming {run_dir} from epoch {start_epoch + 1}/{cfg.epochs}" if start_epoch < cfg.epochs
+                          else f"{run_dir}: all {cfg.epochs} epochs are done; writing its results again")
 
     train_model: nn.Module = raw_model
     if world > 1:
