@@ -132,3 +132,14 @@ def test_save_never_replaces_a_folder_that_is_not_an_index(tmp_path):
     assert (photos / "holiday.jpg").read_bytes() == b"precious"
     (tmp_path / "empty").mkdir()
     GalleryIndex.build(clustered(10), names(10), "flat", "sha", "m").save(tmp_path / "empty")  # an empty folder is fine
+
+
+def test_a_killed_writers_leftovers_are_cleared(tmp_path):
+    target = tmp_path / "idx"
+    GalleryIndex.build(clustered(30), names(30), "flat", "sha", "m").save(target)
+    leftover = tmp_path / ".idx.abc123.tmp"  # what SIGKILL during a save leaves
+    leftover.mkdir()
+    (leftover / "vectors.npy").write_bytes(b"half")
+    assert GalleryIndex.load(target).meta.count == 30  # readers ignore it
+    GalleryIndex.build(clustered(40), names(40), "flat", "sha", "m").save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"] and GalleryIndex.load(target).meta.count == 40

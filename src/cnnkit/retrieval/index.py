@@ -195,6 +195,8 @@ class GalleryIndex:
         directory.parent.mkdir(parents=True, exist_ok=True)
         recover(directory)
         check_index_target(directory)
+        for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # left by a writer that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
         try:
             faiss.write_index(self.index, str(tmp / INDEX))
