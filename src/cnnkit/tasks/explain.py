@@ -24,7 +24,7 @@ from PIL import Image
 
 from cnnkit.engine.rundir import write_bytes
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.features import LAYERS_HINT, _capture, check_layers, list_layers
+from cnnkit.tasks.features import LAYERS_HINT, capture_outputs, check_layers, list_layers
 
 K_MAPS = 4
 DPI = 100
@@ -164,7 +164,7 @@ def explain_image(model: nn.Module, image: Image.Image, transform: Callable, cla
     was_training = model.training
     model.eval()
     try:
-        with _capture(model, layers) as captured, torch.inference_mode():
+        with capture_outputs(model, layers) as captured, torch.inference_mode():
             probs = torch.softmax(model(x).float(), dim=1)[0].cpu()
             maps = {name: strongest_maps(captured[name][0], k) for name in layers if name in captured}
     finally:

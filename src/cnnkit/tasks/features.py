@@ -56,7 +56,7 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Forward hooks filling {name: output} on every forward; a module run several times in one
     forward (a shared ReLU) keeps its last output."""
     outputs: dict[str, torch.Tensor] = {}
@@ -83,7 +83,7 @@ def list_layers(model: nn.Module, imgsz: int) -> list[tuple[str, str, tuple[int,
     was_training = model.training
     model.eval()
     try:
-        with _capture(model, names) as outputs, torch.inference_mode():
+        with capture_outputs(model, names) as outputs, torch.inference_mode():
             device = next(model.parameters()).device
             model(torch.zeros(1, 3, imgsz, imgsz, device=device))
     finally:
@@ -143,7 +143,7 @@ def extract_features(model: nn.Module, files: Sequence[Path], labels: Sequence[i
     bar = progress_bar(transient=True, auto_refresh=False) if progress else None
     started = last_draw = time.perf_counter()
     done = 0
-    with _capture(model, layers) as captured, torch.inference_mode(), (bar if bar is not None else nullcontext()):
+    with capture_outputs(model, layers) as captured, torch.inference_mode(), (bar if bar is not None else nullcontext()):
         task = bar.add_task("features", total=n, info="", rate="") if bar is not None else None
         for step, items in enumerate(loader):
             done = min(n, (step + 1) * batch)  # the sampler is sequential: batch i holds indices i*batch …
