@@ -39,7 +39,8 @@ def test_yaml_round_trip(tmp_path):
                       fliplr=0.0, val_split=0.3, amp=True, amp_dtype="bf16", channels_last=True, workers=0, seed=42,
                       deterministic=True, out="runs/classify/x", name="exp9", resume=True, weights="w.safetensors",
                       pretrained=True, min_lr_ratio=0.05, device="cpu", compile=True, backbone_from="b.safetensors",
-                      transfer="linear", backbone_lr_mult=0.5)
+                      transfer="linear", backbone_lr_mult=0.5, loss="focal", focal_gamma=1.5, balance="oversample",
+                      class_weights="effective")
     # every field differs from its default, so a field that is lost on the way shows up
     defaults = TrainConfig()
     assert [f.name for f in fields(cfg) if getattr(cfg, f.name) == getattr(defaults, f.name)] == []

@@ -257,7 +257,7 @@ class Recipe:
 
     task: str
     build_model: Callable[[Any, list[str]], nn.Module]
-    make_task: Callable[[Any, list[str]], Any]
+    make_task: Callable[[Any, Any], Any]  # (cfg, dataset with .classes and .splits) -> the engine's task
     metadata: Callable[[Any, list[str]], dict[str, Any]]
     finish: Callable[[Any, Path, Any, torch.device], dict[str, Any]]
     train_sampler: Callable[[Any, list], Any] | None = None  # (cfg, train samples) -> Sampler; None = shuffled
@@ -322,7 +322,7 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
         counts = ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
         console.print(f"cnnkit {__version__}  {recipe.task} {cfg.model} ({n_params / 1e6:.2f}M params)  {len(dataset.classes)} classes  "
                       f"images: {counts}  device {device}" + (f" x{dist_utils.world_size()}" if dist_utils.world_size() > 1 else ""))
-    task = recipe.make_task(cfg, dataset.classes)
+    task = recipe.make_task(cfg, dataset)
     if main and plan.mode != "scratch":
         console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
     sampler = recipe.train_sampler(cfg, dataset.splits["train"]) if recipe.train_sampler else None
@@ -361,12 +361,34 @@ def finish_run(cfg: TrainConfig, run_dir: Path, dataset, device: torch.device) -
     return metrics
 
 
+def _class_weights(cfg: TrainConfig, dataset) -> torch.Tensor | None:
+    from cnnkit.data.loaders import class_weights
+
+    if cfg.balance != "weights":
+        return None
+    weights = class_weights([label for _, label in dataset.splits["train"]], len(dataset.classes), cfg.class_weights)
+    if dist_utils.is_main():
+        console.print("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(dataset.classes[:12], weights))
+                      + (" …" if len(dataset.classes) > 12 else ""))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _balanced_sampler(cfg: TrainConfig, samples):
+    from cnnkit.data.loaders import BalancedSampler
+
+    if cfg.balance not in ("oversample", "undersample"):
+        return None
+    return BalancedSampler([label for _, label in samples], cfg.balance, cfg.seed, dist_utils.rank(), dist_utils.world_size())
+
+
 CLASSIFY = Recipe(
     task=TASK,
     build_model=lambda cfg, classes: build_classifier(cfg.model, len(classes), cfg.pretrained),
-    make_task=lambda cfg, classes: classify.ClassifyTask(classes, cfg.label_smoothing),
+    make_task=lambda cfg, dataset: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
+                                                         focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0),
     metadata=lambda cfg, classes: {"class_names": classes, "num_classes": len(classes)},
     finish=finish_run,
+    train_sampler=lambda cfg, samples: _balanced_sampler(cfg, samples),
 )
 
 
@@ -532,7 +554,7 @@ def _embed_sampler(cfg, samples):
     return PerClassSampler([label for _, label in samples], cfg.per_class, cfg.seed, dist_utils.rank(), dist_utils.world_size())
 
 
-def _make_embed_task(cfg, classes):
+def _make_embed_task(cfg, dataset):
     from cnnkit.tasks.embed import EmbedTask
 
     return EmbedTask(cfg.loss, cfg.margin, cfg.temperature)

@@ -39,6 +39,14 @@ class TrainConfig:
     ema_decay: float = option(0.998, "EMA decay per optimizer step")
     patience: int = option(0, "stop after this many epochs without improvement (0 = off)")
     label_smoothing: float = option(0.0, "label smoothing for the cross-entropy loss")
+    loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
+                       ("ce", "focal"))
+    focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
+    balance: str = option("none", "class imbalance: weights (loss weighted per class), oversample (every class as often "
+                          "as the largest, per epoch), undersample (every class cut to the smallest, a new subset "
+                          "each epoch)", ("none", "weights", "oversample", "undersample"))
+    class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
+                                "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
     augment: str = option("light", "augmentation preset", ("none", "light"))
     fliplr: float = option(0.5, "horizontal flip probability during training (0 for digits and text)")
     val_split: float = option(0.2, "fraction of train held out for validation when ROOT has no val/")
@@ -74,7 +82,7 @@ class TrainConfig:
         for name in ("fliplr", "label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience"):
+        for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience", "focal_gamma"):
             if getattr(self, name) < 0:
                 raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -102,6 +110,8 @@ class EmbedConfig(TrainConfig):
 
     def validate(self) -> "EmbedConfig":
         super().validate()
+        if self.balance != "none":
+            raise CnnkitError(f"--balance {self.balance} is for classification", "embed train balances its batches with --per-class")
         if self.dim < 1:
             raise CnnkitError(f"--dim must be at least 1, got {self.dim}")
         if self.per_class < 0 or self.per_class > self.batch:

@@ -74,7 +74,7 @@ def test_imbalance_warning(tmp_path):
     report = check_imagefolder(root, progress=False)
     assert report.imbalance_ratio["train"] == 12.0
     warnings = _messages(report, "warning")
-    assert len(warnings) == 1 and "class weights or oversampling" in warnings[0][1]
+    assert len(warnings) == 1 and "--balance weights, oversample or undersample" in warnings[0][1]
     assert not report.has_errors()
 
 

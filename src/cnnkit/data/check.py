@@ -161,7 +161,8 @@ def check_imagefolder(root: str | Path, progress: bool = True) -> CheckReport:
             report.imbalance_ratio[split] = ratio
             if IMBALANCE_WARN < ratio < math.inf:
                 report._add("warning", split_dirs[split],
-                            f"class imbalance {ratio:.1f}:1 in {split}; consider class weights or oversampling")
+                            f"class imbalance {ratio:.1f}:1 in {split}; train with --balance weights, oversample or undersample "
+                            "(and --loss focal)")
 
     # File pass: each file read once, hashed and decoded.
     jobs = [(split, path) for split, classes in per_split.items() for files in classes.values() for path in files]

@@ -82,3 +82,58 @@ class PerClassSampler(Sampler[int]):
         order = rng.permutation(len(groups))
         mine = [groups[i] for i in order[self.rank::self.world][: self.n_groups]]
         return iter(np.concatenate(mine).tolist() if mine else [])
+
+
+def class_weights(labels: list[int], n_classes: int, method: str = "inverse", beta: float = 0.999) -> np.ndarray:
+    """Per-class loss weights, mean 1 over the classes present (absent classes weigh 0).
+
+    ``inverse``: 1 / count. ``effective``: the inverse of the effective number of samples,
+    (1 - beta) / (1 - beta^count) (Cui et al., CVPR 2019), which flattens the inverse for large classes.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    if method == "inverse":
+        weights[present] = 1.0 / counts[present]
+    elif method == "effective":
+        weights[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
+    else:
+        raise CnnkitError(f"unknown class-weight method '{method}'", "choose inverse or effective")
+    return weights * present.sum() / weights.sum()
+
+
+class BalancedSampler(Sampler[int]):
+    """A per-epoch class mix with every class equally often: ``oversample`` draws each class up to the
+    largest one's count (its own images first, the rest with replacement), ``undersample`` down to
+    the smallest one's (without replacement; a different subset every epoch). Exact counts rather than
+    a WeightedRandomSampler's expected ones; the order depends only on (seed, epoch); under DDP each
+    rank takes every world-th index, all ranks the same number."""
+
+    def __init__(self, labels: list[int], mode: str, seed: int = 0, rank: int = 0, world: int = 1):
+        if mode not in ("oversample", "undersample"):
+            raise CnnkitError(f"unknown balancing mode '{mode}'", "choose oversample or undersample")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.mode, self.seed, self.rank, self.world, self.epoch = mode, seed, rank, world, 0
+        counts = np.bincount(self.labels)
+        counts = counts[counts > 0]
+        self.per_class = int(counts.max() if mode == "oversample" else counts.min()) if len(counts) else 0
+        self.total = self.per_class * len(counts) // world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chosen = []
+        for label in np.unique(self.labels):
+            members = np.flatnonzero(self.labels == label)
+            if self.mode == "undersample":
+                chosen.append(rng.choice(members, self.per_class, replace=False))
+            else:
+                extra = rng.choice(members, self.per_class - len(members), replace=True)
+                chosen.append(np.concatenate([members, extra]))
+        order = rng.permutation(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        return iter(order[self.rank::self.world][: self.total].tolist())

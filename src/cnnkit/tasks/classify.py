@@ -21,11 +21,13 @@ class ClassifyTask:
     class_names: list[str]
     label_smoothing: float = 0.0
     primary_metric: str = "top1"
+    class_weights: torch.Tensor | None = None  # [C], for --balance weights
+    focal_gamma: float = 0.0  # > 0: focal loss (--loss focal)
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
         logits = model(images)
-        return {"loss": F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)}
+        return {"loss": classification_loss(logits.float(), labels, self.class_weights, self.label_smoothing, self.focal_gamma)}
 
     def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
@@ -36,6 +38,21 @@ class ClassifyTask:
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         return classification_metrics(outputs["logits"], outputs["labels"], self.class_names)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
+                        label_smoothing: float = 0.0, focal_gamma: float = 0.0) -> torch.Tensor:
+    """Cross-entropy, optionally class-weighted (a weighted mean, as ``F.cross_entropy(weight=)``) and
+    focal: each sample's term scaled by (1 - p_true)^gamma (Lin et al., 2017), so that the many easy
+    examples of a large class stop drowning out the rare ones."""
+    per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    if focal_gamma > 0:
+        p_true = torch.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+        per_sample = (1.0 - p_true).clamp(min=0).pow(focal_gamma) * per_sample
+    if weight is None:
+        return per_sample.mean()
+    sample_weight = weight.to(logits.device, logits.dtype)[labels]
+    return (sample_weight * per_sample).sum() / sample_weight.sum().clamp(min=1e-12)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
