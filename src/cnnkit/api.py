@@ -36,6 +36,7 @@ from cnnkit.evaluate import plots
 from cnnkit.evaluate.report import write_report
 from cnnkit.models.backbones import build_classifier
 from cnnkit.tasks import classify
+from cnnkit.tasks import embed as embed_task
 
 TASK = "classify"
 
@@ -470,7 +471,7 @@ class Embedder:
         metrics = retrieval_metrics(q["vectors"], q["labels"], g["vectors"], g["labels"], same_set=gallery_split == query_split)
         metrics = {"query_split": query_split, "gallery_split": gallery_split, "queries": len(q["files"]),
                    "gallery": len(g["files"]), **metrics}
-        paths = [_query_sheet(q, g, dataset.classes, out_dir / "plots" / f"{query_split}_vs_{gallery_split}.png",
+        paths = [embed_task.retrieval_sheet(q, g, dataset.classes, out_dir / "plots" / f"{query_split}_vs_{gallery_split}.png",
                               same_set=gallery_split == query_split)]
         write_json(out_dir / "metrics.json", metrics)
         write_report(out_dir / "report.html", f"cnnkit embed val: {self.model_name} on {data} ({query_split} vs {gallery_split})",
@@ -494,27 +495,10 @@ class Embedder:
         return self.model
 
 
-def _query_sheet(q: dict, g: dict, class_names: list[str], path: Path, same_set: bool, n_queries: int = 8, k: int = 5) -> Path:
-    from cnnkit.retrieval.sheets import contact_sheet
-
-    k = min(k, len(g["files"]) - (1 if same_set else 0))
-    chosen = np.unique(np.linspace(0, len(q["files"]) - 1, min(n_queries, len(q["files"]))).astype(int))
-    sims = q["vectors"][chosen] @ g["vectors"].T
-    if same_set:
-        sims[np.arange(len(chosen)), chosen] = -np.inf
-    rows = []
-    for i, row in zip(chosen, sims):
-        nearest = np.argsort(-row)[:max(k, 0)]
-        rows.append([(q["files"][i], f"query: {class_names[q['labels'][i]]}", None)] +
-                    [(g["files"][j], f"{class_names[g['labels'][j]]} {row[j]:.2f}", bool(g["labels"][j] == q["labels"][i])) for j in nearest])
-    return contact_sheet(rows, path)
-
-
 def finish_embed_run(cfg, run_dir: Path, dataset, device: torch.device) -> dict[str, Any]:
     """Best weights: leave-one-out retrieval on val, and test queries against the train gallery when
     there is a test split; metrics.json, plots and report.html."""
     from cnnkit.retrieval.metrics import retrieval_metrics
-    from cnnkit.tasks import embed as embed_task
 
     best = Embedder.load(run_dir / "weights" / "best.safetensors")
     plot_dir = run_dir / "plots"
@@ -528,7 +512,7 @@ def finish_embed_run(cfg, run_dir: Path, dataset, device: torch.device) -> dict[
         gallery = best._split_vectors(dataset.splits["train"], cfg.batch, str(device), cfg.workers)
         metrics["test"] = {"query_split": "test", "gallery_split": "train",
                            **retrieval_metrics(test["vectors"], test["labels"], gallery["vectors"], gallery["labels"])}
-        paths.append(_query_sheet(test, gallery, dataset.classes, plot_dir / "test_vs_train.png", same_set=False))
+        paths.append(embed_task.retrieval_sheet(test, gallery, dataset.classes, plot_dir / "test_vs_train.png", same_set=False))
     write_json(run_dir / "metrics.json", metrics)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     if "test" in metrics:

@@ -81,7 +81,6 @@ def draw(outputs: dict[str, np.ndarray], class_names: list[str], sample_files: l
     from sklearn.decomposition import PCA
 
     from cnnkit.engine.rundir import atomic_path
-    from cnnkit.retrieval.sheets import contact_sheet
 
     emb, labels = outputs["embeddings"], outputs["labels"].astype(np.int64)
     files = [sample_files[i] for i in outputs["index"]] if "index" in outputs else list(sample_files)
@@ -101,15 +100,28 @@ def draw(outputs: dict[str, np.ndarray], class_names: list[str], sample_files: l
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
         written.append(path)
-    k = min(k, len(emb) - 1)
-    if k >= 1:
-        queries = np.unique(np.linspace(0, len(emb) - 1, min(n_queries, len(emb))).astype(int))
-        sims = emb[queries] @ emb.T
-        sims[np.arange(len(queries)), queries] = -np.inf
-        rows = []
-        for q, row in zip(queries, sims):
-            nearest = np.argsort(-row)[:k]
-            rows.append([(str(files[q]), f"query: {class_names[labels[q]]}", None)] +
-                        [(str(files[j]), f"{class_names[labels[j]]} {row[j]:.2f}", bool(labels[j] == labels[q])) for j in nearest])
-        written.append(contact_sheet(rows, plot_dir / f"{prefix}_retrieval.png"))
+    if len(emb) >= 2:
+        split = {"vectors": emb, "labels": labels, "files": [str(f) for f in files]}
+        written.append(retrieval_sheet(split, split, class_names, plot_dir / f"{prefix}_retrieval.png", same_set=True,
+                                       n_queries=n_queries, k=k))
     return written
+
+
+def retrieval_sheet(queries: dict, gallery: dict, class_names: list[str], path: Path, same_set: bool,
+                    n_queries: int = 8, k: int = 5) -> Path:
+    """Queries spread over the split (``{"vectors", "labels", "files"}``), each beside its k nearest
+    gallery images, framed green when they share the query's class; ``same_set``: leave-one-out."""
+    from cnnkit.retrieval.sheets import contact_sheet
+
+    k = min(k, len(gallery["files"]) - (1 if same_set else 0))
+    chosen = np.unique(np.linspace(0, len(queries["files"]) - 1, min(n_queries, len(queries["files"]))).astype(int))
+    sims = queries["vectors"][chosen] @ gallery["vectors"].T
+    if same_set:
+        sims[np.arange(len(chosen)), chosen] = -np.inf
+    rows = []
+    for i, row in zip(chosen, sims):
+        nearest = np.argsort(-row)[:max(k, 0)]
+        rows.append([(str(queries["files"][i]), f"query: {class_names[queries['labels'][i]]}", None)] +
+                    [(str(gallery["files"][j]), f"{class_names[gallery['labels'][j]]} {row[j]:.2f}",
+                      bool(gallery["labels"][j] == queries["labels"][i])) for j in nearest])
+    return contact_sheet(rows, path)
