@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.augment.presets import classify_transforms
+from cnnkit.augment.presets import classify_transforms, spec_from_config
 from cnnkit.config import TrainConfig
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.imagefolder import load_imagefolder
@@ -75,7 +75,7 @@ def pretrain_embedder(train, val, cfg: TrainConfig, run_dir: Path) -> float:
 
     seed_everything(cfg.seed)
     model = build_embedder(cfg.model, 128)
-    train_set = ImageDataset(train, classify_transforms(IMGSZ, True, cfg.augment, 0.0))
+    train_set = ImageDataset(train, classify_transforms(IMGSZ, True, spec_from_config(cfg)))
     val_set = ImageDataset(val, classify_transforms(IMGSZ, False))
     sampler = PerClassSampler([label for _, label in train], 4, cfg.seed)
     result = fit(EmbedTask(), model, train_set, val_set, cfg, run_dir, {"task": "embed", "model": cfg.model},
@@ -90,7 +90,7 @@ def run(train, val, test, classes, cfg: TrainConfig, run_dir: Path, backbone: Pa
         load_backbone(model, read_state_dict(backbone), str(backbone), cfg.model, cfg.model)
     plan = plan_transfer(model, mode, backbone is not None, cfg.backbone_lr_mult)
     task = ClassifyTask(classes)
-    train_set = ImageDataset(train, classify_transforms(IMGSZ, True, cfg.augment, 0.0))
+    train_set = ImageDataset(train, classify_transforms(IMGSZ, True, spec_from_config(cfg)))
     val_set = ImageDataset(val, classify_transforms(IMGSZ, False))
     fit(task, model, train_set, val_set, cfg, run_dir, {"task": "classify", "model": cfg.model}, collate_skipping_none, transfer=plan)
     state, _ = load_weights(run_dir / "weights" / "best.safetensors")

@@ -40,7 +40,9 @@ def test_yaml_round_trip(tmp_path):
                       deterministic=True, out="runs/classify/x", name="exp9", resume=True, weights="w.safetensors",
                       pretrained=True, min_lr_ratio=0.05, device="cpu", compile=True, backbone_from="b.safetensors",
                       transfer="linear", backbone_lr_mult=0.5, loss="focal", focal_gamma=1.5, balance="oversample",
-                      class_weights="effective")
+                      class_weights="effective", flipud=0.1, degrees=5.0, translate=0.05, scale=0.2, crop_scale=0.6,
+                      brightness=0.1, contrast=0.15, saturation=0.25, hue=0.01, grayscale=0.02, blur=0.3, noise=0.4, erasing=0.6,
+                      illumination=0.7, mixup=0.3, cutmix=0.5)
     # every field differs from its default, so a field that is lost on the way shows up
     defaults = TrainConfig()
     assert [f.name for f in fields(cfg) if getattr(cfg, f.name) == getattr(defaults, f.name)] == []
@@ -182,7 +184,13 @@ def test_validate_accepts_defaults_and_returns_self():
 @pytest.mark.parametrize("change, flag", [
     ({"optimizer": "adam"}, "--optimizer"),
     ({"scheduler": "step"}, "--scheduler"),
-    ({"augment": "heavy"}, "--augment"),
+    ({"augment": "extreme"}, "--augment"),
+    ({"erasing": 1.5}, "--erasing"),
+    ({"fliplr": -0.5}, "--fliplr"),
+    ({"degrees": 200.0}, "--degrees"),
+    ({"crop_scale": 0.0}, "--crop-scale"),
+    ({"hue": 0.7}, "--hue"),
+    ({"mixup": -1.0}, "--mixup"),
     ({"amp_dtype": "fp8"}, "--amp-dtype"),
     ({"epochs": 0}, "--epochs"),
     ({"batch": 0}, "--batch"),

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit import __version__
-from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, classify_transforms
+from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, batch_mixer, classify_transforms, spec_from_config
 from cnnkit.config import TrainConfig, read_yaml_options, write_yaml
 from cnnkit.console import console, warn
 from cnnkit.data.builtin import resolve_data
@@ -89,11 +89,8 @@ class Classifier:
             device: str = "auto", workers: int = 2) -> dict[str, Any]:
         """Metrics, plots and report.html of the model on one split of a dataset, written into ``out``."""
         model = self._require_model()
-        dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
-        if split not in dataset.splits:
-            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
-        samples = _remap_labels(dataset.splits[split], dataset.classes, self.class_names, data)
-        out_dir = Path(out) if out else (self.weights_path.parent.parent / "val" if self.weights_path else Path("runs/classify/val"))
+        samples = self._split_samples(data, split)
+        out_dir = self._beside_run(out, "val")
         dev = dist_utils.select_device(device)
         metrics, outputs = _evaluate_split(model, self, samples, batch, workers, dev)
         paths = classify.draw(outputs, self.class_names, [p for p, _ in samples], out_dir / "plots", prefix=split)
@@ -190,6 +187,75 @@ class Classifier:
             results.append({"file": str(path), **result})
         return results
 
+    # ---------------------------------------------------------------- robustness
+    def robustness(self, data: str = "digits", split: str = "val", out: str | Path | None = None,
+                   families: list[str] | None = None, corruptions: list[str] | None = None,
+                   severities: Iterable[int] = (1, 2, 3, 4, 5), seed: int = 0, batch: int = 64, device: str = "auto",
+                   workers: int = 2) -> dict[str, Any]:
+        """top1 on clean images and under every corruption (occlusion, illumination, noise, blur; or the
+        ``families`` / ``corruptions`` named) at each severity, images corrupted at their native size.
+        Writes robustness.json, plots and report.html into ``out`` (default: robustness/ beside the
+        weights' run) and returns robustness.json's content (see cnnkit.evaluate.robustness)."""
+        from cnnkit.augment.corruptions import select_corruptions
+        from cnnkit.evaluate import robustness as rb
+
+        model = self._require_model()
+        chosen = select_corruptions(families, corruptions)  # bad names fail before any image is read
+        severities = rb.check_severities(list(severities))
+        samples = self._split_samples(data, split)
+        out_dir = self._beside_run(out, "robustness")
+        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
+        target = rb.engine_target(classify.ClassifyTask(self.class_names), model, samples, transform, batch, workers,
+                                  dist_utils.select_device(device))
+        result = rb.evaluate_robustness(target, chosen, severities, seed)
+        result.update({"weights": str(self.weights_path), "data": str(data), "split": split})
+        rb.write_robustness(result, target, out_dir, f"cnnkit robustness: {self.model_name} on {data} ({split})",
+                            {"weights": str(self.weights_path), "data": str(data), "split": split, "seed": seed,
+                             "severities": list(severities), "corruptions": chosen})
+        drops = "  ".join(f"{family} {drop:.3f}" for family, drop in result["relative_drop"].items() if drop is not None)
+        console.print(f"clean top1 {result['clean']['top1']:.4f}  relative drop: {drops}  report {out_dir / 'report.html'}",
+                      soft_wrap=True, markup=False)
+        return result
+
+    def occlusion_map(self, image: str | Path, out: str | Path | None = None, target: str | int | None = None,
+                      patch: float = 0.2, stride: float | None = None, batch: int = 64, device: str = "auto") -> dict[str, Any]:
+        """Occlusion sensitivity of one image (Zeiler & Fergus 2014): a square of the image's mean colour, ``patch`` x the side,
+        sliding by ``stride`` x the side (default: a quarter of the patch) over the image the model sees,
+        and the drop of the predicted (or ``target``) class's probability is mapped. Writes
+        NAME_occlusion.png and NAME_occlusion.npz into ``out`` (default: robustness/ beside the weights' run).
+        {"file", "label", "score", "target", "target_score", "map" [imgsz, imgsz], "png", "npz"}."""
+        from cnnkit.evaluate.occlusion_map import draw_occlusion_map, occlusion_map
+        from cnnkit.tasks.explain import resolve_target
+        from cnnkit.tasks.features import save_npz
+
+        model = self._require_model()
+        target_index = resolve_target(target, self.class_names, self.weights_path)
+        x = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)(load_image(image))
+        result = occlusion_map(model.to(dist_utils.select_device(device)), x, target_index, patch, stride, batch)
+        out_dir, name = self._beside_run(out, "robustness"), Path(image).stem
+        seen = (x * torch.tensor(self.std).view(3, 1, 1) + torch.tensor(self.mean).view(3, 1, 1)).clamp(0, 1)
+        png = draw_occlusion_map(out_dir / f"{name}_occlusion.png", seen.permute(1, 2, 0).numpy(), result,
+                                 self.class_names, Path(image).name)
+        npz = save_npz(out_dir / f"{name}_occlusion.npz", {**{k: np.asarray(v) for k, v in result.items()},
+                                                           "class_names": np.array(self.class_names)})
+        probs, predicted, chosen = result["probs"], result["predicted"], result["target"]
+        return {"file": str(image), "label": self.class_names[predicted], "score": float(probs[predicted]),
+                "target": self.class_names[chosen], "target_score": float(probs[chosen]), "map": result["map"],
+                "png": str(png), "npz": str(npz)}
+
+    def _split_samples(self, data: str, split: str) -> list[tuple[Path, int]]:
+        """(path, the model's class id) of one split of a dataset (val cut from train as the training run cut it)."""
+        dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
+        if split not in dataset.splits:
+            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
+        return _remap_labels(dataset.splits[split], dataset.classes, self.class_names, data)
+
+    def _beside_run(self, out: str | Path | None, name: str) -> Path:
+        """``out``, else NAME/ beside the weights' run directory (runs/classify/NAME for weights never saved)."""
+        if out is not None:
+            return Path(out)
+        return self.weights_path.parent.parent / name if self.weights_path else Path("runs") / TASK / name
+
     def _require_model(self) -> nn.Module:
         if self.model is None:
             raise CnnkitError("this Classifier has no weights yet", "train it first or use Classifier.load(FILE)")
@@ -262,6 +328,8 @@ class Recipe:
     metadata: Callable[[Any, list[str]], dict[str, Any]]
     finish: Callable[[Any, Path, Any, torch.device], dict[str, Any]]
     train_sampler: Callable[[Any, list], Any] | None = None  # (cfg, train samples) -> Sampler; None = shuffled
+    # (cfg, dataset, model, task, device, run dir) -> (task, train set) that replace the images (--balance smote), or None
+    train_on_features: Callable[..., tuple[Any, Any] | None] | None = None
 
 
 def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = TASK) -> tuple[TrainConfig, Path]:
@@ -311,11 +379,12 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
                                recorded_model(cfg.backbone_from))
         if main:
             console.print(f"backbone: {copied} tensors from {cfg.backbone_from}")
-    plan = plan_transfer(model, cfg.transfer, bool(cfg.pretrained or cfg.weights or cfg.backbone_from), cfg.backbone_lr_mult)
+    transfer = "linear" if cfg.balance == "smote" else cfg.transfer  # SMOTE's features need a frozen backbone
+    plan = plan_transfer(model, transfer, bool(cfg.pretrained or cfg.weights or cfg.backbone_from), cfg.backbone_lr_mult)
     metadata = {"task": recipe.task, "model": cfg.model, **recipe.metadata(cfg, dataset.classes), "imgsz": cfg.imgsz,
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "cnnkit_version": __version__,
                 "val_split": cfg.val_split, "split_seed": cfg.seed}
-    train_set = ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, cfg.augment, cfg.fliplr))
+    train_set = ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, spec_from_config(cfg, recipe.task)))
     val_set = ImageDataset(dataset.splits["val"], classify_transforms(cfg.imgsz, False))
     if main:
         write_yaml(run_dir / "config.yaml", cfg.to_dict())
@@ -327,6 +396,9 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     if main and plan.mode != "scratch":
         console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
     sampler = recipe.train_sampler(cfg, dataset.splits["train"]) if recipe.train_sampler else None
+    on_features = recipe.train_on_features(cfg, dataset, model, task, device, run_dir) if recipe.train_on_features else None
+    if on_features is not None:
+        task, train_set = on_features
     result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, collate_skipping_none, device, plan, sampler)
     dist_utils.cleanup()
     if not main:
@@ -382,14 +454,35 @@ def _balanced_sampler(cfg: TrainConfig, samples):
     return BalancedSampler([label for _, label in samples], cfg.balance, cfg.seed, dist_utils.rank(), dist_utils.world_size())
 
 
+def _smote_training(cfg: TrainConfig, dataset, model: nn.Module, task, device: torch.device, run_dir: Path):
+    """--balance smote: (the task training the model's head alone, its train set: SMOTE-balanced pooled
+    features of the frozen backbone; see data/smote.py); None for every other strategy."""
+    from cnnkit.data.smote import smote_features
+    from cnnkit.engine.checkpoint import load_checkpoint
+    from cnnkit.engine.transfer import classifier
+
+    if cfg.balance != "smote":
+        return None
+    if dist_utils.world_size() > 1:
+        # the head would run outside DDP's forward, so its gradients would not be averaged across ranks
+        raise CnnkitError("--balance smote runs in one process", "it trains one layer on cached features: start it without torchrun")
+    if cfg.resume:  # the run's own frozen backbone (the source is not re-read): the features it trained on
+        model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    train_set = smote_features(model, dataset.splits["train"], dataset.classes, classify_transforms(cfg.imgsz, False),
+                               cfg.batch, cfg.workers, device, cfg.seed)
+    return replace(task, head=classifier(model)), train_set
+
+
 CLASSIFY = Recipe(
     task=TASK,
     build_model=lambda cfg, classes: build_classifier(cfg.model, len(classes), cfg.pretrained),
     make_task=lambda cfg, dataset: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
-                                                         focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0),
+                                                         focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0,
+                                                         mix=batch_mixer(spec_from_config(cfg), len(dataset.classes))),
     metadata=lambda cfg, classes: {"class_names": classes, "num_classes": len(classes)},
     finish=finish_run,
     train_sampler=lambda cfg, samples: _balanced_sampler(cfg, samples),
+    train_on_features=_smote_training,
 )
 
 

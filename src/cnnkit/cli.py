@@ -12,12 +12,12 @@ import json
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Optional, get_type_hints
+from typing import Any, Callable, Optional, get_args, get_type_hints
 
 import typer
 
 from cnnkit import __version__
-from cnnkit.config import EmbedConfig, TrainConfig, read_yaml_options
+from cnnkit.config import EmbedConfig, PreviewConfig, TrainConfig, read_yaml_options
 from cnnkit.errors import CnnkitError
 
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
@@ -28,6 +28,8 @@ embed_app = typer.Typer(help="Image embeddings and visual search: train, val, in
 app.add_typer(classify_app, name="classify")
 app.add_typer(embed_app, name="embed")
 app.add_typer(data_app, name="data")
+augment_app = typer.Typer(help="Augmentation: preview a preset or any mix of operations on a dataset.", no_args_is_help=True)
+app.add_typer(augment_app, name="augment")
 
 
 def _version(value: bool) -> None:
@@ -65,13 +67,20 @@ def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -
             hint = hints[f.name]
             choices = f.metadata.get("choices")
             kwargs = {"help": f.metadata.get("help", ""), "show_default": True}
-            annotation = hint if hint in (int, float, str, bool) else Optional[str]
+            numbers = [a for a in get_args(hint) if a is not type(None)]
+            if hint in (int, float, str, bool):
+                annotation = hint
+            elif len(numbers) == 1 and numbers[0] in (int, float):  # "from the preset" when left out
+                annotation = Optional[numbers[0]]
+            else:
+                annotation = Optional[str]
             if choices:  # typer shows and checks the allowed values of an Enum
                 annotation = enum.Enum(f"{f.name}_choice", {c: c for c in choices}, type=str)
             if hint is bool:
                 option = typer.Option(f.default, f"--{flag}/--no-{flag}", **kwargs)
             else:
-                option = typer.Option(f.default, f"--{flag}", **kwargs)
+                short = f.metadata.get("short")
+                option = typer.Option(f.default, f"--{flag}", *([short] if short else []), **kwargs)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                         default=typer.Option(None, "--config", help="YAML file with any of these options")))
@@ -96,6 +105,17 @@ def classify_train(cfg: TrainConfig, explicit: set[str]) -> None:
     from cnnkit.api import train
 
     train(cfg, explicit)
+
+
+@config_command(augment_app, "preview", PreviewConfig,
+                "Draw -n images of a dataset before and after augmentation (a --preset and any per-operation option) into one PNG.")
+def augment_preview(cfg: PreviewConfig, explicit: set[str]) -> None:
+    from cnnkit.augment.presets import describe
+    from cnnkit.augment.preview import preview_dataset
+    from cnnkit.console import console
+
+    path = preview_dataset(cfg.data, cfg.spec, cfg.out, cfg.n, cfg.seed, cfg.imgsz, cfg.split)
+    console.print(f"{describe(cfg.spec)}\npreview: {path}")
 
 
 @classify_app.command("val")
@@ -420,6 +440,72 @@ def data_check(
         print_report(report)
     if report.has_errors():
         raise typer.Exit(2)
+
+
+def _comma_list(option: str, text: str | None) -> list[str] | None:
+    """'a, b' -> ['a', 'b']; None stays None (everything)."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise CnnkitError(f"{option} is empty", "pass comma-separated names, or leave it out for all")
+    return items
+
+
+def _severity_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list("--severities", text)]
+    except ValueError:
+        raise CnnkitError(f"--severities '{text}': not a comma-separated list of integers", "e.g. --severities 1,3,5") from None
+
+
+@app.command("robustness")
+def robustness(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    data: str = typer.Option("digits", "--data", help="dataset root or built-in name"),
+    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="output folder (default: robustness/ beside the weights' run)"),
+    families: Optional[str] = typer.Option(None, "--families", metavar="A,B", help="only these corruption families: occlusion, illumination, noise, blur (default: all)"),
+    corruptions: Optional[str] = typer.Option(None, "--corruptions", metavar="A,B", help="only these corruptions, e.g. occlusion_solid,dark,gaussian_blur (default: all)"),
+    severities: str = typer.Option("1,2,3,4,5", "--severities", metavar="1,3,5", help="severities to evaluate, each 1 to 5"),
+    seed: int = typer.Option(0, "--seed", help="seed of the corruptions' randomness (occluder places, noise): same seed, same images"),
+    batch: int = typer.Option(64, "--batch", min=1, help="batch size"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    occlusion_map: Optional[Path] = typer.Option(None, "--occlusion-map", metavar="IMAGE", help="instead of the corruption benchmark: "
+                                                 "map where hiding part of IMAGE (a sliding square of its mean colour) costs the class its probability"),
+    target: Optional[str] = typer.Option(None, "--target", metavar="CLASS", help="--occlusion-map: class to map, by name or index (default: the predicted class)"),
+    patch: float = typer.Option(0.2, "--patch", help="--occlusion-map: side of the square, as a fraction of the image side"),
+    stride: Optional[float] = typer.Option(None, "--stride", help="--occlusion-map: step of the square, as a fraction of the image side (default: a quarter of --patch)"),
+) -> None:
+    """Accuracy under occlusion, illumination changes, noise and blur at severities 1-5: robustness.json,
+    severity curves, example images and report.html. With --occlusion-map IMAGE: an occlusion-sensitivity map of one image."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnkit.api import Classifier
+    from cnnkit.console import console
+
+    severity_list = _severity_list(severities)
+    family_list, corruption_list = _comma_list("--families", families), _comma_list("--corruptions", corruptions)
+    clf = Classifier.load(weights)
+    if occlusion_map is not None:
+        r = clf.occlusion_map(occlusion_map, out, target, patch, stride, batch, device)
+        console.print(f"{r['file']}: predicted {r['label']} ({r['score']:.3f}); map of {r['target']} ({r['target_score']:.3f}) "
+                      f"in {r['png']} and {r['npz']}", soft_wrap=True, markup=False)
+        return
+    result = clf.robustness(data, split, out, family_list, corruption_list, severity_list, seed, batch, device, workers)
+    metric = result["metric"]
+    drops = ", ".join(f"{family} {'-' if drop is None else f'{drop:.3f}'}" for family, drop in result["relative_drop"].items())
+    table = Table(title=f"{metric} by severity (clean {result['clean'][metric]:.3f})", caption=f"relative drop: {drops}")
+    for column in ("family", "corruption"):
+        table.add_column(column, no_wrap=True)
+    for severity in result["severities"]:
+        table.add_column(f"s{severity}", justify="right", no_wrap=True)
+    for family, names in result["corruptions"].items():
+        for row, (name, values) in enumerate(names.items()):
+            table.add_row(family if row == 0 else "", name, *(f"{v:.3f}" for v in values))
+    Console().print(table)  # stdout: results; messages go to stderr
 
 
 @app.command("models")

@@ -7,16 +7,16 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
 from cnnkit.errors import CnnkitError
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field that carries its CLI help text (and allowed values)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, short: str | None = None) -> Any:
+    """A dataclass field that carries its CLI help text (allowed values, a short flag such as -n)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short})
 
 
 @dataclass
@@ -44,11 +44,33 @@ class TrainConfig:
     focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
     balance: str = option("none", "class imbalance: weights (loss weighted per class), oversample (every class as often "
                           "as the largest, per epoch), undersample (every class cut to the smallest, a new subset "
-                          "each epoch)", ("none", "weights", "oversample", "undersample"))
+                          "each epoch), smote (the head alone, on SMOTE-balanced features of the frozen backbone: "
+                          "needs --backbone-from, --weights or --pretrained; no augmentation applies)",
+                          ("none", "weights", "oversample", "undersample", "smote"))
     class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
                                 "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
-    augment: str = option("light", "augmentation preset", ("none", "light"))
-    fliplr: float = option(0.5, "horizontal flip probability during training (0 for digits and text)")
+    augment: str = option("light", "augmentation preset; the options below override one operation of it each "
+                          "(`cnnkit augment preview` shows the result)", ("none", "light", "medium", "heavy"))
+    fliplr: float | None = option(None, "horizontal flip probability (preset: 0.5; use 0 for digits and text)")
+    flipud: float | None = option(None, "vertical flip probability (preset: 0)")
+    degrees: float | None = option(None, "random rotation up to ± this many degrees (light 10, medium 15, heavy 25)")
+    translate: float | None = option(None, "random shift up to this fraction of the side (light 0.1, heavy 0.2)")
+    scale: float | None = option(None, "random zoom by up to ± this fraction (light 0.1, heavy 0.3)")
+    crop_scale: float | None = option(None, "random resized crop keeping at least this fraction of the area; 1 = off "
+                                      "(light 1, medium 0.5, heavy 0.25)")
+    brightness: float | None = option(None, "colour jitter: brightness change up to ± this fraction (light 0.2, heavy 0.4)")
+    contrast: float | None = option(None, "colour jitter: contrast change up to ± this fraction (light 0.2, heavy 0.4)")
+    saturation: float | None = option(None, "colour jitter: saturation change up to ± this fraction (light 0.2, heavy 0.4)")
+    hue: float | None = option(None, "colour jitter: hue shift up to ± this (0 to 0.5; light 0, heavy 0.05)")
+    grayscale: float | None = option(None, "probability of turning the image grey (medium 0.05, heavy 0.1)")
+    blur: float | None = option(None, "probability of a Gaussian blur, sigma 0.1 to 2 (medium 0.1, heavy 0.2)")
+    noise: float | None = option(None, "probability of Gaussian pixel noise, sigma up to 0.1 (heavy 0.2)")
+    erasing: float | None = option(None, "occlusion: probability of each of 3 random patches (2-25%% of the image each; "
+                                   "noise or the mean colour) being erased (cutout; medium 0.25, heavy 0.5)")
+    illumination: float | None = option(None, "probability of a random lighting change: gamma, a shadow gradient, colour "
+                                        "temperature (medium 0.2, heavy 0.5)")
+    mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")
+    cutmix: float | None = option(None, "classification: CutMix with this alpha; 0 = off (heavy 1.0; with --mixup, one of them per batch)")
     val_split: float = option(0.2, "fraction of train held out for validation when ROOT has no val/")
     device: str = option("auto", "auto (CUDA, then Apple MPS, then CPU), cpu, cuda or cuda:N, mps")
     amp: bool = option(False, "mixed precision: bf16 on CPU, fp16 (or --amp-dtype) on CUDA")
@@ -79,17 +101,43 @@ class TrainConfig:
         for name in ("epochs", "batch", "imgsz", "accumulate"):
             if getattr(self, name) < 1:
                 raise CnnkitError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("fliplr", "label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult") + PROBABILITIES:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
         for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience", "focal_gamma"):
             if getattr(self, name) < 0:
                 raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        for name in ("degrees", "translate", "scale", "brightness", "contrast", "saturation", "mixup", "cutmix"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if self.degrees is not None and self.degrees > 180:
+            raise CnnkitError(f"--degrees must be between 0 and 180, got {self.degrees}")
+        if self.translate is not None and self.translate > 1:
+            raise CnnkitError(f"--translate must be between 0 and 1, got {self.translate}")
+        if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
+            raise CnnkitError(f"--crop-scale must be above 0 and at most 1, got {self.crop_scale}")
+        if self.hue is not None and self.hue > 0.5:
+            raise CnnkitError(f"--hue must be between 0 and 0.5, got {self.hue}")
         if self.lr <= 0:
             raise CnnkitError(f"--lr must be positive, got {self.lr}")
         if self.workers < 0:
             raise CnnkitError(f"--workers must be 0 or more, got {self.workers}")
+        if self.balance == "smote":
+            self._check_smote()
         return self
+
+    def _check_smote(self) -> None:
+        """--balance smote trains the head alone on features computed once by a frozen, trained backbone."""
+        if self.transfer not in ("auto", "linear"):
+            raise CnnkitError(f"--balance smote trains the head alone on features of a frozen backbone, not with "
+                              f"--transfer {self.transfer}", "use --transfer linear (auto becomes linear)")
+        if not (self.backbone_from or self.weights or self.pretrained):
+            raise CnnkitError("--balance smote needs a trained backbone to take features from",
+                              "add --backbone-from FILE, --weights FILE or --pretrained")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name):
+                raise CnnkitError(f"--{name} mixes images, but --balance smote trains on features computed once",
+                                  f"drop --{name}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,6 +169,42 @@ class EmbedConfig(TrainConfig):
         if not 0.0 <= self.margin <= 2.0:
             raise CnnkitError(f"--margin must be between 0 and 2, got {self.margin}")
         return self
+
+
+# augmentation options that are probabilities (checked to lie in [0, 1])
+PROBABILITIES = ("fliplr", "flipud", "grayscale", "blur", "noise", "erasing", "illumination")
+
+
+@dataclass
+class PreviewConfig:
+    """`augment preview`: which images, which augmentation (a preset plus per-operation overrides)."""
+
+    data: str = option("digits", "dataset root or built-in name (the images are drawn from --split)")
+    preset: str = option("light", "augmentation preset", ("none", "light", "medium", "heavy"))
+    task: str = option("classify", "whose preset: classification (with MixUp/CutMix) or detection/segmentation (boxes and "
+                       "masks move with the pixels)", ("classify", "detect", "segment"))
+    n: int = option(16, "number of images", short="-n")
+    out: str = option("augment_preview.png", "output PNG")
+    seed: int = option(0, "random seed: the same seed shows the same images and augmentations")
+    imgsz: int = option(128, "image side in the preview, in pixels")
+    split: str = option("train", "dataset split to draw from")
+
+    def validate(self) -> "PreviewConfig":
+        from cnnkit.augment.presets import augment_spec
+
+        if self.n < 1 or self.imgsz < 8:
+            raise CnnkitError(f"-n must be at least 1 and --imgsz at least 8, got {self.n} and {self.imgsz}")
+        self.spec = augment_spec(self.preset, self.task, **{name: getattr(self, name) for name in PREVIEW_OPERATIONS})
+        return self
+
+
+# every per-operation augmentation option of TrainConfig, the same in `augment preview`
+PREVIEW_OPERATIONS = ("fliplr", "flipud", "degrees", "translate", "scale", "crop_scale", "brightness", "contrast", "saturation",
+                      "hue", "grayscale", "blur", "noise", "erasing", "illumination", "mixup", "cutmix")
+PreviewConfig = dataclasses.make_dataclass(
+    "PreviewConfig", [(f.name, f.type, field(default=None, metadata=f.metadata)) for f in fields(TrainConfig) if f.name in PREVIEW_OPERATIONS],
+    bases=(PreviewConfig,))
+PreviewConfig.__module__ = __name__
 
 
 def _flag(name: str) -> str:
@@ -156,6 +240,9 @@ def read_yaml_options(path: str | Path, config_type: type = TrainConfig) -> dict
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     if value is None:
         return None
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if len(args) == 1 and args[0] in (int, float):  # int | None, float | None
+        hint = args[0]
     target = {int: int, float: float, bool: bool, str: str}.get(hint)
     if target is None:  # Optional[...] hints: keep strings and numbers as they are
         return value if not isinstance(value, (int, float)) or isinstance(value, bool) else str(value)

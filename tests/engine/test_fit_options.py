@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cnnkit.augment.presets import classify_transforms
+from cnnkit.augment.presets import augment_spec, classify_transforms
 from cnnkit.config import TrainConfig
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
@@ -21,7 +21,7 @@ from cnnkit.tasks.classify import ClassifyTask
 @pytest.fixture(scope="module")
 def small_digits(digits_root):
     data = load_imagefolder(digits_root)
-    train = ImageDataset(data.splits["train"][::3], classify_transforms(16, True, "light", 0.0))
+    train = ImageDataset(data.splits["train"][::3], classify_transforms(16, True, augment_spec("light", fliplr=0.0)))
     val = ImageDataset(data.splits["val"][::2], classify_transforms(16, False))
     return data.classes, train, val
 

@@ -41,15 +41,20 @@ class TransferPlan:
         return set()
 
 
-def head_names(model: nn.Module) -> list[str]:
-    """Parameter names of the classifier: get_classifier() where the model has it, else the last Linear."""
+def classifier(model: nn.Module) -> nn.Module:
+    """The head: get_classifier() where the model has it, else its last Linear."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not linears:
             raise CnnkitError(f"{type(model).__name__}: no classifier layer found to separate head from backbone")
         head = linears[-1]
-    ids = {id(p) for p in head.parameters()}
+    return head
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Parameter names of the classifier (see ``classifier``)."""
+    ids = {id(p) for p in classifier(model).parameters()}
     return [name for name, p in model.named_parameters() if id(p) in ids]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,10 +23,18 @@ class ClassifyTask:
     primary_metric: str = "top1"
     class_weights: torch.Tensor | None = None  # [C], for --balance weights
     focal_gamma: float = 0.0  # > 0: focal loss (--loss focal)
+    # MixUp / CutMix over the batch (augment.batch_mixer): labels become class probabilities [B, C]
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # --balance smote (data/smote.py): the model's own classifier layer. Train batches are then pooled
+    # features [B, D] of the frozen backbone and only this layer runs on them; eval_step still runs the
+    # whole model on images, so validation and the saved weights are the real classifier
+    head: nn.Module | None = None
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
-        logits = model(images)
+        if self.mix is not None and self.head is None:  # image mixing: nothing to mix in cached features
+            images, labels = self.mix(images, labels)
+        logits = model(images) if self.head is None else self.head(images)
         return {"loss": classification_loss(logits.float(), labels, self.class_weights, self.label_smoothing, self.focal_gamma)}
 
     def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -45,13 +53,16 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torc
     """Cross-entropy, optionally class-weighted (a weighted mean, as ``F.cross_entropy(weight=)``) and
     focal: each sample's term scaled by (1 - p_true)^gamma (Lin et al., 2017), so that the many easy
     examples of a large class stop drowning out the rare ones."""
+    soft = labels.is_floating_point()  # class probabilities [B, C] from MixUp / CutMix
     per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
     if focal_gamma > 0:
-        p_true = torch.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+        probs = torch.softmax(logits, dim=1)
+        p_true = (probs * labels).sum(1) if soft else probs.gather(1, labels[:, None]).squeeze(1)
         per_sample = (1.0 - p_true).clamp(min=0).pow(focal_gamma) * per_sample
     if weight is None:
         return per_sample.mean()
-    sample_weight = weight.to(logits.device, logits.dtype)[labels]
+    weight = weight.to(logits.device, logits.dtype)
+    sample_weight = labels.to(logits.dtype) @ weight if soft else weight[labels]
     return (sample_weight * per_sample).sum() / sample_weight.sum().clamp(min=1e-12)
 
 
