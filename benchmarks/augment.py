@@ -120,7 +120,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
     sources = photos()
-    images = [np.ascontiguousarray(sources[i % len(sources)]) for i in range(args.images)]
+    images = [np.array(sources[i % len(sources)]) for i in range(args.images)]  # writable copies, as decoded files are
     boxed = [(random_boxes(rng, *image.shape[:2], args.boxes), np.arange(args.boxes, dtype=np.int64)) for image in images]
     ours, theirs = cnnkit_pipelines(args.size), albumentations_pipelines(args.size)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, albumentations {albumentations.__version__}, "

@@ -33,6 +33,7 @@ RUNS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--model", default=MODEL, help="the model both runs train")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (mean over them)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--split", default="test", help="split the robustness is measured on")
@@ -47,10 +48,10 @@ def main() -> None:
     for seed in seeds:
         for name, options in RUNS.items():
             tag = "".join(f"_{k}{v:g}" for k, v in options.items() if k in ("erasing", "cutmix"))
-            run_dir = Path(args.out) / f"{name}{tag}_seed{seed}"
+            run_dir = Path(args.out) / f"{args.model}_{name}{tag}_seed{seed}"
             weights = run_dir / "weights" / "best.safetensors"
             if not weights.is_file():
-                Classifier(MODEL, imgsz=IMGSZ).train(**COMMON, **options, epochs=args.epochs, seed=seed, device=args.device, out=str(run_dir))
+                Classifier(args.model, imgsz=IMGSZ).train(**COMMON, **options, epochs=args.epochs, seed=seed, device=args.device, out=str(run_dir))
             result = Classifier.load(weights).robustness(data="digits", split=args.split, seed=seed, device=args.device,
                                                          workers=0, out=run_dir / "robustness")
             results[name].append(result)

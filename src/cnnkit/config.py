@@ -65,8 +65,8 @@ class TrainConfig:
     grayscale: float | None = option(None, "probability of turning the image grey (medium 0.05, heavy 0.1)")
     blur: float | None = option(None, "probability of a Gaussian blur, sigma 0.1 to 2 (medium 0.1, heavy 0.2)")
     noise: float | None = option(None, "probability of Gaussian pixel noise, sigma up to 0.1 (heavy 0.2)")
-    erasing: float | None = option(None, "occlusion: probability of each of 3 random patches (2-25%% of the image each; "
-                                   "noise or the mean colour) being erased (cutout; medium 0.25, heavy 0.5)")
+    erasing: float | None = option(None, "occlusion: probability of hiding 5-60%% of the image under patches of noise, "
+                                   "a colour or another part of the image (random erasing in pieces; medium 0.25, heavy 0.5)")
     illumination: float | None = option(None, "probability of a random lighting change: gamma, a shadow gradient, colour "
                                         "temperature (medium 0.2, heavy 0.5)")
     mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")

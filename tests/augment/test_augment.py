@@ -215,3 +215,16 @@ def test_every_operation_has_a_train_option():
     from cnnkit.config import TrainConfig
 
     assert set(OPERATIONS) <= {f.name for f in fields(TrainConfig)}
+
+
+def test_occlusion_hides_a_random_share_of_the_image_in_pieces():
+    from cnnkit.augment.presets import OCCLUDED_FRACTION, RandomOcclusion
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 64, 64)
+    occlude = RandomOcclusion(1.0)
+    shares = [float((occlude(image) != image).any(0).float().mean()) for _ in range(60)]
+    # pieces overlap and the last one overshoots, so the share hidden spreads around the drawn target
+    assert min(shares) >= 0.02 and max(shares) <= OCCLUDED_FRACTION[1] + 0.2
+    assert 0.2 <= float(np.mean(shares)) <= 0.45
+    assert torch.equal(RandomOcclusion(0.0)(image), image)

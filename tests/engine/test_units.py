@@ -377,6 +377,10 @@ def test_classification_metrics_hand_made():
     assert m["val_loss"] == pytest.approx(-np.mean(np.log([
         math.exp(5) / (math.exp(5) + 2), math.exp(5) / (math.exp(5) + 2),
         math.exp(1) / (math.exp(5) + math.exp(1) + 1), math.exp(5) / (math.exp(5) + 2)])))
+    # row-normalised: each row sums to 1, the diagonal is each class's recall
+    assert m["confusion_matrix"] == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5]]
+    empty = classification_metrics(logits[:2], labels[:2], ["a", "b", "c"])
+    assert empty["confusion_matrix"][2] == [0.0, 0.0, 0.0]  # a class without images: zeros, not NaN
 
 
 def test_read_state_dict_accepts_common_weight_files(tmp_path):

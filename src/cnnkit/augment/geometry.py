@@ -154,7 +154,10 @@ def _resample(pixels: np.ndarray, crop: tuple[int, int, int, int], size: tuple[i
             method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         else:
             method = cv2.INTER_NEAREST_EXACT
-        region = cv2.resize(np.ascontiguousarray(region), (out_w, out_h), interpolation=method)
+        # OpenCV reads a strided crop of rows and columns in place; only the channels must be packed
+        packed_pixels = region.strides[-1] == region.itemsize and (region.ndim == 2 or region.strides[-2] == region.shape[-1] * region.itemsize)
+        packed = region if packed_pixels else np.ascontiguousarray(region)
+        region = cv2.resize(packed, (out_w, out_h), interpolation=method)
     if warp is not None:
         region = cv2.warpAffine(np.ascontiguousarray(region), _pixel_matrix(warp), (out_w, out_h),
                                 flags=cv2.INTER_LINEAR if linear else cv2.INTER_NEAREST,
@@ -197,28 +200,45 @@ def _map_boxes(boxes: tv_tensors.BoundingBoxes, matrix: np.ndarray, size: tuple[
     if abs(matrix[0, 1]) > 1e-9:  # rotated: a box reaching out of the picture encloses only its visible part
         height, width = size
         outside = (enclosing[:, 0] < 0) | (enclosing[:, 1] < 0) | (enclosing[:, 2] > width) | (enclosing[:, 3] > height)
-        for i in np.flatnonzero(outside):
-            visible = _clip_polygon(mapped[i][[0, 1, 3, 2]], width, height)  # corners in order around the box
-            if len(visible):
-                enclosing[i] = [*visible.min(axis=0), *visible.max(axis=0)]
+        if outside.any():  # corners in order around each box
+            enclosing[outside] = _visible_extent(mapped[outside][:, [0, 1, 3, 2]], width, height)
     out = tv_tensors.BoundingBoxes(torch.from_numpy(enclosing).to(xyxy.dtype if xyxy.is_floating_point() else torch.float32),
                                    format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=size)
     return TF.convert_bounding_box_format(out, new_format=boxes.format)
 
 
-def _clip_polygon(polygon: np.ndarray, width: float, height: float) -> np.ndarray:
-    """The part of a convex polygon [K, 2] inside [0, width] x [0, height] (Sutherland-Hodgman)."""
-    for axis, limit, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
-        if len(polygon) == 0:
-            break
-        inside = polygon[:, axis] <= limit if keep_below else polygon[:, axis] >= limit
-        clipped = []
-        for j in range(len(polygon)):
-            current, following = polygon[j], polygon[(j + 1) % len(polygon)]
-            if inside[j]:
-                clipped.append(current)
-            if inside[j] != inside[(j + 1) % len(polygon)]:
-                t = (limit - current[axis]) / (following[axis] - current[axis])
-                clipped.append(current + t * (following - current))
-        polygon = np.array(clipped).reshape(-1, 2)
-    return polygon
+def _visible_extent(quads: np.ndarray, width: float, height: float) -> np.ndarray:
+    """For convex quadrilaterals [N, 4, 2] (corners in order), the box [N, 4] enclosing the part of
+    each inside [0, width] x [0, height]: the extremes lie among the corners inside, the crossings of
+    its edges with the borders, and the picture's corners inside it. (A quad wholly outside keeps
+    an empty box at its nearest border, which the box sanitiser then drops.)"""
+    starts, ends = quads, np.roll(quads, -1, axis=1)
+    candidates, valid = [quads], [_inside(quads, width, height)]
+    for axis, limit in ((0, 0.0), (0, width), (1, 0.0), (1, height)):
+        delta = ends[..., axis] - starts[..., axis]
+        with np.errstate(divide="ignore", invalid="ignore"):  # edges parallel to the border: not valid below
+            t = (limit - starts[..., axis]) / delta
+            points = starts + t[..., None] * (ends - starts)
+        points[..., axis] = limit
+        candidates.append(points)
+        valid.append((delta != 0) & (t >= 0) & (t <= 1) & _inside(points, width, height))
+    picture = np.array([[0.0, 0.0], [width, 0.0], [width, height], [0.0, height]])
+    edges = ends - starts  # [N, 4, 2]
+    to_corner = picture[None, None, :, :] - starts[:, :, None, :]  # [N, 4 edges, 4 corners, 2]
+    cross = edges[:, :, None, 0] * to_corner[..., 1] - edges[:, :, None, 1] * to_corner[..., 0]
+    covered = (cross >= -1e-9).all(axis=1) | (cross <= 1e-9).all(axis=1)  # [N, 4 corners]
+    candidates.append(np.broadcast_to(picture, (len(quads), 4, 2)))
+    valid.append(covered)
+    points = np.concatenate(candidates, axis=1)
+    keep = np.concatenate(valid, axis=1)[..., None]
+    low = np.where(keep, points, np.inf).min(axis=1)
+    high = np.where(keep, points, -np.inf).max(axis=1)
+    nothing = ~keep.any(axis=(1, 2))
+    clamped = np.clip(quads.mean(axis=1), 0, [width, height])
+    low[nothing], high[nothing] = clamped[nothing], clamped[nothing]
+    return np.concatenate([low, high], axis=1)
+
+
+def _inside(points: np.ndarray, width: float, height: float, slack: float = 1e-6) -> np.ndarray:
+    return ((points[..., 0] >= -slack) & (points[..., 0] <= width + slack)
+            & (points[..., 1] >= -slack) & (points[..., 1] <= height + slack))

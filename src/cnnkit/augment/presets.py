@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -30,11 +29,9 @@ from cnnkit.errors import CnnkitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ERASED_AREA = (0.02, 0.25)  # each random-erasing patch, as a fraction of the image
+OCCLUDED_FRACTION = (0.05, 0.6)  # --erasing: the share of the image hidden, drawn uniformly
 MASK_IGNORE = 255  # segmentation masks: pixels uncovered by rotation/translation are not scored
 
-# RandomErasing leaves masks as they are, which is what cutout means for segmentation
-warnings.filterwarnings("ignore", message=r"RandomErasing\(\) is currently passing through inputs of type tv_tensors\.")
 
 
 @dataclass(frozen=True)
@@ -180,12 +177,7 @@ def _float_ops(spec: AugmentSpec, mean: tuple[float, ...] | None, std: tuple[flo
     if mean is not None:
         ops.append(v2.Lambda(ToFloat(mean, std), tv_tensors.Image))
     if spec.erasing > 0:
-        # up to three patches, each with probability p: two of random-normal pixels in the normalised
-        # space (as timm's), one of the mean colour, so that 0-75% of the image can be hidden, in
-        # pieces, as real occluders do (one patch of a third at most left the model fragile to more)
-        ops += [v2.RandomErasing(spec.erasing, scale=ERASED_AREA, value="random"),
-                v2.RandomErasing(spec.erasing, scale=ERASED_AREA, value=0.0),
-                v2.RandomErasing(spec.erasing, scale=ERASED_AREA, value="random")]
+        ops.append(v2.Lambda(RandomOcclusion(spec.erasing), tv_tensors.Image))
     return ops
 
 
@@ -201,29 +193,72 @@ def _wrap_like(out: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return tv_tensors.wrap(out, like=image) if isinstance(image, tv_tensors.TVTensor) else out
 
 
+class RandomOcclusion:
+    """With probability p, hide a random fraction (uniform in ``coverage``) of the image under patches
+    of 3-15% of its area each (aspect 1:3 to 3:1; at most 12), each filled with noise, one random
+    colour, or a copy of another part of the same image. Real occluders come in pieces, in any
+    colour, often textured, and hide a lot; one patch of noise of at most a third (torchvision's
+    RandomErasing) trained models that larger, solid or textured occluders still fooled
+    (docs/augment-imbalance-robustness.md). Works on the normalised float image: noise is standard
+    normal there, colours are drawn in the same range."""
+
+    def __init__(self, p: float, coverage: tuple[float, float] = OCCLUDED_FRACTION, piece: tuple[float, float] = (0.03, 0.15)):
+        self.p, self.coverage, self.piece = p, coverage, piece
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if float(torch.rand(())) >= self.p:
+            return image
+        pixels = image.as_subclass(torch.Tensor)
+        out = pixels.clone()
+        channels, height, width = pixels.shape[-3:]
+        hidden = torch.zeros(height, width, dtype=torch.bool)
+        target = float(torch.empty(()).uniform_(*self.coverage)) * height * width
+        for _ in range(12):
+            if float(hidden.sum()) >= target:
+                break
+            area = height * width * float(torch.empty(()).uniform_(*self.piece))
+            aspect = math.exp(float(torch.empty(()).uniform_(math.log(1 / 3), math.log(3))))
+            h = min(height, max(1, round(math.sqrt(area / aspect))))
+            w = min(width, max(1, round(math.sqrt(area * aspect))))
+            top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+            fill = int(torch.randint(3, ()))
+            if fill == 0:
+                patch = torch.randn(channels, h, w, dtype=out.dtype, device=out.device)
+            elif fill == 1:
+                patch = torch.randn(channels, 1, 1, dtype=out.dtype, device=out.device).expand(channels, h, w)
+            else:
+                src_top, src_left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+                patch = pixels[..., src_top:src_top + h, src_left:src_left + w]
+            out[..., top:top + h, left:left + w] = patch
+            hidden[top:top + h, left:left + w] = True
+        return _wrap_like(out, image)
+
+
 class ToFloat:
     """uint8 -> float 0..1 in contiguous CHW (the geometry step leaves a channels-last view, on which
     the element-wise ops that follow run at half speed); with ``mean`` and ``std``, a float image is
     normalised in one multiply-add: (x - mean) / std."""
 
     def __init__(self, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
-        self.mean, self.std = mean, std
+        self.mean = mean
+        if mean is not None:
+            self.scale = 1.0 / torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+            self.shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * self.scale
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         pixels = image.as_subclass(torch.Tensor)
+        out = pixels.to(torch.float32, memory_format=torch.contiguous_format)
         if self.mean is None:
-            out = pixels.to(torch.float32, memory_format=torch.contiguous_format)
             out = out.div_(255.0) if pixels.dtype == torch.uint8 else out
         else:
-            scale = 1.0 / torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-            out = pixels.to(torch.float32, memory_format=torch.contiguous_format).mul_(scale)
-            out = out.sub_(torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1) * scale)
+            out = out.mul_(self.scale.to(out.device)).sub_(self.shift.to(out.device))
         return _wrap_like(out, image)
 
 
 # RGB -> YIQ: hue is the angle in the I-Q plane, so a hue shift is a rotation about the grey axis
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
-_GREY = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INVERSE = np.linalg.inv(_YIQ)
+_GREY = np.array([0.299, 0.587, 0.114])
 
 
 class ColourJitter:
@@ -236,33 +271,34 @@ class ColourJitter:
     def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
 
-    def matrix(self, mean_grey: float, channels: int = 3) -> torch.Tensor:
+    def matrix(self, mean_grey: float, channels: int = 3) -> np.ndarray:
         """A random [C, C + 1] affine colour map (last column: the offset, in the image's own scale);
-        ``mean_grey`` is the image's mean grey level, which contrast blends towards."""
+        ``mean_grey`` is the image's mean grey level, which contrast blends towards. (numpy: for a
+        3x3 matrix, torch's per-call overhead was a third of the whole jitter.)"""
         b, c, s = (float(torch.empty(()).uniform_(max(0.0, 1 - x), 1 + x)) if x else 1.0
                    for x in (self.brightness, self.contrast, self.saturation))
         angle = float(torch.empty(()).uniform_(-self.hue, self.hue)) * 2 * math.pi if self.hue else 0.0
         if channels != 3:  # grey images: brightness and contrast only
-            linear = torch.eye(channels, dtype=torch.float64)
+            linear = np.eye(channels)
         else:
-            saturate = s * torch.eye(3, dtype=torch.float64) + (1 - s) * torch.ones(3, 1, dtype=torch.float64) * _GREY
+            saturate = s * np.eye(3) + (1 - s) * np.outer(np.ones(3), _GREY)
             cos, sin = math.cos(angle), math.sin(angle)
-            rotate = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
-            linear = torch.linalg.inv(_YIQ) @ rotate @ _YIQ @ saturate  # both keep grey grey
-        offset = torch.full((channels, 1), (1 - c) * b * mean_grey, dtype=torch.float64)
-        return torch.cat([linear * (b * c), offset], dim=1)
+            rotate = np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]])
+            linear = _YIQ_INVERSE @ rotate @ _YIQ @ saturate  # both keep grey grey
+        offset = np.full((channels, 1), (1 - c) * b * mean_grey)
+        return np.concatenate([linear * (b * c), offset], axis=1)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         pixels = image.as_subclass(torch.Tensor)
         channels = pixels.shape[-3]
         hwc = _hwc_uint8(image)
         if hwc is not None and channels in (1, 3):
-            grey = float(np.dot(cv2.mean(hwc)[:3], _GREY.numpy())) if channels == 3 else cv2.mean(hwc)[0]
-            out = cv2.transform(hwc, self.matrix(grey if self.contrast else 0.0, channels).numpy())  # saturates to 0..255
+            grey = float(np.dot(cv2.mean(hwc)[:3], _GREY)) if channels == 3 else cv2.mean(hwc)[0]
+            out = cv2.transform(hwc, self.matrix(grey if self.contrast else 0.0, channels))  # saturates to 0..255
             return _wrap_like(torch.from_numpy(out.reshape(hwc.shape)).permute(2, 0, 1), image)
         x = TF.to_dtype(pixels, torch.float32, scale=True)
-        grey = float((_GREY.float() @ x.reshape(3, -1)).mean()) if channels == 3 else float(x.mean())
-        matrix = self.matrix(grey if self.contrast else 0.0, channels).to(x)
+        grey = float((torch.from_numpy(_GREY).to(x) @ x.reshape(3, -1)).mean()) if channels == 3 else float(x.mean())
+        matrix = torch.from_numpy(self.matrix(grey if self.contrast else 0.0, channels)).to(x)
         out = torch.addmm(matrix[:, -1:], matrix[:, :-1], x.reshape(channels, -1)).clamp_(0, 1).reshape(x.shape)
         return _wrap_like(TF.to_dtype(out, pixels.dtype, scale=True), image)
 

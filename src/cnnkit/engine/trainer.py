@@ -112,7 +112,16 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, se
         drop_last=train and len(sampler) > per_rank,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        worker_init_fn=_single_threaded_worker if workers > 0 else None,
     )
+
+
+def _single_threaded_worker(worker_id: int) -> None:
+    """A loader worker is one process per core (PyTorch already sets its torch threads to 1);
+    OpenCV's own thread pool, used by the augmentations, would otherwise oversubscribe the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:

@@ -74,7 +74,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """top1, top5, macro_f1, balanced_accuracy, pr_auc (macro one-vs-rest average precision),
-    val_loss and per_class precision/recall/f1/support/ap — all computed by scikit-learn."""
+    val_loss, per_class precision/recall/f1/support/ap and the row-normalised confusion_matrix — all
+    computed by scikit-learn."""
     from sklearn.metrics import (
         accuracy_score,
         average_precision_score,
@@ -86,7 +87,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
     n_classes = len(class_names)
     labels = labels.astype(np.int64)
     if len(labels) == 0:
-        return {"top1": 0.0, "top5": 0.0, "macro_f1": 0.0, "balanced_accuracy": 0.0, "pr_auc": 0.0, "val_loss": 0.0, "per_class": {}}
+        return {"top1": 0.0, "top5": 0.0, "macro_f1": 0.0, "balanced_accuracy": 0.0, "pr_auc": 0.0, "val_loss": 0.0, "per_class": {},
+                "confusion_matrix": np.zeros((n_classes, n_classes)).tolist()}
     probs = softmax(logits.astype(np.float64))
     preds = probs.argmax(axis=1)
     all_labels = list(range(n_classes))
@@ -112,6 +114,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
         "pr_auc": float(np.mean(aps)) if aps else 0.0,
         "val_loss": float(nll.mean()),
         "per_class": per_class,
+        # rows: true class, columns: predicted, each row divided by its count (recall on the diagonal)
+        "confusion_matrix": confusion(labels, preds, n_classes, normalize="true").round(4).tolist(),
     }
 
 
@@ -125,10 +129,16 @@ def _balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
         return float(balanced_accuracy_score(labels, preds))
 
 
-def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int, normalize: str | None = None) -> np.ndarray:
+    """scikit-learn's confusion matrix; ``normalize="true"`` divides each row by its count (a class with
+    no images gets a row of zeros)."""
+    import warnings
+
     from sklearn.metrics import confusion_matrix
 
-    return confusion_matrix(labels, preds, labels=list(range(n_classes)))
+    with warnings.catch_warnings():  # an empty row is reported as zeros, which is what we show
+        warnings.simplefilter("ignore")
+        return np.nan_to_num(confusion_matrix(labels, preds, labels=list(range(n_classes)), normalize=normalize))
 
 
 def draw(outputs: dict[str, np.ndarray], class_names: list[str], sample_files: list[Path], plot_dir: Path,
