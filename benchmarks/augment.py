@@ -7,7 +7,8 @@ Two pipelines, the same operations and strengths on both sides, from a decoded u
 (scikit-learn's sample photos, 427x640) to a normalised float CHW tensor:
 - classification: random resized crop (25-100% of the area) to --size, horizontal flip, affine
   (rotation ±15°, shift 10%, zoom ±10%), colour jitter (0.3 brightness/contrast/saturation, 0.02 hue),
-  Gaussian blur (p 0.1), random erasing / coarse dropout (p 0.25), normalise;
+  Gaussian blur (p 0.1), occlusion in pieces (cnnkit's --erasing; albumentations' CoarseDropout with
+  up to 6 noise-filled holes; p 0.25), normalise;
 - detection: the same geometry on the photo with --boxes boxes (xyxy pixels), boxes clipped and the
   vanished ones dropped, colour jitter, normalise.
 cnnkit runs ``classify_transforms`` / ``dense_transforms`` (torchvision.transforms.v2, uint8 tensors
@@ -61,7 +62,9 @@ def albumentations_pipelines(size: int):
         A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02, p=1.0),
         A.GaussianBlur(sigma_limit=(0.1, 2.0), p=0.1),
         A.Normalize(),
-        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, 0.5), hole_width_range=(0.1, 0.5), p=0.25),
+        # cnnkit's --erasing hides 5-60 % of the image in pieces of 3-15 % (noise, a colour or a copy):
+        # up to 6 holes of 17-39 % of each side (3-15 % of the area) filled with noise is the nearest here
+        A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(0.17, 0.39), hole_width_range=(0.17, 0.39), fill="random", p=0.25),
         ToTensorV2(),
     ])
     detect = A.Compose([

@@ -228,3 +228,51 @@ def test_occlusion_hides_a_random_share_of_the_image_in_pieces():
     assert min(shares) >= 0.02 and max(shares) <= OCCLUDED_FRACTION[1] + 0.2
     assert 0.2 <= float(np.mean(shares)) <= 0.45
     assert torch.equal(RandomOcclusion(0.0)(image), image)
+
+
+def _write_rectangles(root, layout: str, count: int = 3) -> None:
+    """A tiny dataset of white rectangles in the segmentation, YOLO or COCO layout of DESIGN.md."""
+    import json
+
+    rng = np.random.default_rng(0)
+    (root / "images" / "train").mkdir(parents=True)
+    coco = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "box"}]}
+    for i in range(count):
+        image, target = _rectangle_sample(rng)
+        image.save(root / "images" / "train" / f"{i}.png")
+        x0, y0, x1, y1 = target["boxes"][0].tolist()
+        if layout == "segment":
+            (root / "masks" / "train").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(target["masks"][0].numpy()).save(root / "masks" / "train" / f"{i}.png")
+        elif layout == "yolo":
+            (root / "labels" / "train").mkdir(parents=True, exist_ok=True)
+            (root / "labels" / "train" / f"{i}.txt").write_text(
+                f"0 {(x0 + x1) / 2 / W} {(y0 + y1) / 2 / H} {(x1 - x0) / W} {(y1 - y0) / H}\n")
+        else:
+            coco["images"].append({"id": 100 + i, "file_name": f"train/{i}.png", "width": W, "height": H})
+            coco["annotations"].append({"id": i, "image_id": 100 + i, "category_id": 7, "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    if layout == "coco":
+        (root / "annotations").mkdir()
+        (root / "annotations" / "train.json").write_text(json.dumps(coco))
+
+
+@pytest.mark.parametrize("layout", ["segment", "yolo", "coco"])
+def test_preview_reads_and_draws_boxes_and_masks_of_dense_layouts(layout, tmp_path, monkeypatch, capsys):
+    from cnnkit.augment.preview import dense_samples
+
+    root = tmp_path / layout
+    _write_rectangles(root, layout)
+    samples = dense_samples(root, "train")
+    assert len(samples) == 3
+    path, read_target = samples[0]
+    target = read_target()
+    if layout == "segment":
+        assert target["masks"].shape == (H, W) and target["masks"].max() == 1
+    else:
+        rectangle = np.asarray(Image.open(path))[..., 0] > 127
+        ys, xs = np.nonzero(rectangle)
+        assert np.allclose(target["boxes"][0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=0.01)
+    out = tmp_path / f"{layout}.png"
+    code, _, err = run_cli(["augment", "preview", "--data", root, "--preset", "heavy", "-n", "3", "--imgsz", "64", "--out", out],
+                           monkeypatch, capsys)
+    assert code == 0 and out.is_file(), err

@@ -4,9 +4,10 @@ the same augmentations."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from cnnkit.augment.presets import MASK_IGNORE, AugmentSpec, batch_mixer, classify_transforms, dense_transforms, describe
 from cnnkit.evaluate.plots import plot_image_grid
 
+_PALETTE = ["red", "lime", "dodgerblue", "orange", "magenta", "cyan", "yellow", "purple"]
 # a sample is an image and, for detection/segmentation, a target dict (boxes, labels, masks)
 Sample = tuple[Image.Image, dict[str, Any] | None]
 
@@ -33,8 +35,11 @@ def draw_sample(image: torch.Tensor, target: dict[str, Any] | None = None) -> np
             if masks.ndim == 2:  # semantic: one boolean mask per class present (255 = ignore, not drawn)
                 classes = [c for c in masks.unique().tolist() if c not in (0, 255)]
                 masks = torch.stack([masks == c for c in classes]) if classes else None
+            else:
+                classes = list(range(1, len(masks) + 1))
             if masks is not None:
-                image = draw_segmentation_masks(image, masks.bool(), alpha=0.45)
+                colours = [_PALETTE[c % len(_PALETTE)] for c in classes]
+                image = draw_segmentation_masks(image, masks.bool(), alpha=0.45, colors=colours)
         boxes = target.get("boxes")
         if boxes is not None and len(boxes):
             labels = [str(int(x)) for x in target["labels"]] if "labels" in target else None
@@ -92,7 +97,10 @@ def _tv_target(target: dict[str, Any] | None, image: Image.Image) -> dict[str, A
 
 def preview_dataset(data: str, spec: AugmentSpec, out: str | Path, n: int = 16, seed: int = 0, imgsz: int = 128,
                     split: str = "train") -> Path:
-    """``n`` images drawn (seeded) from a dataset split, before and after; returns the PNG's path."""
+    """``n`` images drawn (seeded) from a dataset split, before and after; returns the PNG's path.
+    Classification folders, and the layouts of DESIGN.md that carry geometry: segmentation
+    (images/SPLIT + masks/SPLIT), COCO (annotations/SPLIT.json) and YOLO (images/SPLIT + labels/SPLIT),
+    whose masks and boxes are drawn and moved with the pixels."""
     from cnnkit.data.builtin import resolve_data
     from cnnkit.data.images import load_image
     from cnnkit.data.imagefolder import load_imagefolder
@@ -100,7 +108,16 @@ def preview_dataset(data: str, spec: AugmentSpec, out: str | Path, n: int = 16, 
 
     if n < 1:
         raise CnnkitError(f"-n must be at least 1, got {n}")
-    dataset = load_imagefolder(resolve_data(data), seed=seed)
+    root = resolve_data(data)
+    dense = dense_samples(Path(root), split)
+    if dense is not None:
+        if not dense:
+            raise CnnkitError(f"{root}: no annotated images in the {split!r} split")
+        spec = dataclasses.replace(spec, mixup=0.0, cutmix=0.0)  # boxes and masks are not blended
+        chosen = random.Random(seed).sample(dense, min(n, len(dense)))
+        samples = [(load_image(path), read_target()) for path, read_target in chosen]
+        return preview_grid(samples, spec, out, imgsz, seed, captions=[path.name for path, _ in chosen])
+    dataset = load_imagefolder(root, seed=seed)
     if split not in dataset.splits:
         raise CnnkitError(f"{dataset.root}: no {split!r} split", f"splits: {', '.join(dataset.splits)}")
     pool = dataset.splits[split]
@@ -108,3 +125,60 @@ def preview_dataset(data: str, spec: AugmentSpec, out: str | Path, n: int = 16, 
     samples = [(load_image(path), None) for path, _ in chosen]
     captions = [f"{dataset.classes[label]}" for _, label in chosen]
     return preview_grid(samples, spec, out, imgsz, seed, len(dataset.classes), [label for _, label in chosen], captions)
+
+
+def dense_samples(root: Path, split: str) -> list[tuple[Path, Callable[[], dict[str, Any]]]] | None:
+    """(image path, a function reading its target) for a segmentation, COCO or YOLO dataset; None when
+    ROOT is none of them. Reads what the preview draws: masks, or boxes with class ids."""
+    import json
+
+    from cnnkit.data.images import is_image_file
+    from cnnkit.errors import CnnkitError
+
+    images = root / "images" / split
+    if (root / "masks" / split).is_dir() and images.is_dir():
+        pairs = [(path, root / "masks" / split / f"{path.stem}.png") for path in sorted(images.iterdir()) if is_image_file(path)]
+        return [(path, lambda mask=mask: {"masks": np.array(Image.open(mask))}) for path, mask in pairs if mask.is_file()]
+    annotations = root / "annotations" / f"{split}.json"
+    if annotations.is_file():
+        try:
+            coco = json.loads(annotations.read_text())
+            boxes: dict[Any, list] = {}
+            for ann in coco.get("annotations", []):
+                x, y, w, h = ann["bbox"]
+                boxes.setdefault(ann["image_id"], []).append(([x, y, x + w, y + h], ann["category_id"]))
+            files = [(root / "images" / img["file_name"], img["id"]) for img in coco["images"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CnnkitError(f"{annotations}: not a COCO annotation file ({type(exc).__name__}: {exc})") from None
+        for candidate in (root / "images" / split, root / split):  # file_name relative to images/SPLIT is common too
+            if files and not files[0][0].is_file() and (candidate / Path(files[0][0]).name).is_file():
+                files = [(candidate / Path(path).name, image_id) for path, image_id in files]
+        return [(path, lambda found=boxes.get(image_id, []): _boxes_target(found)) for path, image_id in files if path.is_file()]
+    labels = root / "labels" / split
+    if labels.is_dir() and images.is_dir():
+        return [(path, lambda path=path: _yolo_target(path, labels / f"{path.stem}.txt"))
+                for path in sorted(images.iterdir()) if is_image_file(path)]
+    return None
+
+
+def _boxes_target(found: list) -> dict[str, Any]:
+    return {"boxes": np.array([box for box, _ in found], dtype=np.float32).reshape(-1, 4),
+            "labels": np.array([label for _, label in found], dtype=np.int64)}
+
+
+def _yolo_target(image: Path, label_file: Path) -> dict[str, Any]:
+    """YOLO lines "class cx cy w h" (normalised) -> xyxy pixels."""
+    from cnnkit.errors import CnnkitError
+
+    width, height = Image.open(image).size
+    found = []
+    if label_file.is_file():
+        for number, line in enumerate(label_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                cls, cx, cy, w, h = (float(v) for v in line.split()[:5])
+            except ValueError:
+                raise CnnkitError(f"{label_file}:{number}: expected 'class cx cy w h', got {line.strip()!r}") from None
+            found.append(([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], int(cls)))
+    return _boxes_target(found)
