@@ -23,7 +23,7 @@ from cnnkit.errors import CnnkitError
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None)
 classify_app = typer.Typer(help="Image classification: train, val, predict.", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets: check.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: check, convert, synth.", no_args_is_help=True)
 embed_app = typer.Typer(help="Image embeddings and visual search: train, val, index, search, dedup, cluster.", no_args_is_help=True)
 app.add_typer(classify_app, name="classify")
 app.add_typer(embed_app, name="embed")
@@ -440,6 +440,47 @@ def data_check(
         print_report(report)
     if report.has_errors():
         raise typer.Exit(2)
+
+
+@data_app.command("synth")
+def data_synth(
+    kind: str = typer.Argument(..., help="what to generate: shapes"),
+    task: str = typer.Option("detect", "--task", help="detect (COCO + YOLO layouts) or segment (masks + classes.txt)"),
+    n: int = typer.Option(500, "--n", help="number of images (train + val)"),
+    imgsz: int = typer.Option(320, "--imgsz", help="square image side in pixels (32 to 4096)"),
+    out: Path = typer.Option(..., "--out", help="folder to create; must be new or empty unless --force"),
+    seed: int = typer.Option(0, "--seed", help="the same seed writes byte-identical files"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the images in the val split"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
+) -> None:
+    """Generate a synthetic dataset: shapes (circle, square, triangle, star, cross) on real photos,
+    with occlusion, uneven illumination and noise."""
+    from cnnkit.console import console
+    from cnnkit.data.synth import synth_dataset
+
+    summary = synth_dataset(kind, out, task=task, n=n, imgsz=imgsz, seed=seed, val_fraction=val_fraction, force=force)
+    layouts = "COCO annotations/ and YOLO data.yaml" if task == "detect" else "masks/ and classes.txt"
+    images = summary["images"]
+    console.print(f"{images['train']} train + {images['val']} val images, {summary['objects']} objects of "
+                  f"{len(summary['classes'])} classes ({layouts}) written to {out}", soft_wrap=True, markup=False)
+
+
+@data_app.command("convert")
+def data_convert(
+    source: str = typer.Argument(..., help="detection dataset root: COCO, YOLO (or its data.yaml) or Pascal VOC"),
+    to: str = typer.Option(..., "--to", help="target layout: coco, yolo or voc"),
+    out: Path = typer.Option(..., "--out", help="new folder to write (must not exist or be empty)"),
+    copy: bool = typer.Option(False, "--copy", help="copy images instead of hard-linking them"),
+    strict: bool = typer.Option(False, "--strict", help="boxes outside the image are errors instead of being clipped"),
+) -> None:
+    """Convert a detection dataset between COCO, YOLO and Pascal VOC (boxes, category names and,
+    where the target can hold them, the dataset's own ids)."""
+    from cnnkit.data.detection import convert
+
+    data = convert(source, to.lower(), out, copy=copy, strict=strict)
+    images = sum(len(images) for images in data.splits.values())
+    typer.echo(f"{data.layout} -> {to.lower()}: {images} images, {data.num_boxes()} boxes, "
+               f"{len(data.categories)} categories written to {out}", err=True)
 
 
 def _comma_list(option: str, text: str | None) -> list[str] | None:

@@ -254,6 +254,8 @@ def _write_rectangles(root, layout: str, count: int = 3) -> None:
     if layout == "coco":
         (root / "annotations").mkdir()
         (root / "annotations" / "train.json").write_text(json.dumps(coco))
+    if layout == "yolo":
+        (root / "data.yaml").write_text("path: .\ntrain: images/train\nnames: [box]\n")
 
 
 @pytest.mark.parametrize("layout", ["segment", "yolo", "coco"])

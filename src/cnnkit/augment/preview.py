@@ -128,10 +128,10 @@ def preview_dataset(data: str, spec: AugmentSpec, out: str | Path, n: int = 16, 
 
 
 def dense_samples(root: Path, split: str) -> list[tuple[Path, Callable[[], dict[str, Any]]]] | None:
-    """(image path, a function reading its target) for a segmentation, COCO or YOLO dataset; None when
-    ROOT is none of them. Reads what the preview draws: masks, or boxes with class ids."""
-    import json
-
+    """(image path, a function reading its target) for a segmentation dataset (images/SPLIT with
+    masks/SPLIT) or a detection one (COCO, YOLO or VOC, read by cnnkit.data.detection); None when
+    ROOT is neither."""
+    from cnnkit.data.detection import detect_layout, load_detection
     from cnnkit.data.images import is_image_file
     from cnnkit.errors import CnnkitError
 
@@ -139,46 +139,10 @@ def dense_samples(root: Path, split: str) -> list[tuple[Path, Callable[[], dict[
     if (root / "masks" / split).is_dir() and images.is_dir():
         pairs = [(path, root / "masks" / split / f"{path.stem}.png") for path in sorted(images.iterdir()) if is_image_file(path)]
         return [(path, lambda mask=mask: {"masks": np.array(Image.open(mask))}) for path, mask in pairs if mask.is_file()]
-    annotations = root / "annotations" / f"{split}.json"
-    if annotations.is_file():
-        try:
-            coco = json.loads(annotations.read_text())
-            boxes: dict[Any, list] = {}
-            for ann in coco.get("annotations", []):
-                x, y, w, h = ann["bbox"]
-                boxes.setdefault(ann["image_id"], []).append(([x, y, x + w, y + h], ann["category_id"]))
-            files = [(root / "images" / img["file_name"], img["id"]) for img in coco["images"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CnnkitError(f"{annotations}: not a COCO annotation file ({type(exc).__name__}: {exc})") from None
-        for candidate in (root / "images" / split, root / split):  # file_name relative to images/SPLIT is common too
-            if files and not files[0][0].is_file() and (candidate / Path(files[0][0]).name).is_file():
-                files = [(candidate / Path(path).name, image_id) for path, image_id in files]
-        return [(path, lambda found=boxes.get(image_id, []): _boxes_target(found)) for path, image_id in files if path.is_file()]
-    labels = root / "labels" / split
-    if labels.is_dir() and images.is_dir():
-        return [(path, lambda path=path: _yolo_target(path, labels / f"{path.stem}.txt"))
-                for path in sorted(images.iterdir()) if is_image_file(path)]
-    return None
-
-
-def _boxes_target(found: list) -> dict[str, Any]:
-    return {"boxes": np.array([box for box, _ in found], dtype=np.float32).reshape(-1, 4),
-            "labels": np.array([label for _, label in found], dtype=np.int64)}
-
-
-def _yolo_target(image: Path, label_file: Path) -> dict[str, Any]:
-    """YOLO lines "class cx cy w h" (normalised) -> xyxy pixels."""
-    from cnnkit.errors import CnnkitError
-
-    width, height = Image.open(image).size
-    found = []
-    if label_file.is_file():
-        for number, line in enumerate(label_file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                cls, cx, cy, w, h = (float(v) for v in line.split()[:5])
-            except ValueError:
-                raise CnnkitError(f"{label_file}:{number}: expected 'class cx cy w h', got {line.strip()!r}") from None
-            found.append(([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], int(cls)))
-    return _boxes_target(found)
+    if detect_layout(root) is None:
+        return None
+    data = load_detection(root)
+    if split not in data.splits:
+        raise CnnkitError(f"{root}: no {split!r} split", f"splits: {', '.join(data.splits)}")
+    return [(image.path, lambda image=image: {"boxes": image.boxes.astype(np.float32), "labels": image.labels})
+            for image in data.splits[split]]
