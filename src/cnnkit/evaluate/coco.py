@@ -1,0 +1,80 @@
+"""COCO detection metrics, computed by pycocotools' COCOeval (the reference implementation).
+
+    metrics = coco_evaluate(images, categories, predictions)
+    # images: DetectionImage list (cnnkit.data.detection); categories: [(id, name)]
+    # predictions: COCO results format with the dataset's own ids:
+    #   [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]
+    metrics["map"], metrics["map50"], metrics["map75"], metrics["map_small"], metrics["per_class"]["cat"]["ap"]
+
+Image ids of any kind (COCO's integers, or the file stems YOLO and VOC images are known by) are
+mapped to 1..N for pycocotools and back, so predictions.json keeps the dataset's own ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+from cnnkit.errors import CnnkitError
+
+STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+
+
+def coco_ground_truth(images: Sequence[Any], categories: Sequence[tuple[int, str]]) -> dict[str, Any]:
+    """A COCO ground-truth dict (ids 1..N for the images, the dataset's ids for categories)."""
+    annotations = []
+    for number, image in enumerate(images, 1):
+        for box, label in zip(np.asarray(image.boxes, dtype=np.float64).reshape(-1, 4), np.asarray(image.labels)):
+            width, height = float(box[2] - box[0]), float(box[3] - box[1])
+            annotations.append({"id": len(annotations) + 1, "image_id": number, "category_id": int(label),
+                                "bbox": [float(box[0]), float(box[1]), width, height], "area": width * height, "iscrowd": 0})
+    return {"images": [{"id": number, "width": int(image.width), "height": int(image.height)} for number, image in enumerate(images, 1)],
+            "annotations": annotations, "categories": [{"id": int(cid), "name": str(name)} for cid, name in categories]}
+
+
+def coco_evaluate(images: Sequence[Any], categories: Sequence[tuple[int, str]], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """map (AP@[.5:.95]), map50, map75, map_small/medium/large and per_class AP, all from COCOeval."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    numbers = {image.image_id: number for number, image in enumerate(images, 1)}
+    known = {int(cid) for cid, _ in categories}
+    results = []
+    for i, prediction in enumerate(predictions):
+        if prediction["image_id"] not in numbers:
+            raise CnnkitError(f"prediction {i}: image_id {prediction['image_id']!r} is not in the dataset")
+        if int(prediction["category_id"]) not in known:
+            raise CnnkitError(f"prediction {i}: category_id {prediction['category_id']} is not a category of the dataset")
+        results.append({**prediction, "image_id": numbers[prediction["image_id"]]})
+    empty = {name: 0.0 for name in STAT_NAMES}
+    names = dict(categories)
+    if not results:
+        return {**empty, "per_class": {names[c]: {"ap": 0.0, "ap50": 0.0} for c in sorted(known)}}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+        truth = COCO()
+        truth.dataset = coco_ground_truth(images, categories)
+        truth.createIndex()
+        detections = truth.loadRes(results)
+        evaluation = COCOeval(truth, detections, "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    metrics: dict[str, Any] = {name: max(0.0, float(value)) for name, value in zip(STAT_NAMES, evaluation.stats[:6])}
+    # precision [iou thresholds, recall points, categories, area ranges, max detections]; area "all", 100 detections
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for k, cid in enumerate(evaluation.params.catIds):
+        at_all = precision[:, :, k]
+        at_50 = precision[0, :, k]
+        per_class[names[cid]] = {"ap": _mean_valid(at_all), "ap50": _mean_valid(at_50)}
+    metrics["per_class"] = per_class
+    return metrics
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """COCOeval marks "no ground truth of this class" with -1: such a class scores 0, not -1."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else 0.0
