@@ -425,15 +425,20 @@ def embed_cluster(
 
 @data_app.command("check")
 def data_check(
-    root: str = typer.Argument(..., help="dataset root (ImageFolder layout) or built-in name"),
+    root: str = typer.Argument(..., help="dataset root (ImageFolder, or a COCO / YOLO / VOC detection layout) or built-in name"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout instead of tables"),
 ) -> None:
     """Check a dataset: counts per split and class, imbalance, sizes and modes, unreadable files,
-    duplicates across splits. Exits 2 when it finds errors."""
+    duplicates across splits; for detection layouts boxes per class, box sizes, objects per image,
+    empty, tiny and duplicate boxes. Exits 2 when it finds errors."""
     from cnnkit.data.builtin import resolve_data
     from cnnkit.data.check import check_imagefolder, print_report
+    from cnnkit.data.check_detection import check_detection
+    from cnnkit.data.detection import detect_layout
 
-    report = check_imagefolder(resolve_data(root), progress=not as_json)
+    resolved = resolve_data(root)
+    layout = detect_layout(resolved)
+    report = check_detection(resolved, layout) if layout else check_imagefolder(resolved, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

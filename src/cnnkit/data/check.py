@@ -49,6 +49,7 @@ class CheckReport:
     modes: dict[str, dict[str, int]] = field(default_factory=dict)
     duplicates: list[dict] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    detection: dict = field(default_factory=dict)  # detection layouts: boxes by size, objects per image
 
     def has_errors(self) -> bool:
         return any(f.level == "error" for f in self.findings)
@@ -257,6 +258,17 @@ def print_report(report: CheckReport, console: Console | None = None) -> None:
         stats.add_row(split, fmt(size.get("width")), fmt(size.get("height")), mode_text)
     console.print(stats)
 
+    if report.detection:
+        boxes = Table(title="boxes by COCO area (small < 32², medium < 96² px)", title_justify="left")
+        for column in ("class", "small", "medium", "large"):
+            boxes.add_column(column, justify="left" if column == "class" else "right")
+        for name, sizes in report.detection["boxes_by_size"].items():
+            boxes.add_row(Text(name), *(str(sizes.get(size, 0)) for size in ("small", "medium", "large")))
+        console.print(boxes)
+        per_image = ", ".join(f"{split} {d['min']} / {d['median']:g} / {d['max']}"
+                              for split, d in report.detection["objects_per_image"].items() if d)
+        console.print(f"objects per image (min / median / max): {per_image or 'n/a'}")
+
     errors = [f for f in report.findings if f.level == "error"]
     warnings = [f for f in report.findings if f.level == "warning"]
     for finding in (errors + warnings)[:MAX_PRINTED_FINDINGS]:
@@ -268,10 +280,10 @@ def print_report(report: CheckReport, console: Console | None = None) -> None:
     if hidden > 0:
         console.print(f"… and {hidden} more findings (use the JSON report for all of them)")
 
-    images = sum(totals)
+    counted = f"{sum(totals)} {'boxes' if report.detection else 'images'}"
     if errors:
-        console.print(f"[bold red]FAIL[/]: {len(errors)} error(s), {len(warnings)} warning(s) in {images} images")
+        console.print(f"[bold red]FAIL[/]: {len(errors)} error(s), {len(warnings)} warning(s) in {counted}")
     elif warnings:
-        console.print(f"[bold yellow]OK with warnings[/]: {len(warnings)} warning(s) in {images} images")
+        console.print(f"[bold yellow]OK with warnings[/]: {len(warnings)} warning(s) in {counted}")
     else:
-        console.print(f"[bold green]OK[/]: {images} images, {len(report.classes)} classes, no problems found")
+        console.print(f"[bold green]OK[/]: {counted}, {len(report.classes)} classes, no problems found")
