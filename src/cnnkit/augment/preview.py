@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from cnnkit.augment.presets import MASK_IGNORE, AugmentSpec, batch_mixer, classify_transforms, dense_transforms, describe
+from cnnkit.augment.presets import MASK_IGNORE, AugmentSpec, batch_mixer, classify_transforms, dense_transforms
 from cnnkit.evaluate.plots import plot_image_grid
 
 _PALETTE = ["red", "lime", "dodgerblue", "orange", "magenta", "cyan", "yellow", "purple"]
