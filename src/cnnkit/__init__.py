@@ -9,7 +9,11 @@ def __getattr__(name: str):
         from cnnkit import api
 
         return getattr(api, name)
+    if name == "Detector":
+        from cnnkit.detection_api import Detector
+
+        return Detector
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "Embedder", "__version__"]
+__all__ = ["Classifier", "Detector", "Embedder", "__version__"]

@@ -323,13 +323,22 @@ class Recipe:
     the engine, DDP) is shared. Plain functions of (cfg, class names)."""
 
     task: str
-    build_model: Callable[[Any, list[str]], nn.Module]
+    build_model: Callable[[Any, Any], nn.Module]  # (cfg, dataset) -> model
     make_task: Callable[[Any, Any], Any]  # (cfg, dataset with .classes and .splits) -> the engine's task
-    metadata: Callable[[Any, list[str]], dict[str, Any]]
+    metadata: Callable[[Any, Any, nn.Module], dict[str, Any]]  # (cfg, dataset, model) -> what the weights file records
     finish: Callable[[Any, Path, Any, torch.device], dict[str, Any]]
     train_sampler: Callable[[Any, list], Any] | None = None  # (cfg, train samples) -> Sampler; None = shuffled
     # (cfg, dataset, model, task, device, run dir) -> (task, train set) that replace the images (--balance smote), or None
     train_on_features: Callable[..., tuple[Any, Any] | None] | None = None
+    # (cfg, dataset root) -> dataset with .classes and .splits; ImageFolder unless the task reads another layout
+    load_data: Callable[[Any, Path], Any] = lambda cfg, root: load_imagefolder(root, cfg.val_split, cfg.seed)
+    # (cfg, dataset) -> (train set, val set) for the engine, and the collate function of their batches
+    make_sets: Callable[[Any, Any], tuple[Any, Any]] = lambda cfg, dataset: (
+        ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, spec_from_config(cfg))),
+        ImageDataset(dataset.splits["val"], classify_transforms(cfg.imgsz, False)))
+    collate: Callable[[list], Any] = collate_skipping_none
+    # --backbone-from checks that the file's recorded model has this name (None: only the tensor shapes)
+    backbone_name: Callable[[Any], str | None] = lambda cfg: cfg.model
 
 
 def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = TASK) -> tuple[TrainConfig, Path]:
@@ -367,25 +376,26 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     data_root = resolve_data(cfg.data) if main else None
     dist_utils.barrier()
     data_root = data_root or resolve_data(cfg.data)
-    dataset = load_imagefolder(data_root, cfg.val_split, cfg.seed)
+    dataset = recipe.load_data(cfg, data_root)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = recipe.build_model(cfg, dataset.classes)
+    model = recipe.build_model(cfg, dataset)
     if cfg.weights and not cfg.resume:
         copied, skipped = load_matching(model, read_state_dict(cfg.weights), cfg.weights)
         if main:
             console.print(f"initialised {copied} tensors from {cfg.weights}" + (f" ({len(skipped)} new, e.g. {skipped[0]})" if skipped else ""))
     if cfg.backbone_from and not cfg.resume:
-        copied = load_backbone(model, read_state_dict(cfg.backbone_from), cfg.backbone_from, cfg.model,
-                               recorded_model(cfg.backbone_from))
+        name = recipe.backbone_name(cfg)
+        copied = load_backbone(model, read_state_dict(cfg.backbone_from), cfg.backbone_from, name or cfg.model,
+                               recorded_model(cfg.backbone_from) if name else None)
         if main:
             console.print(f"backbone: {copied} tensors from {cfg.backbone_from}")
-    transfer = "linear" if cfg.balance == "smote" else cfg.transfer  # SMOTE's features need a frozen backbone
+    # SMOTE's features need a frozen backbone
+    transfer = "linear" if getattr(cfg, "balance", "none") == "smote" else cfg.transfer
     plan = plan_transfer(model, transfer, bool(cfg.pretrained or cfg.weights or cfg.backbone_from), cfg.backbone_lr_mult)
-    metadata = {"task": recipe.task, "model": cfg.model, **recipe.metadata(cfg, dataset.classes), "imgsz": cfg.imgsz,
-                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "cnnkit_version": __version__,
-                "val_split": cfg.val_split, "split_seed": cfg.seed}
-    train_set = ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, spec_from_config(cfg, recipe.task)))
-    val_set = ImageDataset(dataset.splits["val"], classify_transforms(cfg.imgsz, False))
+    metadata = {"task": recipe.task, "model": cfg.model, "imgsz": cfg.imgsz, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "cnnkit_version": __version__, "val_split": cfg.val_split, "split_seed": cfg.seed,
+                **recipe.metadata(cfg, dataset, model)}
+    train_set, val_set = recipe.make_sets(cfg, dataset)
     if main:
         write_yaml(run_dir / "config.yaml", cfg.to_dict())
         n_params = sum(p.numel() for p in model.parameters())
@@ -399,7 +409,7 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     on_features = recipe.train_on_features(cfg, dataset, model, task, device, run_dir) if recipe.train_on_features else None
     if on_features is not None:
         task, train_set = on_features
-    result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, collate_skipping_none, device, plan, sampler)
+    result = fit(task, model, train_set, val_set, cfg, run_dir, metadata, recipe.collate, device, plan, sampler)
     dist_utils.cleanup()
     if not main:
         return Run(run_dir, result.metrics, result.best_epoch)
@@ -475,11 +485,11 @@ def _smote_training(cfg: TrainConfig, dataset, model: nn.Module, task, device: t
 
 CLASSIFY = Recipe(
     task=TASK,
-    build_model=lambda cfg, classes: build_classifier(cfg.model, len(classes), cfg.pretrained),
+    build_model=lambda cfg, dataset: build_classifier(cfg.model, len(dataset.classes), cfg.pretrained),
     make_task=lambda cfg, dataset: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
                                                          focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0,
                                                          mix=batch_mixer(spec_from_config(cfg), len(dataset.classes))),
-    metadata=lambda cfg, classes: {"class_names": classes, "num_classes": len(classes)},
+    metadata=lambda cfg, dataset, model: {"class_names": dataset.classes, "num_classes": len(dataset.classes)},
     finish=finish_run,
     train_sampler=lambda cfg, samples: _balanced_sampler(cfg, samples),
     train_on_features=_smote_training,
@@ -616,7 +626,7 @@ def finish_embed_run(cfg, run_dir: Path, dataset, device: torch.device) -> dict[
     return metrics
 
 
-def _build_embed_model(cfg, classes):
+def _build_embed_model(cfg, dataset):
     from cnnkit.models.embedder import build_embedder
 
     return build_embedder(cfg.model, cfg.dim, cfg.pretrained)
@@ -641,7 +651,7 @@ EMBED_RECIPE = Recipe(
     task=EMBED,
     build_model=_build_embed_model,
     make_task=_make_embed_task,
-    metadata=lambda cfg, classes: {"dim": cfg.dim, "loss": cfg.loss, "class_names": classes},
+    metadata=lambda cfg, dataset, model: {"dim": cfg.dim, "loss": cfg.loss, "class_names": dataset.classes},
     finish=finish_embed_run,
     train_sampler=_embed_sampler,
 )

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, get_args, get_type_hints
 import typer
 
 from cnnkit import __version__
-from cnnkit.config import EmbedConfig, PreviewConfig, TrainConfig, read_yaml_options
+from cnnkit.config import DetectConfig, EmbedConfig, PreviewConfig, TrainConfig, read_yaml_options
 from cnnkit.errors import CnnkitError
 
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
@@ -25,7 +25,10 @@ app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one to
 classify_app = typer.Typer(help="Image classification: train, val, predict.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: check, convert, synth.", no_args_is_help=True)
 embed_app = typer.Typer(help="Image embeddings and visual search: train, val, index, search, dedup, cluster.", no_args_is_help=True)
+detect_app = typer.Typer(help="Object detection (Faster R-CNN, SSD, SSDlite): train, val, predict on images and videos.",
+                         no_args_is_help=True)
 app.add_typer(classify_app, name="classify")
+app.add_typer(detect_app, name="detect")
 app.add_typer(embed_app, name="embed")
 app.add_typer(data_app, name="data")
 augment_app = typer.Typer(help="Augmentation: preview a preset or any mix of operations on a dataset.", no_args_is_help=True)
@@ -237,6 +240,94 @@ def classify_explain(
         table.add_row(r["file"], r["label"], f"{r['score']:.3f}", r["target"], r["png"])
     Console().print(table)  # stdout: results; messages go to stderr
     console.print(f"{len(results)} explanations written to {out}", soft_wrap=True, markup=False)
+
+# ==================================================================== detect
+@config_command(detect_app, "train", DetectConfig,
+                "Train a detector on a COCO, YOLO or Pascal VOC dataset (auto-detected), or --data shapes.")
+def detect_train(cfg: DetectConfig, explicit: set[str]) -> None:
+    from cnnkit.api import train
+    from cnnkit.detection_api import DETECT
+
+    train(cfg, explicit, recipe=DETECT)
+
+
+CONF_HELP = "keep detections scoring at least this"
+CLASSES_HELP = "only these classes: comma-separated names or dataset ids"
+
+
+@detect_app.command("val")
+def detect_val(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a detect run"),
+    data: str = typer.Option("shapes", "--data", help="dataset root (COCO, YOLO or VOC layout) or built-in name"),
+    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: val/ beside the weights' run)"),
+    batch: int = typer.Option(8, "--batch", help="batch size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
+    conf: float = typer.Option(0.001, "--conf", help=CONF_HELP + " (low, so that mAP sees the whole precision-recall curve)"),
+    iou: float = typer.Option(0.5, "--iou", help="IoU threshold of the non-maximum suppression"),
+    max_det: int = typer.Option(100, "--max-det", help="at most this many detections per image"),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    strict: bool = typer.Option(False, "--strict", help="refuse boxes outside the image instead of clipping them"),
+) -> None:
+    """COCO mAP (pycocotools) of weights on a split: metrics.json, predictions.json (COCO results, the
+    dataset's own ids), PR curves, confusion matrix, samples and report.html."""
+    from cnnkit.detection_api import Detector
+
+    _check_postprocess(conf, iou, max_det)
+    Detector.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers, conf=conf,
+                               iou=iou, max_det=max_det, classes=classes, strict=strict)
+
+
+def _check_postprocess(conf: float, iou: float, max_det: int) -> None:
+    if not 0.0 <= conf <= 1.0 or not 0.0 < iou <= 1.0 or max_det < 1:
+        raise CnnkitError(f"--conf must be in [0, 1], --iou in (0, 1] and --max-det at least 1; got {conf}, {iou}, {max_det}")
+
+
+@detect_app.command("predict")
+def detect_predict(
+    sources: list[str] = typer.Argument(..., help="images, videos (mp4, avi, …), folders or glob patterns (quote globs)"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a detect run"),
+    conf: float = typer.Option(0.25, "--conf", help=CONF_HELP),
+    iou: float = typer.Option(0.5, "--iou", help="IoU threshold of the non-maximum suppression"),
+    max_det: int = typer.Option(100, "--max-det", help="at most this many detections per image"),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the annotated images and videos "
+                                       "(default: runs/detect/predict, predict2, …)"),
+    save: bool = typer.Option(True, "--save/--no-save", help="write annotated images and videos"),
+    save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file","boxes","labels","scores"}] '
+                                             '(video frames add "frame") to this file'),
+    batch: int = typer.Option(4, "--batch", help="images or frames per forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+) -> None:
+    """Detect objects in images and videos; draw boxes with class and score (videos keep their frame rate)."""
+    from rich.console import Console
+
+    from cnnkit.console import console
+    from cnnkit.detection_api import Detector
+    from cnnkit.engine.rundir import next_run_dir, write_json
+
+    _check_postprocess(conf, iou, max_det)
+    out_dir = (out or next_run_dir("detect", None, prefix="predict")) if save else None
+    results = Detector.load(weights).predict(sources, conf=conf, iou=iou, max_det=max_det, classes=classes, out=out_dir,
+                                             batch=batch, device=device)
+    table = _file_table("objects", "classes", "file")
+    images = [r for r in results if "frame" not in r]
+    for r in images[:200]:
+        counts: dict[str, int] = {}
+        for label in r["labels"]:
+            counts[label] = counts.get(label, 0) + 1
+        table.add_row(str(len(r["labels"])), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), _shown(r["file"]))
+    if images:
+        Console().print(table)
+    if len(images) > 200:
+        console.print(f"… {len(images) - 200} more images")
+    if out_dir is not None:
+        console.print(f"annotated output in {out_dir}")
+    if save_json:
+        write_json(save_json, results)
+        console.print(f"{len(results)} predictions written to {save_json}")
+
 
 # ==================================================================== embed
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"

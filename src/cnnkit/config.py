@@ -19,8 +19,48 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None, shor
     return field(default=default, metadata={"help": help, "choices": choices, "short": short})
 
 
+class _Options:
+    """What every run's options share: checks and a plain dict. The checks skip options a task's
+    config leaves out (detection has no --balance or --label-smoothing)."""
+
+    def validate(self):
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise CnnkitError(f"--{_flag(f.name)} {value!r} is not one of {', '.join(choices)}")
+        for name in ("epochs", "batch", "imgsz", "accumulate"):
+            if getattr(self, name) < 1:
+                raise CnnkitError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult") + PROBABILITIES:
+            if getattr(self, name, None) is not None and not 0.0 <= getattr(self, name) <= 1.0:
+                raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
+        for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience", "focal_gamma", "precise_bn"):
+            if getattr(self, name, 0) < 0:
+                raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        for name in ("degrees", "translate", "scale", "brightness", "contrast", "saturation", "mixup", "cutmix"):
+            if getattr(self, name, None) is not None and getattr(self, name) < 0:
+                raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if self.degrees is not None and self.degrees > 180:
+            raise CnnkitError(f"--degrees must be between 0 and 180, got {self.degrees}")
+        if self.translate is not None and self.translate > 1:
+            raise CnnkitError(f"--translate must be between 0 and 1, got {self.translate}")
+        if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
+            raise CnnkitError(f"--crop-scale must be above 0 and at most 1, got {self.crop_scale}")
+        if self.hue is not None and self.hue > 0.5:
+            raise CnnkitError(f"--hue must be between 0 and 0.5, got {self.hue}")
+        if self.lr <= 0:
+            raise CnnkitError(f"--lr must be positive, got {self.lr}")
+        if self.workers < 0:
+            raise CnnkitError(f"--workers must be 0 or more, got {self.workers}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(_Options):
     data: str = option("digits", "dataset root (ImageFolder: ROOT/train/CLASS/*.png, ROOT/val/…), or a built-in name: digits")
     model: str = option("tiny_cnn", "model name: tiny_cnn, any timm model (resnet18, efficientnet_b0, …) or tv:NAME for torchvision")
     epochs: int = option(20, "number of epochs")
@@ -38,6 +78,8 @@ class TrainConfig:
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate/save it")
     ema_decay: float = option(0.998, "EMA decay per optimizer step")
     patience: int = option(0, "stop after this many epochs without improvement (0 = off)")
+    precise_bn: int = option(0, "before each validation, recompute BatchNorm statistics over this many training batches "
+                             "with the current weights (PreciseBN; short runs from scratch need it; 0 = off)")
     label_smoothing: float = option(0.0, "label smoothing for the cross-entropy loss")
     loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
                        ("ce", "focal"))
@@ -93,35 +135,7 @@ class TrainConfig:
     backbone_lr_mult: float = option(0.1, "backbone learning rate as a fraction of --lr when fine-tuning")
 
     def validate(self) -> "TrainConfig":
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise CnnkitError(f"--{_flag(f.name)} {value!r} is not one of {', '.join(choices)}")
-        for name in ("epochs", "batch", "imgsz", "accumulate"):
-            if getattr(self, name) < 1:
-                raise CnnkitError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult") + PROBABILITIES:
-            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
-                raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience", "focal_gamma"):
-            if getattr(self, name) < 0:
-                raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
-        for name in ("degrees", "translate", "scale", "brightness", "contrast", "saturation", "mixup", "cutmix"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
-        if self.degrees is not None and self.degrees > 180:
-            raise CnnkitError(f"--degrees must be between 0 and 180, got {self.degrees}")
-        if self.translate is not None and self.translate > 1:
-            raise CnnkitError(f"--translate must be between 0 and 1, got {self.translate}")
-        if self.crop_scale is not None and not 0.0 < self.crop_scale <= 1.0:
-            raise CnnkitError(f"--crop-scale must be above 0 and at most 1, got {self.crop_scale}")
-        if self.hue is not None and self.hue > 0.5:
-            raise CnnkitError(f"--hue must be between 0 and 0.5, got {self.hue}")
-        if self.lr <= 0:
-            raise CnnkitError(f"--lr must be positive, got {self.lr}")
-        if self.workers < 0:
-            raise CnnkitError(f"--workers must be 0 or more, got {self.workers}")
+        super().validate()
         if self.balance == "smote":
             self._check_smote()
         return self
@@ -138,9 +152,6 @@ class TrainConfig:
             if getattr(self, name):
                 raise CnnkitError(f"--{name} mixes images, but --balance smote trains on features computed once",
                                   f"drop --{name}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -169,6 +180,61 @@ class EmbedConfig(TrainConfig):
         if not 0.0 <= self.margin <= 2.0:
             raise CnnkitError(f"--margin must be between 0 and 2, got {self.margin}")
         return self
+
+
+class _DetectOptions(_Options):
+    def validate(self) -> "DetectConfig":
+        super().validate()
+        from cnnkit.models.detectors import parse_model
+
+        parse_model(self.model, self.backbone)
+        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
+            raise CnnkitError(f"--conf must be between 0 and 1 and --iou above 0 and at most 1, got {self.conf} and {self.iou}")
+        if self.max_det < 1:
+            raise CnnkitError(f"--max-det must be at least 1, got {self.max_det}")
+        if self.imgsz < 64:
+            raise CnnkitError(f"--imgsz must be at least 64 for a detector, got {self.imgsz}")
+        return self
+
+
+# classification's own options, left out of detection's
+CLASSIFY_ONLY = ("label_smoothing", "loss", "focal_gamma", "balance", "class_weights", "mixup", "cutmix")
+_DETECT_DEFAULTS = {
+    "data": option("shapes", "dataset root in COCO (annotations/SPLIT.json), YOLO (data.yaml) or Pascal VOC (Annotations/, "
+                   "ImageSets/Main/) layout, auto-detected; or the built-in: shapes (synthetic, 800 train / 200 val at 320 px)"),
+    "model": option("fasterrcnn", "detector: fasterrcnn (two-stage: FPN, region proposal network, RoI heads; see --backbone), "
+                    "ssd (VGG16), ssdlite (MobileNetV3-Large)"),
+    "epochs": option(11, "number of epochs"),
+    "batch": option(8, "global batch size (split across processes under torchrun)"),
+    "imgsz": option(320, "longer image side after resize, in pixels (ssd/ssdlite: square side)"),
+    "lr": option(0.001, "peak learning rate"),
+    "optimizer": option("adamw", "optimizer (AdamW learnt faster from scratch on the shapes benchmark)", ("adamw", "sgd")),
+    "weight_decay": option(1e-4, "weight decay (not applied to biases and norm layers)"),
+    "precise_bn": option(16, "before each validation, recompute BatchNorm statistics over this many training batches "
+                         "with the current weights (PreciseBN: without it a detector trained from scratch for minutes "
+                         "finds next to nothing in eval mode; 0 = off)"),
+    "clip_grad": option(10.0, "clip the gradient norm to this value (0 = off); keeps early detector training stable"),
+}
+_DETECT_EXTRA = [
+    ("backbone", "str | None", option(None, "fasterrcnn backbone: mobilenet_v3_large (default), resnet50, or any timm CNN "
+                                      "(resnet18, efficientnet_b0, convnext_tiny, …) through a feature pyramid")),
+    ("anchors", "str", option("auto", "anchor sizes: auto (spread over the training boxes' sizes at --imgsz) or torchvision's "
+                              "defaults (32-512 px; the ones COCO-pretrained weights learnt)", ("auto", "torchvision"))),
+    ("conf", "float", option(0.001, "keep detections scoring at least this (validation: low, so that mAP sees the whole "
+                             "precision-recall curve)")),
+    ("iou", "float", option(0.5, "IoU threshold of the non-maximum suppression")),
+    ("max_det", "int", option(100, "at most this many detections per image")),
+    ("classes", "str | None", option(None, "train on (and detect) only these classes: comma-separated names or "
+                                     "dataset ids; other objects count as background")),
+    ("strict", "bool", option(False, "refuse boxes outside the image instead of clipping them with a warning")),
+]
+DetectConfig = dataclasses.make_dataclass(
+    "DetectConfig",
+    [(f.name, f.type, _DETECT_DEFAULTS.get(f.name) or field(default=f.default, metadata=f.metadata))
+     for f in fields(TrainConfig) if f.name not in CLASSIFY_ONLY] + [(n, t, f) for n, t, f in _DETECT_EXTRA],
+    bases=(_DetectOptions,))
+DetectConfig.__module__ = __name__
+DetectConfig.__doc__ = "`detect train`: the shared training options (less classification's) plus the detector's."
 
 
 # augmentation options that are probabilities (checked to lie in [0, 1])

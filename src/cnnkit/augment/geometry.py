@@ -41,6 +41,8 @@ class RandomGeometry:
     translate: float = 0.0
     scale: float = 0.0
     mask_fill: int = 0
+    keep_aspect: bool = False  # resize the crop's longer side to ``size`` instead of to size x size
+
 
     def __call__(self, *inputs: Any) -> Any:
         leaves, structure = tree_flatten(inputs if len(inputs) > 1 else inputs[0])
@@ -50,10 +52,10 @@ class RandomGeometry:
         pixels = _to_hwc(leaves[image_at])
         height, width = pixels.shape[:2]
         crop = self._crop(height, width)
-        out_h, out_w = (self.size, self.size) if self.size else (height, width)
+        top, left, crop_h, crop_w = crop
+        out_h, out_w = self._out_size(height, width, crop_h, crop_w)
         warp = self._warp(out_h, out_w)
         # continuous coordinates: crop-and-resize, then the warp
-        top, left, crop_h, crop_w = crop
         resize = np.array([[out_w / crop_w, 0, -left * out_w / crop_w], [0, out_h / crop_h, -top * out_h / crop_h], [0, 0, 1]])
         full = warp @ resize if warp is not None else resize
         for i, leaf in enumerate(leaves):
@@ -68,6 +70,14 @@ class RandomGeometry:
                 leaves[i] = tv_tensors.wrap(torch.from_numpy(points).to(leaf.dtype).reshape(leaf.shape), like=leaf,
                                             canvas_size=(out_h, out_w))
         return tree_unflatten(leaves, structure)
+
+    def _out_size(self, height: int, width: int, crop_h: int, crop_w: int) -> tuple[int, int]:
+        if not self.size:
+            return height, width
+        if not self.keep_aspect:
+            return self.size, self.size
+        scale = self.size / max(crop_h, crop_w)
+        return max(1, round(crop_h * scale)), max(1, round(crop_w * scale))
 
     def _crop(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, left, height, width): torchvision's RandomResizedCrop sampling (area fraction uniform

@@ -155,8 +155,9 @@ class RandomIllumination:
         return tv_tensors.wrap(x, like=image) if isinstance(image, tv_tensors.TVTensor) else x
 
 
-def _geometry(spec: AugmentSpec, imgsz: int | None, mask_fill: int) -> RandomGeometry:
-    return RandomGeometry(imgsz, spec.crop_scale, spec.fliplr, spec.flipud, spec.degrees, spec.translate, spec.scale, mask_fill)
+def _geometry(spec: AugmentSpec, imgsz: int | None, mask_fill: int, keep_aspect: bool = False) -> RandomGeometry:
+    return RandomGeometry(imgsz, spec.crop_scale, spec.fliplr, spec.flipud, spec.degrees, spec.translate, spec.scale, mask_fill,
+                          keep_aspect)
 
 
 def _float_ops(spec: AugmentSpec, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> list[Callable]:
@@ -352,16 +353,17 @@ def classify_transforms(imgsz: int, train: bool, spec: AugmentSpec | None = None
 
 def dense_transforms(imgsz: int | None, train: bool, spec: AugmentSpec | None = None,
                      mean: tuple[float, ...] | None = IMAGENET_MEAN, std: tuple[float, ...] | None = IMAGENET_STD,
-                     mask_fill: int = 0) -> v2.Compose:
+                     mask_fill: int = 0, keep_aspect: bool = False) -> v2.Compose:
     """(image, target) -> (float image, target) for detection and segmentation, where target is a dict
     that may hold ``boxes`` (tv_tensors.BoundingBoxes), ``labels`` [N], ``masks`` (tv_tensors.Mask) and
     keypoints. Boxes follow the pixels, are clamped to the image, and boxes (with their labels and
     instance masks) smaller than one pixel afterwards are dropped; imgsz None keeps the input size.
     Where rotation or translation uncovers the border, masks get ``mask_fill``: 0 (background) suits
-    instance masks, MASK_IGNORE (255) semantic ones, so those pixels are not scored."""
+    instance masks, MASK_IGNORE (255) semantic ones, so those pixels are not scored. ``keep_aspect``
+    resizes the longer side to imgsz (detectors that letterbox) instead of squashing to imgsz x imgsz."""
     spec = spec if (train and spec is not None) else AugmentSpec()
     check_spec(spec, "detect")
-    return v2.Compose([_geometry(spec, imgsz, mask_fill), v2.ClampBoundingBoxes(), _DropVanishedBoxes(), *_float_ops(spec, mean, std)])
+    return v2.Compose([_geometry(spec, imgsz, mask_fill, keep_aspect), v2.ClampBoundingBoxes(), _DropVanishedBoxes(), *_float_ops(spec, mean, std)])
 
 
 class _DropVanishedBoxes:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BUILTIN = ("digits",)
+BUILTIN = ("digits", "shapes")
+SHAPES = {"n": 1000, "imgsz": 320, "seed": 0}  # the detection benchmark's data: 800 train / 200 val
 DIGITS_SEED = 0
 
 
@@ -27,8 +28,20 @@ def resolve_data(data: str) -> Path:
     """A dataset path, materialising a built-in dataset when ``data`` names one and no such folder exists."""
     path = Path(data)
     if data in BUILTIN and not path.exists():
+        if data == "shapes":
+            return materialise_shapes(cache_dir() / "datasets" / data)
         return materialise_digits(cache_dir() / "datasets" / data)
     return path
+
+
+def materialise_shapes(root: Path) -> Path:
+    """`cnnkit data synth shapes` with the benchmark's settings (COCO + YOLO layouts), once."""
+    if (root / "data.yaml").is_file():
+        return root
+    from cnnkit.data.synth import synth_dataset
+
+    synth_dataset("shapes", root, task="detect", force=True, **SHAPES)
+    return root
 
 
 def materialise_digits(root: Path) -> Path:

@@ -53,6 +53,10 @@ class DetectionData:
     splits: dict[str, list[DetectionImage]]
 
     @property
+    def classes(self) -> list[str]:
+        return [name for _, name in self.categories]
+
+    @property
     def names(self) -> dict[int, str]:
         return dict(self.categories)
 

@@ -190,6 +190,46 @@ def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.dev
     return task.metrics(outputs), outputs
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(task: Task, model: nn.Module, loader: DataLoader, batches: int, device: torch.device,
+                          amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> int:
+    """PreciseBN (as in Detectron2): recompute the running statistics of every BatchNorm layer that
+    trains, as a plain average over ``batches`` training batches with the current weights.
+
+    Why: running statistics are an exponential average over past steps, while the weights under them
+    keep moving. Early in a run from scratch, with a high learning rate, the two drift apart so far
+    that a detector in eval mode found nothing on the very images it had just fitted (measured on
+    the shapes data: best score 0.007 in eval mode, 0.99 with batch statistics or after this).
+    Frozen layers (already in eval mode) keep their statistics. Returns the batches used."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    if not layers or batches <= 0:
+        return 0
+    momenta = [m.momentum for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average
+    used = 0
+    for batch in loader:
+        if batch is None:
+            continue
+        batch = to_device(batch, device, channels_last)
+        with autocast(device, amp_dtype):
+            task.train_loss(model, batch)
+        used += 1
+        if used >= batches:
+            break
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    if dist_utils.world_size() > 1:  # every rank saw its own shard: average the statistics
+        import torch.distributed as dist
+
+        for layer in layers:
+            for buffer in (layer.running_mean, layer.running_var):
+                dist.all_reduce(buffer)
+                buffer /= dist_utils.world_size()
+    return used
+
+
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -316,6 +356,10 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
 
         images_per_s = progress.images_per_s() * world
         eval_model = ema.module if ema is not None else raw_model
+        if getattr(cfg, "precise_bn", 0) > 0:
+            eval_model.train()
+            apply_freeze(eval_model, transfer.frozen(epoch) if transfer is not None else set())
+            recalibrate_batchnorm(task, eval_model, train_loader, cfg.precise_bn, device, amp_dtype, cfg.channels_last)
         metrics, _ = evaluate(task, eval_model, val_loader, device, amp_dtype, cfg.channels_last)
         train_losses = {f"train_{k}": (v / max(counted, 1)) for k, v in loss_sums.items()}
         reduced = dist_utils.gather({k: float(v) for k, v in train_losses.items()})

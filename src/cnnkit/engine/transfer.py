@@ -53,7 +53,11 @@ def classifier(model: nn.Module) -> nn.Module:
 
 
 def head_names(model: nn.Module) -> list[str]:
-    """Parameter names of the classifier (see ``classifier``)."""
+    """Parameter names of the head: the classifier (see ``classifier``); for a model that names its
+    backbone module in ``cnnkit_backbone`` (a detector: "backbone.body"), everything outside it."""
+    backbone = getattr(model, "cnnkit_backbone", None)
+    if backbone:
+        return [name for name, _ in model.named_parameters() if not name.startswith(backbone + ".")]
     ids = {id(p) for p in classifier(model).parameters()}
     return [name for name, p in model.named_parameters() if id(p) in ids]
 
@@ -109,8 +113,10 @@ def load_backbone(model: nn.Module, state: dict, source: str, model_name: str, s
     ``backbone.body.``): the prefix that matches most names is used. Every backbone tensor must be
     found with the same shape, else the file holds another architecture and we say so.
     """
+    backbone = getattr(model, "cnnkit_backbone", None)
     head = set(head_names(model))
-    own = {k: v for k, v in model.state_dict().items() if k not in head}
+    own = {k: v for k, v in model.state_dict().items()
+           if (k.startswith(backbone + ".") if backbone else k not in head)}
     if source_model is not None and source_model != model_name:
         raise CnnkitError(f"{source}: holds a '{source_model}' model, but --model is '{model_name}'",
                           f"train with --model {source_model}, or pick weights of a {model_name}")
@@ -118,6 +124,8 @@ def load_backbone(model: nn.Module, state: dict, source: str, model_name: str, s
     # embedding network's ``backbone.`` when a classifier's backbone goes into it (or back)
     firsts = {k.split(".", 1)[0] for k in own}
     own_prefixes = [""] + ([firsts.pop() + "."] if len(firsts) == 1 and all("." in k for k in own) else [])
+    if backbone:
+        own_prefixes.append(backbone + ".")
     candidates = []
     for strip in own_prefixes:
         reference = next(iter(own))[len(strip):]

@@ -37,9 +37,6 @@ def coco_ground_truth(images: Sequence[Any], categories: Sequence[tuple[int, str
 
 def coco_evaluate(images: Sequence[Any], categories: Sequence[tuple[int, str]], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """map (AP@[.5:.95]), map50, map75, map_small/medium/large and per_class AP, all from COCOeval."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     numbers = {image.image_id: number for number, image in enumerate(images, 1)}
     known = {int(cid) for cid, _ in categories}
     results = []
@@ -51,17 +48,9 @@ def coco_evaluate(images: Sequence[Any], categories: Sequence[tuple[int, str]], 
         results.append({**prediction, "image_id": numbers[prediction["image_id"]]})
     empty = {name: 0.0 for name in STAT_NAMES}
     names = dict(categories)
-    if not results:
+    evaluation = _cocoeval(images, categories, results)
+    if evaluation is None:
         return {**empty, "per_class": {names[c]: {"ap": 0.0, "ap50": 0.0} for c in sorted(known)}}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
-        truth = COCO()
-        truth.dataset = coco_ground_truth(images, categories)
-        truth.createIndex()
-        detections = truth.loadRes(results)
-        evaluation = COCOeval(truth, detections, "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
     metrics: dict[str, Any] = {name: max(0.0, float(value)) for name, value in zip(STAT_NAMES, evaluation.stats[:6])}
     # precision [iou thresholds, recall points, categories, area ranges, max detections]; area "all", 100 detections
     precision = evaluation.eval["precision"][:, :, :, 0, -1]
@@ -72,6 +61,40 @@ def coco_evaluate(images: Sequence[Any], categories: Sequence[tuple[int, str]], 
         per_class[names[cid]] = {"ap": _mean_valid(at_all), "ap50": _mean_valid(at_50)}
     metrics["per_class"] = per_class
     return metrics
+
+
+def coco_precision(images: Sequence[Any], categories: Sequence[tuple[int, str]],
+                   predictions: Sequence[dict[str, Any]]) -> tuple[np.ndarray | None, np.ndarray]:
+    """COCOeval's interpolated precision [IoU thresholds, 101 recall points, categories in
+    ``categories`` order] (area all, 100 detections; -1 where a class has no true box), and the
+    recall points; precision is None when there is no prediction."""
+    numbers = {image.image_id: number for number, image in enumerate(images, 1)}
+    results = [{**p, "image_id": numbers[p["image_id"]]} for p in predictions if p["image_id"] in numbers]
+    evaluation = _cocoeval(images, categories, results)
+    recall_points = np.linspace(0.0, 1.0, 101)
+    if evaluation is None:
+        return None, recall_points
+    order = [evaluation.params.catIds.index(int(cid)) for cid, _ in categories]
+    return evaluation.eval["precision"][:, :, order, 0, -1], np.asarray(evaluation.params.recThrs)
+
+
+def _cocoeval(images: Sequence[Any], categories: Sequence[tuple[int, str]], results: list[dict[str, Any]]):
+    """COCOeval run on ``results`` (image ids already numbered 1..N), or None without results."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+        truth = COCO()
+        truth.dataset = coco_ground_truth(images, categories)
+        truth.createIndex()
+        detections = truth.loadRes(results)
+        evaluation = COCOeval(truth, detections, "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation
 
 
 def _mean_valid(values: np.ndarray) -> float:

@@ -91,7 +91,7 @@ def plot_history(history: list[dict[str, float]], path: Path) -> Path:
 
 
 def plot_confusion_matrix(
-    matrix: np.ndarray, class_names: list[str], path: Path, normalize: bool = True
+    matrix: np.ndarray, class_names: list[str], path: Path, normalize: bool = True, title: str | None = None
 ) -> Path:
     """Rows are true classes, columns predicted; row-normalised (recall per cell) when ``normalize``."""
     matrix = np.asarray(matrix, dtype=float)
@@ -120,7 +120,7 @@ def plot_confusion_matrix(
         ax.set_yticks([])
     ax.set_xlabel(f"predicted ({n} classes)")
     ax.set_ylabel("true")
-    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize else ""))
+    ax.set_title(title or "confusion matrix" + (" (row-normalised)" if normalize else ""), fontsize=9 if title else None)
 
     if n <= MAX_ANNOTATED_CLASSES:
         fontsize = 9 if n <= 10 else 7

@@ -1,0 +1,454 @@
+"""Object detection in the API: the Detector verbs and the detection recipe of the one training run.
+
+    from cnnkit import Detector
+    det = Detector("fasterrcnn")                          # or Detector.load("runs/detect/exp/weights/best.safetensors")
+    run = det.train(data="shapes", epochs=12)             # COCO, YOLO or VOC layout; run.dir, run.metrics
+    det.val("shapes")                                     # metrics.json + predictions.json (COCO results)
+    det.predict(["a.jpg", "clip.mp4"], out="runs/detect/predict")   # [{"file", "boxes", "labels", "scores"}]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit import __version__
+from cnnkit.api import Recipe, Run, _train_and_reload
+from cnnkit.augment.presets import dense_transforms, spec_from_config
+from cnnkit.config import DetectConfig
+from cnnkit.console import console, warn
+from cnnkit.data.builtin import resolve_data
+from cnnkit.data.detection import DetectionData, DetectionImage, load_detection
+from cnnkit.data.images import is_image_file, load_image
+from cnnkit.engine import distributed as dist_utils
+from cnnkit.engine.callbacks import progress_bar, read_history
+from cnnkit.engine.checkpoint import load_weights
+from cnnkit.engine.rundir import atomic_path, next_run_dir, write_json
+from cnnkit.engine.trainer import evaluate, make_loader
+from cnnkit.errors import CnnkitError
+from cnnkit.evaluate import plots
+from cnnkit.evaluate.coco import coco_evaluate
+from cnnkit.evaluate.report import write_report
+from cnnkit.models.detectors import (
+    Anchors,
+    box_statistics,
+    build_detector,
+    fit_anchors,
+    parse_model,
+    pyramid_levels,
+    set_postprocess,
+)
+from cnnkit.tasks import detect
+
+TASK = "detect"
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+PREDICT_CONF = 0.25
+
+
+class Detector:
+    """An object detector: torchvision's Faster R-CNN (two-stage) or SSD / SSDlite (single-shot)."""
+
+    def __init__(self, model: str = "fasterrcnn", class_names: list[str] | None = None, imgsz: int = 320,
+                 backbone: str | None = None, pretrained: bool = False, anchors: Anchors | None = None,
+                 category_ids: list[int] | None = None):
+        self.model_name, self.backbone = parse_model(model, backbone)
+        self.class_names = class_names
+        self.category_ids = category_ids or (list(range(len(class_names))) if class_names else None)
+        self.imgsz = imgsz
+        self.pretrained = pretrained
+        self.anchors = anchors
+        self.model: nn.Module | None = None
+        self.weights_path: Path | None = None
+        self.val_split, self.split_seed = 0.2, 0
+        if class_names:
+            self.model = build_detector(self.model_name, len(class_names), imgsz, self.backbone, anchors, pretrained)
+
+    @classmethod
+    def load(cls, weights: str | Path) -> "Detector":
+        """Rebuild the detector from a cnnkit weights file alone (architecture, anchors, classes, size)."""
+        state, meta = load_weights(weights, task=TASK)
+        anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
+        det = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"], backbone=meta.get("backbone"),
+                  anchors=anchors, category_ids=meta.get("category_ids"))
+        det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
+        det.model.load_state_dict(state)
+        det.weights_path = Path(weights)
+        return det
+
+    # ---------------------------------------------------------------- train
+    def train(self, data: str = "shapes", **options: Any) -> Run:
+        """Train on a COCO, YOLO or VOC dataset (or 'shapes'); options are DetectConfig fields."""
+        defaults = {"model": self.model_name, "backbone": self.backbone, "pretrained": self.pretrained, "imgsz": self.imgsz}
+        if self.weights_path is not None:
+            defaults["weights"] = str(self.weights_path)
+        return _train_and_reload(self, DetectConfig, DETECT, data, defaults, options)
+
+    # ---------------------------------------------------------------- val
+    def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 8, device: str = "auto",
+            workers: int = 2, conf: float = 0.001, iou: float = 0.5, max_det: int = 100, classes: str | None = None,
+            strict: bool = False) -> dict[str, Any]:
+        """COCO metrics of the model on one split, written with predictions.json (COCO results, the
+        dataset's own ids), plots and report.html into ``out`` (default: val/ beside the run)."""
+        dataset = load_split_data(data, strict, self.val_split, self.split_seed)
+        if split not in dataset.splits:
+            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
+        categories, label_ids = self._match_categories(dataset, classes)
+        out_dir = Path(out) if out is not None else (self.weights_path.parent.parent / "val" if self.weights_path
+                                                     else Path("runs") / TASK / "val")
+        metrics, results = evaluate_detector(self, dataset.splits[split], categories, label_ids, batch, workers,
+                                             dist_utils.select_device(device), conf, iou, max_det)
+        write_json(out_dir / "predictions.json", results)
+        paths = detect.draw(dataset.splits[split], categories, results, out_dir / "plots", prefix=split)
+        metrics = {"split": split, **metrics}
+        write_json(out_dir / "metrics.json", metrics)
+        write_report(out_dir / "report.html", f"cnnkit detect val: {self.model_name} on {data} ({split})",
+                     {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
+                      "max_det": max_det}, _summary(metrics), paths, per_class=metrics["per_class"])
+        console.print(f"{split}: map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}  "
+                      f"report {out_dir / 'report.html'}")
+        return metrics
+
+    def _match_categories(self, dataset: DetectionData, classes: str | None) -> tuple[list[tuple[int, str]], list[int | None]]:
+        """(the dataset's categories the model knows, by name; the dataset id of each model label)."""
+        by_name = {name: cid for cid, name in dataset.categories}
+        known = [(cid, name) for cid, name in dataset.categories if name in self.class_names]
+        if not known:
+            raise CnnkitError(f"{dataset.root}: none of its classes ({', '.join(list(by_name)[:8])}) is known to the model",
+                              f"the model detects {', '.join(self.class_names[:10])}")
+        unknown = [name for name in by_name if name not in self.class_names]
+        if unknown:
+            warn(f"{dataset.root}: {len(unknown)} class(es) unknown to the model left out of the evaluation: {', '.join(unknown[:5])}")
+        if classes:
+            wanted = set(select_categories(dataset.categories, classes, str(dataset.root)))
+            known = [(cid, name) for cid, name in known if cid in wanted]
+        label_ids = [by_name.get(name) if any(name == n for _, n in known) else None for name in self.class_names]
+        return known, label_ids
+
+    # ---------------------------------------------------------------- predict
+    @torch.no_grad()
+    def predict(self, sources: Iterable[str | Path] | str | Path, conf: float = PREDICT_CONF, iou: float = 0.5,
+                max_det: int = 100, classes: str | None = None, out: str | Path | None = None, batch: int = 4,
+                device: str = "auto") -> list[dict[str, Any]]:
+        """Detections for images, folders, globs and video files: [{"file", "boxes" (xyxy pixels),
+        "labels", "scores"}] (video frames add "frame"). With ``out``, annotated images and videos
+        (same frame rate) are written there."""
+        model = self._require_model()
+        media = expand_media([sources] if isinstance(sources, (str, Path)) else list(sources))
+        dev = dist_utils.select_device(device)
+        model.to(dev).eval()
+        set_postprocess(model, conf, iou, max_det)
+        keep = self._keep_labels(classes)
+        out_dir = Path(out) if out is not None else None
+        results: list[dict[str, Any]] = []
+        images = [(p, named) for p, named, video in media if not video]
+        for start in range(0, len(images), batch):
+            chunk = []
+            for path, named in images[start:start + batch]:
+                try:
+                    chunk.append((path, np.asarray(load_image(path))))
+                except CnnkitError as exc:
+                    if named:
+                        raise
+                    warn(f"{exc.message} (skipped)")
+            for (path, pixels), found in zip(chunk, self._detect([p for _, p in chunk], dev, keep)):
+                results.append({"file": str(path), **found})
+                if out_dir is not None:
+                    _save_image(out_dir / f"{path.stem}.png", self._draw(pixels, found))
+        for path, _, video in media:
+            if video:
+                results += self._predict_video(path, dev, keep, out_dir, batch)
+        return results
+
+    def _detect(self, frames: list[np.ndarray], device: torch.device, keep: set[int] | None) -> list[dict[str, Any]]:
+        if not frames:
+            return []
+        tensors = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).to(device).float().div_(255) for f in frames]
+        padded = detect.pad_detections(self.model(tensors), self.model_max_det(), keep)
+        found = []
+        for boxes, scores, labels in zip(padded["boxes"].cpu(), padded["scores"].cpu(), padded["labels"].cpu()):
+            valid = labels > 0
+            found.append({"boxes": [[round(v, 2) for v in box] for box in boxes[valid].tolist()],
+                          "labels": [self.class_names[k - 1] for k in labels[valid].tolist()],
+                          "scores": [round(s, 5) for s in scores[valid].tolist()]})
+        return found
+
+    def model_max_det(self) -> int:
+        heads = getattr(self.model, "roi_heads", self.model)
+        return int(heads.detections_per_img)
+
+    def _draw(self, pixels: np.ndarray, found: dict[str, Any]) -> np.ndarray:
+        captions = [f"{label} {score:.2f}" for label, score in zip(found["labels"], found["scores"])]
+        return detect.draw_boxes(pixels, np.asarray(found["boxes"]).reshape(-1, 4), captions, colour=(255, 40, 40))
+
+    def _predict_video(self, path: Path, device: torch.device, keep: set[int] | None, out_dir: Path | None,
+                       batch: int) -> list[dict[str, Any]]:
+        """Frame by frame through OpenCV; the annotated copy keeps the frame rate and size."""
+        import cv2
+
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            raise CnnkitError(f"{path}: OpenCV cannot open this video", "check the file plays; mp4 (H.264/MPEG-4) and avi are read")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        results: list[dict[str, Any]] = []
+        target = out_dir / f"{path.stem}.mp4" if out_dir is not None else None
+        writer = None
+        tmp = None
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.stem}.part.mp4")  # OpenCV picks the container by the extension
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        frame_number = 0
+        started = time.perf_counter()
+        try:
+            with progress_bar() as bar:
+                task = bar.add_task(f"{path.name}", total=total, info="", rate="")
+                while True:
+                    frames = []
+                    for _ in range(batch):
+                        ok, frame = capture.read()
+                        if not ok:
+                            break
+                        frames.append(frame[:, :, ::-1])  # BGR -> RGB
+                    if not frames:
+                        break
+                    for pixels, found in zip(frames, self._detect(frames, device, keep)):
+                        results.append({"file": str(path), "frame": frame_number, **found})
+                        frame_number += 1
+                        if writer is not None:
+                            writer.write(np.ascontiguousarray(self._draw(np.ascontiguousarray(pixels), found)[:, :, ::-1]))
+                    bar.update(task, advance=len(frames), rate=f"{frame_number / max(time.perf_counter() - started, 1e-9):.1f} frames/s")
+        finally:
+            capture.release()
+            if writer is not None:
+                writer.release()
+        if frame_number == 0:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise CnnkitError(f"{path}: no frame could be read from this video")
+        if tmp is not None:
+            os.replace(tmp, target)
+        console.print(f"{path.name}: {frame_number} frames at {frame_number / max(time.perf_counter() - started, 1e-9):.1f} frames/s"
+                      + (f" -> {target}" if target else ""))
+        return results
+
+    def _keep_labels(self, classes: str | None) -> set[int] | None:
+        """--classes (names or dataset ids) -> model labels 1..C to keep."""
+        if not classes:
+            return None
+        categories = list(zip(self.category_ids, self.class_names))
+        wanted = set(select_categories(categories, classes, "the model"))
+        return {k + 1 for k, cid in enumerate(self.category_ids) if cid in wanted}
+
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise CnnkitError("this Detector has no weights yet", "train it first or use Detector.load(FILE)")
+        return self.model
+
+
+# ==================================================================== data
+def select_categories(categories: list[tuple[int, str]], classes: str, where: str) -> list[int]:
+    """--classes "cat,dog" or "1,3" -> the category ids named (by name first, then as an id)."""
+    by_name = {name: cid for cid, name in categories}
+    ids = {int(cid) for cid, _ in categories}
+    chosen = []
+    for item in (part.strip() for part in str(classes).split(",")):
+        if not item:
+            continue
+        if item in by_name:
+            chosen.append(by_name[item])
+        elif item.lstrip("-").isdigit() and int(item) in ids:
+            chosen.append(int(item))
+        else:
+            raise CnnkitError(f"--classes: {item!r} is not a class of {where}", f"classes: {', '.join(list(by_name)[:12])}")
+    if not chosen:
+        raise CnnkitError("--classes names no class")
+    return chosen
+
+
+def load_split_data(data: str, strict: bool, val_split: float, seed: int) -> DetectionData:
+    """The dataset with a val split: its own, else ``val_split`` of train cut off with ``seed``."""
+    root = resolve_data(data)
+    dataset = load_detection(root, strict=strict)
+    if "train" in dataset.splits and "val" not in dataset.splits:
+        images = dataset.splits["train"]
+        order = np.random.default_rng(seed).permutation(len(images))
+        n_val = max(1, round(len(images) * val_split)) if len(images) > 1 else 0
+        dataset.splits["val"] = [images[i] for i in sorted(order[:n_val])]
+        dataset.splits["train"] = [images[i] for i in sorted(order[n_val:])]
+        if n_val:
+            console.print(f"{root}: no val split; {n_val} of {len(images)} train images held out (--val-split {val_split:g})")
+    return dataset
+
+
+def load_training_data(cfg: DetectConfig, root: Path) -> DetectionData:
+    """The dataset for a training run: val split ensured, --classes applied, boxes required."""
+    dataset = load_split_data(str(root), cfg.strict, cfg.val_split, cfg.seed)
+    if "train" not in dataset.splits or not dataset.splits["train"]:
+        raise CnnkitError(f"{root}: no training images", "expected a train split (annotations/train.json, data.yaml train:, "
+                          "ImageSets/Main/train.txt)")
+    if cfg.classes:
+        wanted = select_categories(dataset.categories, cfg.classes, str(root))
+        dataset = restrict_categories(dataset, set(wanted))
+    if not any(len(image.boxes) for image in dataset.splits["train"]):
+        raise CnnkitError(f"{root}: the training split has no boxes at all ({len(dataset.splits['train'])} images)",
+                          "a detector learns from labelled boxes; check the annotation files (`cnnkit data check`)")
+    negatives = sum(not len(image.boxes) for image in dataset.splits["train"])
+    if negatives and dist_utils.is_main():
+        console.print(f"{negatives} training images without objects are kept as negatives")
+    return dataset
+
+
+def restrict_categories(dataset: DetectionData, keep: set[int]) -> DetectionData:
+    """Only the categories in ``keep``; other boxes are dropped (those objects become background)."""
+    splits = {}
+    for split, images in dataset.splits.items():
+        splits[split] = []
+        for image in images:
+            chosen = np.isin(image.labels, list(keep))
+            splits[split].append(dataclasses.replace(image, boxes=image.boxes[chosen], labels=image.labels[chosen]))
+    return dataclasses.replace(dataset, categories=[(c, n) for c, n in dataset.categories if c in keep], splits=splits)
+
+
+def expand_media(sources: list[str | Path]) -> list[tuple[Path, bool, bool]]:
+    """(path, named directly, is a video) for image and video files, folders (recursive) and globs."""
+    def wanted(p: Path) -> bool:
+        return p.is_file() and (is_image_file(p) or p.suffix.lower() in VIDEO_EXTENSIONS)
+
+    found: list[tuple[Path, bool, bool]] = []
+    for source in sources:
+        text = str(source)
+        path = Path(text)
+        if path.is_dir():
+            found += [(p, False, p.suffix.lower() in VIDEO_EXTENSIONS) for p in sorted(path.rglob("*")) if wanted(p)]
+        elif path.is_file():
+            found.append((path, True, path.suffix.lower() in VIDEO_EXTENSIONS))
+        elif any(ch in text for ch in "*?["):
+            matched = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+            if not matched:
+                raise CnnkitError(f"{text}: the pattern matches no files")
+            found += [(p, False, p.suffix.lower() in VIDEO_EXTENSIONS) for p in matched if wanted(p)]
+        else:
+            raise CnnkitError(f"{text}: no such file or folder")
+    if not found:
+        raise CnnkitError(f"no images or videos found in {', '.join(map(str, sources))}",
+                          f"expected .jpg/.png/… images or {'/'.join(VIDEO_EXTENSIONS[:3])} videos")
+    return found
+
+
+def _save_image(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+# ==================================================================== evaluation
+def evaluate_detector(det: Detector, images: list[DetectionImage], categories: list[tuple[int, str]], label_ids: list[int | None],
+                      batch: int, workers: int, device: torch.device, conf: float = 0.001, iou: float = 0.5,
+                      max_det: int = 100) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(COCO metrics, COCO results) of ``det`` on ``images``; model labels whose class the dataset
+    lacks (label_ids None) are dropped."""
+    model = det._require_model().to(device)
+    set_postprocess(model, conf, iou, max_det)
+    keep = {k + 1 for k, cid in enumerate(label_ids) if cid is not None}
+    task = detect.DetectTask(images, categories, label_ids, max_det=max_det, keep=keep if len(keep) < len(label_ids) else None)
+    dataset = detect.DetectionSet(images, None, dense_transforms(None, False, mean=None, std=None))
+    loader = make_loader(dataset, batch, workers, False, 0, detect.collate_detection, device)
+    _, outputs = evaluate(task, model, loader, device)
+    results = task.coco_results(outputs) if outputs else []
+    return coco_evaluate(images, categories, results), results
+
+
+# ==================================================================== the training recipe
+def _build_model(cfg: DetectConfig, dataset: DetectionData) -> nn.Module:
+    family, backbone = parse_model(cfg.model, cfg.backbone)
+    anchors = None
+    if family == "fasterrcnn" and cfg.anchors == "auto":
+        train = dataset.splits["train"]
+        sides, aspects = box_statistics([i.boxes for i in train], [(i.width, i.height) for i in train], cfg.imgsz)
+        anchors = fit_anchors(sides, aspects, cfg.imgsz, *pyramid_levels(family, backbone))
+    model = build_detector(family, len(dataset.categories), cfg.imgsz, backbone, anchors, cfg.pretrained,
+                           cfg.conf, cfg.iou, cfg.max_det)
+    model.cnnkit_anchors = anchors
+    if anchors is not None and dist_utils.is_main():
+        console.print(f"anchors: sides {', '.join(f'{s:g}' for s in sorted({v for level in anchors.sizes for v in level}))} px, "
+                      f"height/width {', '.join(f'{r:g}' for r in anchors.ratios)} (fitted to the training boxes at --imgsz {cfg.imgsz})")
+    return model
+
+
+def _metadata(cfg: DetectConfig, dataset: DetectionData, model: nn.Module) -> dict[str, Any]:
+    anchors = getattr(model, "cnnkit_anchors", None)
+    _, backbone = parse_model(cfg.model, cfg.backbone)
+    return {"class_names": [name for _, name in dataset.categories], "num_classes": len(dataset.categories),
+            "category_ids": [int(cid) for cid, _ in dataset.categories], "backbone": backbone,
+            "anchors": anchors.to_dict() if anchors is not None else None,
+            # the detector normalises inside (torchvision's transform); its inputs are 0..1 RGB
+            "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def _make_sets(cfg: DetectConfig, dataset: DetectionData):
+    label_of = {int(cid): k + 1 for k, (cid, _) in enumerate(dataset.categories)}
+    train = detect.DetectionSet(dataset.splits["train"], label_of,
+                                dense_transforms(cfg.imgsz, True, spec_from_config(cfg, TASK), mean=None, std=None, keep_aspect=True))
+    val = detect.DetectionSet(dataset.splits["val"], label_of, dense_transforms(None, False, mean=None, std=None))
+    return train, val
+
+
+def _make_task(cfg: DetectConfig, dataset: DetectionData) -> detect.DetectTask:
+    return detect.DetectTask(dataset.splits["val"], dataset.categories, [int(c) for c, _ in dataset.categories], max_det=cfg.max_det)
+
+
+def finish_detect_run(cfg: DetectConfig, run_dir: Path, dataset: DetectionData, device: torch.device) -> dict[str, Any]:
+    """Evaluate the best weights on val (and test): metrics.json, predictions.json, plots, report.html."""
+    best = Detector.load(run_dir / "weights" / "best.safetensors")
+    plot_dir = run_dir / "plots"
+    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
+    metrics: dict[str, Any] = {}
+    label_ids = [int(c) for c, _ in dataset.categories]
+    for split in ("val", "test"):
+        if not dataset.splits.get(split):
+            continue
+        split_metrics, results = evaluate_detector(best, dataset.splits[split], dataset.categories, label_ids, cfg.batch,
+                                                   cfg.workers, device, cfg.conf, cfg.iou, cfg.max_det)
+        write_json(run_dir / ("predictions.json" if split == "val" else f"predictions_{split}.json"), results)
+        paths += detect.draw(dataset.splits[split], dataset.categories, results, plot_dir, prefix=split)
+        if split == "val":
+            metrics.update(split_metrics)
+        else:
+            metrics["test"] = split_metrics
+    write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir / "report.html", f"cnnkit detect: {cfg.model} on {cfg.data}", cfg.to_dict(), _summary(metrics), paths,
+                 per_class=metrics.get("per_class"))
+    console.print(f"val map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}\n"
+                  f"results in {run_dir}  report: {run_dir / 'report.html'}")
+    return metrics
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    summary = {k: v for k, v in metrics.items() if isinstance(v, (float, int, str))}
+    if isinstance(metrics.get("test"), dict):
+        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
+    return summary
+
+
+DETECT = Recipe(
+    task=TASK,
+    build_model=_build_model,
+    make_task=_make_task,
+    metadata=_metadata,
+    finish=finish_detect_run,
+    load_data=load_training_data,
+    make_sets=_make_sets,
+    collate=detect.collate_detection,
+    backbone_name=lambda cfg: None,  # a classifier's backbone goes into a detector: compared by tensor shapes
+)

@@ -1,0 +1,238 @@
+"""Detectors from torchvision, built for the data at hand.
+
+    fasterrcnn   two-stage: a CNN backbone with a feature pyramid (FPN), the region proposal network
+                 (RPN) proposing boxes from anchors, RoI-Align and the box head classifying and refining
+                 them. Backbones: mobilenet_v3_large (default) and resnet50 as torchvision builds them,
+                 or any timm CNN (its last three stages through torchvision's FeaturePyramidNetwork).
+    ssd          single-shot, VGG16 backbone (torchvision's ssd300_vgg16)
+    ssdlite      single-shot, MobileNetV3-Large backbone and depthwise heads (ssdlite320_mobilenet_v3_large)
+
+Every model takes a list of float images in [0, 1] of any size and normalises and resizes them itself
+(Faster R-CNN: longer side to ``imgsz``, aspect kept; SSD: to imgsz x imgsz); boxes come back in the
+input's pixels. Label 0 is the background: class k of the dataset is label k + 1.
+
+Anchors: torchvision's defaults (32 to 512 px) suit 800-px COCO images. ``fit_anchors`` spreads the
+sizes over the training boxes' own range at ``imgsz`` instead, and the chosen sizes travel in the
+weights' metadata so that val and predict rebuild the same model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CnnkitError
+
+DETECTORS = ("fasterrcnn", "ssd", "ssdlite")
+TORCHVISION_BACKBONES = ("mobilenet_v3_large", "resnet50")
+DEFAULT_RATIOS = (0.5, 1.0, 2.0)  # height / width, as torchvision's AnchorGenerator takes them
+# Faster R-CNN settings for small images on a CPU: torchvision's defaults sample 512 RoIs per image for
+# the box head (about 6 GFLOPs an image at 7x7x256 -> 1024) and keep 2000 proposals; a few objects per
+# image need far fewer (measured: training twice as fast, same map on the shapes benchmark).
+FASTER_RCNN_SPEED = {"rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
+                     "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 300, "box_batch_size_per_image": 64}
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """Anchor box sides in pixels per pyramid level, and height/width ratios (shared by every level)."""
+
+    sizes: tuple[tuple[float, ...], ...]
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sizes": [list(s) for s in self.sizes], "ratios": list(self.ratios)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Anchors":
+        return cls(tuple(tuple(float(v) for v in s) for s in data["sizes"]), tuple(float(r) for r in data["ratios"]))
+
+
+def parse_model(model: str, backbone: str | None) -> tuple[str, str | None]:
+    """(family, backbone) with the defaults filled in and the combination checked."""
+    if model not in DETECTORS:
+        import difflib
+
+        near = difflib.get_close_matches(model, DETECTORS, n=1)
+        raise CnnkitError(f"--model {model!r} is not a detector", f"did you mean '{near[0]}'?" if near else
+                          f"choose one of {', '.join(DETECTORS)}")
+    if model == "fasterrcnn":
+        return model, backbone or "mobilenet_v3_large"
+    if backbone and backbone not in ("vgg16" if model == "ssd" else "mobilenet_v3_large",):
+        raise CnnkitError(f"--backbone {backbone} does not apply to {model}: its backbone is fixed "
+                          f"({'vgg16' if model == 'ssd' else 'mobilenet_v3_large'})", "use --model fasterrcnn for another backbone")
+    return model, None
+
+
+def pyramid_levels(model: str, backbone: str | None) -> tuple[int, bool]:
+    """(number of FPN levels, whether every level shares all anchor sizes) of a Faster R-CNN."""
+    if backbone == "mobilenet_v3_large":
+        return 3, True  # torchvision: two stages + max-pool level, all sizes at every level
+    if backbone == "resnet50":
+        return 5, False
+    return 4, False  # timm: three stages + max-pool level
+
+
+def fit_anchors(box_sides: np.ndarray, aspects: np.ndarray, imgsz: int, levels: int, shared: bool) -> Anchors:
+    """Anchor sizes spread geometrically over the 2nd to 98th percentile of the training boxes' sides
+    (sqrt of the area, at ``imgsz``), five of them (shared by all levels) or one per level, small to
+    large; ratios widened past 0.5 / 2 only when the boxes are that elongated."""
+    sides = np.asarray(box_sides, dtype=np.float64)
+    sides = sides[np.isfinite(sides) & (sides > 0)]
+    if sides.size == 0:
+        raise CnnkitError("the training set has no boxes to fit anchors to")
+    low = max(4.0, float(np.percentile(sides, 2)))
+    high = min(float(imgsz), max(low * 2, float(np.percentile(sides, 98))))
+    count = 5 if shared else levels
+    values = tuple(round(float(v), 1) for v in np.geomspace(low, high, count))
+    sizes = (values,) * levels if shared else tuple((v,) for v in values)
+    ratio_low, ratio_high = np.percentile(np.asarray(aspects, dtype=np.float64), [5, 95]) if len(aspects) else (1.0, 1.0)
+    ratios = (round(min(0.5, float(ratio_low)), 3), 1.0, round(max(2.0, float(ratio_high)), 3))
+    return Anchors(sizes, ratios)
+
+
+def default_anchors(model: str, backbone: str | None) -> Anchors:
+    """torchvision's own anchors (used with --pretrained COCO weights, whose RPN was trained on them)."""
+    levels, shared = pyramid_levels(model, backbone)
+    base = (32.0, 64.0, 128.0, 256.0, 512.0)
+    return Anchors((base,) * levels if shared else tuple((v,) for v in base[:levels]))
+
+
+class TimmFPN(nn.Module):
+    """A timm CNN's last three feature stages (strides 8, 16, 32 for most) through torchvision's
+    FeaturePyramidNetwork plus a max-pool level: the ``backbone`` torchvision's FasterRCNN expects."""
+
+    def __init__(self, name: str, pretrained: bool = False, out_channels: int = 256):
+        super().__init__()
+        import timm
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, features_only=True)
+        except RuntimeError as exc:  # timm: unknown model, or no features_only support
+            raise CnnkitError(f"--backbone {name}: {exc}".splitlines()[0], "use a timm CNN (resnet18, efficientnet_b0, "
+                              "convnext_tiny, …) or mobilenet_v3_large / resnet50") from None
+        channels = self.body.feature_info.channels()
+        self.keep = list(range(len(channels)))[-3:]
+        self.fpn = FeaturePyramidNetwork([channels[i] for i in self.keep], out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        features = self.body(x)
+        return self.fpn(OrderedDict((str(n), features[i]) for n, i in enumerate(self.keep)))
+
+
+def build_detector(model: str, num_classes: int, imgsz: int, backbone: str | None = None, anchors: Anchors | None = None,
+                   pretrained: bool = False, score_thresh: float = 0.001, nms_iou: float = 0.5, max_det: int = 100) -> nn.Module:
+    """A detector for ``num_classes`` object classes (background added). ``anchors`` default to
+    torchvision's; ``pretrained`` loads torchvision's COCO weights where they exist (then the
+    class-specific layers are new), else the backbone's ImageNet weights."""
+    model, backbone = parse_model(model, backbone)
+    if model == "fasterrcnn":
+        net = _faster_rcnn(backbone, num_classes, imgsz, anchors or default_anchors(model, backbone), pretrained,
+                           score_thresh, nms_iou, max_det)
+        net.cnnkit_backbone = "backbone.body"
+    else:
+        net = _ssd(model, num_classes, imgsz, pretrained, score_thresh, nms_iou, max_det)
+        net.cnnkit_backbone = "backbone.features"
+    return net
+
+
+def _faster_rcnn(backbone: str, num_classes: int, imgsz: int, anchors: Anchors, pretrained: bool,
+                 score_thresh: float, nms_iou: float, max_det: int) -> nn.Module:
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if backbone == "mobilenet_v3_large":
+        from torchvision.models import mobilenet_v3_large
+
+        # torchvision's MobileNetV3 defaults to BatchNorm momentum 0.01, made for long ImageNet runs: in a
+        # short detection run from scratch the running statistics then lag the weights so far that the
+        # model in eval mode finds nothing on its own training images. Its detector builder passes
+        # plain BatchNorm2d (momentum 0.1) for the same reason.
+        body = _mobilenet_extractor(mobilenet_v3_large(weights=_imagenet("MobileNet_V3_Large", pretrained),
+                                                       norm_layer=nn.BatchNorm2d), True, 6)
+        featmaps = ["0", "1"]
+    elif backbone == "resnet50":
+        from torchvision.models import resnet50
+
+        body = _resnet_fpn_extractor(resnet50(weights=_imagenet("ResNet50", pretrained)), 5)
+        featmaps = ["0", "1", "2", "3"]
+    else:
+        body = TimmFPN(backbone, pretrained)
+        featmaps = ["0", "1", "2"]
+    generator = AnchorGenerator(anchors.sizes, (anchors.ratios,) * len(anchors.sizes))
+    net = FasterRCNN(body, num_classes + 1, min_size=imgsz, max_size=imgsz, rpn_anchor_generator=generator,
+                     box_roi_pool=MultiScaleRoIAlign(featmaps, output_size=7, sampling_ratio=2),
+                     box_score_thresh=score_thresh, box_nms_thresh=nms_iou, box_detections_per_img=max_det,
+                     **FASTER_RCNN_SPEED)
+    if pretrained and backbone in TORCHVISION_BACKBONES:
+        _load_coco(net, "fasterrcnn_mobilenet_v3_large_fpn" if backbone == "mobilenet_v3_large" else "fasterrcnn_resnet50_fpn")
+    return net
+
+
+def _ssd(model: str, num_classes: int, imgsz: int, pretrained: bool, score_thresh: float, nms_iou: float, max_det: int) -> nn.Module:
+    from torchvision.models import detection
+
+    if model == "ssd":
+        net = detection.ssd300_vgg16(num_classes=num_classes + 1, weights_backbone=_imagenet("VGG16", pretrained))
+    else:
+        net = detection.ssdlite320_mobilenet_v3_large(num_classes=num_classes + 1,
+                                                       weights_backbone=_imagenet("MobileNet_V3_Large", pretrained))
+    # torchvision fixes the input side (300 / 320); the default boxes are relative, so any side works
+    net.transform.fixed_size = (imgsz, imgsz)
+    net.transform.min_size, net.transform.max_size = (imgsz,), imgsz
+    net.score_thresh, net.nms_thresh, net.detections_per_img = score_thresh, nms_iou, max_det
+    if pretrained:
+        _load_coco(net, "ssd300_vgg16" if model == "ssd" else "ssdlite320_mobilenet_v3_large")
+    return net
+
+
+def _imagenet(name: str, pretrained: bool):
+    if not pretrained:
+        return None
+    import torchvision.models as tvm
+
+    return getattr(tvm, f"{name}_Weights").DEFAULT
+
+
+def _load_coco(net: nn.Module, builder: str) -> None:
+    """torchvision's COCO detector weights, every tensor whose shape fits (the class layers do not)."""
+    from torchvision.models import get_model_weights
+
+    state = get_model_weights(builder).DEFAULT.get_state_dict(progress=True)
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+
+
+def set_postprocess(net: nn.Module, score_thresh: float, nms_iou: float, max_det: int) -> None:
+    """Confidence threshold, NMS IoU and detections per image of a built detector."""
+    if hasattr(net, "roi_heads"):
+        net.roi_heads.score_thresh, net.roi_heads.nms_thresh, net.roi_heads.detections_per_img = score_thresh, nms_iou, max_det
+    else:
+        net.score_thresh, net.nms_thresh, net.detections_per_img = score_thresh, nms_iou, max_det
+
+
+def box_statistics(boxes: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], imgsz: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sides, aspects): sqrt(area) of every box once its image is scaled to a longer side of
+    ``imgsz``, and height / width."""
+    sides, aspects = [], []
+    for image_boxes, (width, height) in zip(boxes, sizes):
+        b = np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4)
+        if not len(b):
+            continue
+        scale = imgsz / max(width, height, 1)
+        w, h = (b[:, 2] - b[:, 0]) * scale, (b[:, 3] - b[:, 1]) * scale
+        ok = (w > 0) & (h > 0)
+        sides.append(np.sqrt(w[ok] * h[ok]))
+        aspects.append(h[ok] / w[ok])
+    if not sides:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(sides), np.concatenate(aspects)

@@ -1,0 +1,229 @@
+"""Object detection as the engine sees it: a dataset of (image, target) pairs, the detector's own
+losses, COCO evaluation (pycocotools) of the validation predictions, and the drawings of the report.
+
+Batches are (list of float images [3, H, W] in [0, 1], list of targets {"boxes" xyxy, "labels"},
+dataset indices [B]); label k + 1 is the dataset's k-th category (0 is the background).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from cnnkit.console import warn
+from cnnkit.data.detection import DetectionImage
+from cnnkit.data.images import load_image
+from cnnkit.errors import CnnkitError
+from cnnkit.evaluate import plots
+from cnnkit.evaluate.coco import coco_evaluate
+
+CONFUSION_IOU = 0.5     # a prediction matches a true box at this IoU (confusion matrix)
+CONFUSION_CONF = 0.25   # predictions below this score are left out of the confusion matrix and samples
+
+
+class DetectionSet(Dataset):
+    """(image, target, index) per DetectionImage; None for an image that cannot be decoded (one bad
+    file costs one sample). ``label_of`` maps the dataset's category ids to model labels 1..C; None
+    leaves the targets empty (inference only)."""
+
+    def __init__(self, images: Sequence[DetectionImage], label_of: dict[int, int] | None, transform: Callable):
+        self.images = list(images)
+        self.label_of = label_of
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        item = self.images[index]
+        try:
+            image = load_image(item.path)  # any mode -> 8-bit RGB (16-bit rescaled, alpha composited)
+        except CnnkitError as exc:
+            warn(f"{exc.message} (skipped)", once_key=str(item.path))
+            return None
+        boxes = np.asarray(item.boxes, dtype=np.float32).reshape(-1, 4) if self.label_of is not None else np.zeros((0, 4), np.float32)
+        labels = [self.label_of[int(c)] for c in item.labels] if self.label_of is not None else []
+        if image.size != (item.width, item.height) and len(boxes):
+            # the annotation's recorded size differs from the file: boxes are in the recorded frame
+            boxes = boxes * np.array([image.width / item.width, image.height / item.height] * 2, dtype=np.float32)
+        target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(image.height, image.width)),
+                  "labels": torch.tensor(labels, dtype=torch.int64)}
+        image, target = self.transform(image, target)
+        return (image.as_subclass(torch.Tensor),
+                {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"]}, index)
+
+
+def collate_detection(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], torch.Tensor] | None:
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return None
+    images, targets, indices = zip(*kept)
+    return list(images), list(targets), torch.tensor(indices, dtype=torch.int64)
+
+
+@dataclass
+class DetectTask:
+    """The engine's view of detection. ``images`` are the validation split's records (ground truth for
+    COCOeval), ``categories`` the (id, name) pairs scored; ``label_ids[k]`` is the dataset category
+    id of model label k + 1 (None: a class the dataset lacks, whose detections are dropped)."""
+
+    images: list[DetectionImage]
+    categories: list[tuple[int, str]]
+    label_ids: list[int | None]
+    max_det: int = 100
+    primary_metric: str = "map"
+    keep: set[int] | None = None  # --classes: model labels kept in the outputs (None = all)
+
+    def train_loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        images, targets = batch[0], batch[1]
+        losses = model(images, targets)
+        out = {"loss": sum(loss.float() for loss in losses.values())}
+        out.update({name.replace("loss_", ""): loss.detach().float() for name, loss in losses.items()})
+        return out
+
+    def eval_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        # box decoding in bf16 would round coordinates to a pixel or more at 300 px: infer in fp32
+        with torch.autocast(batch[0][0].device.type, enabled=False):
+            detections = model(batch[0])
+        return {**pad_detections(detections, self.max_det, self.keep), "index": batch[2]}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return coco_evaluate([self.images[i] for i in outputs["index"]], self.categories, self.coco_results(outputs))
+
+    def coco_results(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Padded outputs -> COCO results (dataset image and category ids, [x, y, w, h])."""
+        results = []
+        for row, index in enumerate(outputs["index"]):
+            image_id = self.images[int(index)].image_id
+            valid = outputs["labels"][row] > 0
+            for box, score, label in zip(outputs["boxes"][row][valid], outputs["scores"][row][valid], outputs["labels"][row][valid]):
+                category = self.label_ids[int(label) - 1]
+                if category is None:
+                    continue
+                results.append({"image_id": image_id, "category_id": category,
+                                "bbox": [round(float(box[0]), 2), round(float(box[1]), 2), round(float(box[2] - box[0]), 2),
+                                         round(float(box[3] - box[1]), 2)], "score": round(float(score), 5)})
+        return results
+
+
+def pad_detections(detections: list[dict[str, torch.Tensor]], max_det: int, keep: set[int] | None = None) -> dict[str, torch.Tensor]:
+    """A detector's list of per-image dicts -> per-image tensors the engine can concatenate: boxes
+    [B, max_det, 4], scores [B, max_det], labels [B, max_det] (0 = padding)."""
+    batch = len(detections)
+    device = detections[0]["boxes"].device if batch else torch.device("cpu")
+    boxes = torch.zeros(batch, max_det, 4, device=device)
+    scores = torch.zeros(batch, max_det, device=device)
+    labels = torch.zeros(batch, max_det, dtype=torch.int64, device=device)
+    for i, det in enumerate(detections):
+        chosen = torch.ones_like(det["labels"], dtype=torch.bool)
+        if keep is not None:
+            chosen = torch.isin(det["labels"], torch.tensor(sorted(keep), device=device))
+        order = torch.argsort(det["scores"][chosen], descending=True)[:max_det]
+        n = len(order)
+        boxes[i, :n] = det["boxes"][chosen][order].float()
+        scores[i, :n] = det["scores"][chosen][order].float()
+        labels[i, :n] = det["labels"][chosen][order]
+    return {"boxes": boxes, "scores": scores, "labels": labels}
+
+
+def confusion_matrix(truth: Sequence[tuple[np.ndarray, np.ndarray]], predicted: Sequence[tuple[np.ndarray, np.ndarray]],
+                     num_classes: int, iou: float = CONFUSION_IOU) -> np.ndarray:
+    """[C + 1, C + 1] counts, rows = true class, columns = predicted class, index C = background:
+    per image, predictions and true boxes are paired one-to-one by the Hungarian algorithm on IoU
+    (pairs under ``iou`` do not count); an unpaired true box is a miss (column background), an
+    unpaired prediction a false alarm (row background). Labels are 0-based class indices."""
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_iou
+
+    matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+    for (true_boxes, true_labels), (pred_boxes, pred_labels) in zip(truth, predicted):
+        paired_true, paired_pred = set(), set()
+        if len(true_boxes) and len(pred_boxes):
+            overlaps = box_iou(torch.as_tensor(true_boxes, dtype=torch.float64), torch.as_tensor(pred_boxes, dtype=torch.float64)).numpy()
+            rows, cols = linear_sum_assignment(-overlaps)
+            for r, c in zip(rows, cols):
+                if overlaps[r, c] >= iou:
+                    matrix[int(true_labels[r]), int(pred_labels[c])] += 1
+                    paired_true.add(r)
+                    paired_pred.add(c)
+        for r in range(len(true_boxes)):
+            if r not in paired_true:
+                matrix[int(true_labels[r]), num_classes] += 1
+        for c in range(len(pred_boxes)):
+            if c not in paired_pred:
+                matrix[num_classes, int(pred_labels[c])] += 1
+    return matrix
+
+
+def pr_curves(images: list[DetectionImage], categories: list[tuple[int, str]], results: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per class: (recall, precision, AP50) at IoU 0.5 from COCOeval's interpolated precision."""
+    from cnnkit.evaluate.coco import coco_precision
+
+    precision, recall_points = coco_precision(images, categories, results)
+    curves = {}
+    for k, (_, name) in enumerate(categories):
+        values = precision[0, :, k] if precision is not None else np.full(len(recall_points), -1.0)
+        if (values < 0).all():  # no true box of this class
+            continue
+        values = np.where(values < 0, 0.0, values)
+        curves[name] = (recall_points, values, float(values.mean()))
+    return curves
+
+
+def draw(images: list[DetectionImage], categories: list[tuple[int, str]], results: list[dict[str, Any]], plot_dir: Path,
+         prefix: str = "val", samples: int = 16) -> list[Path]:
+    """PR curves, the confusion matrix with background, and a grid of images with true (green) and
+    predicted (red, score >= 0.25) boxes."""
+    names = [name for _, name in categories]
+    index_of = {int(cid): k for k, (cid, _) in enumerate(categories)}
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["score"] >= CONFUSION_CONF:
+            by_image.setdefault(r["image_id"], []).append(r)
+    truth, predicted = [], []
+    for image in images:
+        preds = by_image.get(image.image_id, [])
+        truth.append((np.asarray(image.boxes).reshape(-1, 4), np.array([index_of[int(c)] for c in image.labels], dtype=np.int64)))
+        predicted.append((np.array([_xyxy(p["bbox"]) for p in preds]).reshape(-1, 4),
+                          np.array([index_of[int(p["category_id"])] for p in preds], dtype=np.int64)))
+    matrix = confusion_matrix(truth, predicted, len(names))
+    paths = [plots.plot_pr_curves(pr_curves(images, categories, results), plot_dir / f"{prefix}_pr_curves.png"),
+             plots.plot_confusion_matrix(matrix, names + ["background"], plot_dir / f"{prefix}_confusion_matrix.png",
+                                         normalize=False, title=f"confusion at IoU {CONFUSION_IOU}, score >= {CONFUSION_CONF} "
+                                         "(rows: true, columns: predicted)")]
+    pictures, titles = [], []
+    for image, (tb, tl), (pb, pl) in list(zip(images, truth, predicted))[:samples]:
+        try:
+            pixels = np.asarray(load_image(image.path))
+        except CnnkitError:
+            continue
+        pictures.append(draw_boxes(pixels, tb, [names[k] for k in tl], colour=(0, 200, 0)))
+        pictures[-1] = draw_boxes(pictures[-1], pb, [names[k] for k in pl], colour=(230, 0, 0))
+        titles.append(f"{image.path.name}: {len(tb)} true, {len(pb)} found")
+    paths.append(plots.plot_image_grid(pictures, titles, plot_dir / f"{prefix}_samples.png", columns=4))
+    return paths
+
+
+def draw_boxes(pixels: np.ndarray, boxes: np.ndarray, captions: Sequence[str], colour=(230, 0, 0), width: int | None = None) -> np.ndarray:
+    """HxWx3 uint8 with boxes and their captions drawn (torchvision.utils.draw_bounding_boxes)."""
+    from torchvision.utils import draw_bounding_boxes
+
+    if not len(boxes):
+        return pixels
+    image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1)
+    width = width or max(1, round(max(pixels.shape[:2]) / 320))
+    drawn = draw_bounding_boxes(image, torch.as_tensor(np.asarray(boxes), dtype=torch.float32), labels=list(captions),
+                                colors=[colour] * len(boxes), width=width)
+    return drawn.permute(1, 2, 0).numpy()
+
+
+def _xyxy(bbox: Sequence[float]) -> list[float]:
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]

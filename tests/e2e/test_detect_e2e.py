@@ -1,0 +1,153 @@
+"""Detection for real, through the command line: synthesise shapes, train, val, predict (images and a
+video), in the COCO, YOLO and VOC layouts; a short training must lift map well above an untrained
+model's; bad datasets end in one line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cnnkit
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    from cnnkit.data.synth import synth_dataset
+
+    root = tmp_path_factory.mktemp("shapes") / "coco"
+    synth_dataset("shapes", root, task="detect", n=120, imgsz=160, seed=3, val_fraction=0.2, progress=False)
+    return root
+
+
+def _untrained_map(weights: Path, data: Path) -> float:
+    """map of a detector with the trained one's architecture, anchors and classes, but its initial weights."""
+    import torch
+
+    from cnnkit.detection_api import Detector, evaluate_detector, load_split_data
+
+    trained = Detector.load(weights)
+    torch.manual_seed(0)
+    fresh = Detector(trained.model_name, trained.class_names, trained.imgsz, trained.backbone, anchors=trained.anchors,
+                     category_ids=trained.category_ids)
+    dataset = load_split_data(str(data), False, 0.2, 0)
+    metrics, _ = evaluate_detector(fresh, dataset.splits["val"], dataset.categories, [c for c, _ in dataset.categories], 8, 0,
+                                   torch.device("cpu"))
+    return metrics["map"]
+
+
+@pytest.mark.slow
+def test_fasterrcnn_learns_then_val_and_predict(shapes, tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cnnkit("detect", "train", "--data", str(shapes), "--model", "fasterrcnn", "--imgsz", "160", "--epochs", "12",
+                      "--batch", "8", "--lr", "0.002", "--workers", "0", "--out", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    for name in ("config.yaml", "weights/best.safetensors", "checkpoint.pt", "history.csv", "metrics.json", "predictions.json",
+                 "report.html", "plots/history.png", "plots/val_pr_curves.png", "plots/val_confusion_matrix.png",
+                 "plots/val_samples.png"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"map", "map50", "map75", "map_small", "per_class"} <= set(metrics)
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle", "star", "cross"}
+    untrained = _untrained_map(run_dir / "weights/best.safetensors", shapes)
+    assert metrics["map"] >= max(0.05, 5 * untrained), (metrics["map"], untrained)
+
+    # predictions.json: COCO results with the dataset's own ids
+    truth = json.loads((shapes / "annotations/val.json").read_text())
+    results = json.loads((run_dir / "predictions.json").read_text())
+    assert {r["image_id"] for r in results} <= {image["id"] for image in truth["images"]}
+    assert {r["category_id"] for r in results} <= {c["id"] for c in truth["categories"]}
+    assert set(results[0]) == {"image_id", "category_id", "bbox", "score"}
+
+    weights = str(run_dir / "weights/best.safetensors")
+    val = run_cnnkit("detect", "val", "--weights", weights, "--data", str(shapes), "--out", str(tmp_path / "val"), "--workers", "0")
+    assert val.returncode == 0, val.stderr
+    again = json.loads((tmp_path / "val/metrics.json").read_text())
+    assert again["map"] == pytest.approx(metrics["map"], abs=1e-6)
+    assert (tmp_path / "val/predictions.json").is_file() and (tmp_path / "val/report.html").is_file()
+
+    video = _video(sorted((shapes / "images/val").glob("*.png"))[:6], tmp_path / "clip.mp4", fps=7.0)
+    out = tmp_path / "pred.json"
+    pred = run_cnnkit("detect", "predict", str(shapes / "images/val"), str(video), "--weights", weights, "--conf", "0.3",
+                      "--classes", "circle,square,star", "--out", str(tmp_path / "annotated"), "--save-json", str(out))
+    assert pred.returncode == 0, pred.stderr
+    found = json.loads(out.read_text())
+    n_images = len(list((shapes / "images/val").glob("*.png")))
+    assert len([r for r in found if "frame" not in r]) == n_images
+    assert [r["frame"] for r in found if "frame" in r] == list(range(6))
+    assert set(found[0]) >= {"file", "boxes", "labels", "scores"}
+    labels = {label for r in found for label in r["labels"]}
+    assert labels and labels <= {"circle", "square", "star"}
+    assert all(s >= 0.3 for r in found for s in r["scores"])
+    assert len(list((tmp_path / "annotated").glob("*.png"))) == n_images
+    import cv2
+
+    capture = cv2.VideoCapture(str(tmp_path / "annotated/clip.mp4"))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0) and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+
+
+def _video(frames: list[Path], path: Path, fps: float) -> Path:
+    import cv2
+
+    first = cv2.imread(str(frames[0]))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (first.shape[1], first.shape[0]))
+    for frame in frames:
+        writer.write(cv2.imread(str(frame)))
+    writer.release()
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,model", [("yolo", "ssdlite"), ("voc", "fasterrcnn")])
+def test_other_layouts_train_val_predict(shapes, tmp_path, layout, model):
+    """The same pipeline on the YOLO and VOC layouts (converted from the COCO data), one short run each."""
+    data = tmp_path / layout
+    converted = run_cnnkit("data", "convert", str(shapes), "--to", layout, "--out", str(data))
+    assert converted.returncode == 0, converted.stderr
+    run_dir = tmp_path / "run"
+    extra = ["--backbone", "resnet18"] if model == "fasterrcnn" else []
+    done = run_cnnkit("detect", "train", "--data", str(data), "--model", model, *extra, "--imgsz", "128", "--epochs", "1",
+                      "--batch", "8", "--workers", "0", "--precise-bn", "2", "--out", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["map"] <= 1.0 and len(metrics["per_class"]) == 5
+    weights = str(run_dir / "weights/best.safetensors")
+    val = run_cnnkit("detect", "val", "--weights", weights, "--data", str(data), "--out", str(tmp_path / "val"), "--workers", "0")
+    assert val.returncode == 0, val.stderr
+    results = json.loads((tmp_path / "val/predictions.json").read_text())
+    from cnnkit.data.detection import load_detection
+
+    ids = {cid for cid, _ in load_detection(data).categories}
+    assert results and all(r["category_id"] in ids for r in results)
+    if layout == "yolo":  # YOLO images are known by their file stem
+        assert all(isinstance(r["image_id"], str) for r in results)
+    pred = run_cnnkit("detect", "predict", str(next((data).rglob("*.png"))), "--weights", weights, "--no-save",
+                      "--save-json", str(tmp_path / "p.json"))
+    assert pred.returncode == 0, pred.stderr
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 1
+
+
+def test_dataset_without_boxes_is_one_line(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "empty"
+    (root / "images/train").mkdir(parents=True)
+    (root / "labels/train").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 64)).save(root / f"images/train/{i}.png")
+        (root / f"labels/train/{i}.txt").write_text("")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [a, b]\n")
+    done = run_cnnkit("detect", "train", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) <= 2 and "no boxes at all" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_detect_options_are_one_line(shapes, tmp_path):
+    done = run_cnnkit("detect", "train", "--data", str(shapes), "--model", "fasterrcn", "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "did you mean 'fasterrcnn'" in done.stderr and "Traceback" not in done.stderr
+    done = run_cnnkit("detect", "train", "--data", str(shapes), "--classes", "hexagon", "--epochs", "1", "--out", str(tmp_path / "r2"))
+    assert done.returncode == 2 and "hexagon" in done.stderr and "Traceback" not in done.stderr
+    done = run_cnnkit("detect", "train", "--data", str(shapes), "--label-smoothing", "0.1")
+    assert done.returncode == 2 and "label-smoothing" in done.stderr
