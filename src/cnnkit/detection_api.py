@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit import __version__
 from cnnkit.api import Recipe, Run, _train_and_reload
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
@@ -31,7 +30,7 @@ from cnnkit.data.images import is_image_file, load_image
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar, read_history
 from cnnkit.engine.checkpoint import load_weights
-from cnnkit.engine.rundir import atomic_path, next_run_dir, write_json
+from cnnkit.engine.rundir import atomic_path, write_json
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate import plots

@@ -21,7 +21,7 @@ def shapes(tmp_path_factory) -> Path:
     return root
 
 
-def _untrained_map(weights: Path, data: Path) -> float:
+def _untrained_map50(weights: Path, data: Path) -> float:
     """map of a detector with the trained one's architecture, anchors and classes, but its initial weights."""
     import torch
 
@@ -34,14 +34,16 @@ def _untrained_map(weights: Path, data: Path) -> float:
     dataset = load_split_data(str(data), False, 0.2, 0)
     metrics, _ = evaluate_detector(fresh, dataset.splits["val"], dataset.categories, [c for c, _ in dataset.categories], 8, 0,
                                    torch.device("cpu"))
-    return metrics["map"]
+    return metrics["map50"]
 
 
 @pytest.mark.slow
 def test_fasterrcnn_learns_then_val_and_predict(shapes, tmp_path):
     run_dir = tmp_path / "run"
-    done = run_cnnkit("detect", "train", "--data", str(shapes), "--model", "fasterrcnn", "--imgsz", "160", "--epochs", "12",
-                      "--batch", "8", "--lr", "0.002", "--workers", "0", "--out", str(run_dir))
+    # from scratch, 10 epochs of 96 images (about 2.5 minutes): far from converged (the benchmark in
+    # docs/detection.md trains 800 images for 11 epochs), but far above an untrained model
+    done = run_cnnkit("detect", "train", "--data", str(shapes), "--model", "fasterrcnn", "--imgsz", "160", "--epochs", "10",
+                      "--batch", "8", "--lr", "0.002", "--workers", "0", "--precise-bn", "4", "--out", str(run_dir))
     assert done.returncode == 0, done.stderr
     for name in ("config.yaml", "weights/best.safetensors", "checkpoint.pt", "history.csv", "metrics.json", "predictions.json",
                  "report.html", "plots/history.png", "plots/val_pr_curves.png", "plots/val_confusion_matrix.png",
@@ -50,8 +52,8 @@ def test_fasterrcnn_learns_then_val_and_predict(shapes, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"map", "map50", "map75", "map_small", "per_class"} <= set(metrics)
     assert set(metrics["per_class"]) == {"circle", "square", "triangle", "star", "cross"}
-    untrained = _untrained_map(run_dir / "weights/best.safetensors", shapes)
-    assert metrics["map"] >= max(0.05, 5 * untrained), (metrics["map"], untrained)
+    untrained = _untrained_map50(run_dir / "weights/best.safetensors", shapes)
+    assert metrics["map50"] >= max(0.01, 10 * untrained), (metrics["map50"], untrained)
 
     # predictions.json: COCO results with the dataset's own ids
     truth = json.loads((shapes / "annotations/val.json").read_text())
@@ -69,7 +71,7 @@ def test_fasterrcnn_learns_then_val_and_predict(shapes, tmp_path):
 
     video = _video(sorted((shapes / "images/val").glob("*.png"))[:6], tmp_path / "clip.mp4", fps=7.0)
     out = tmp_path / "pred.json"
-    pred = run_cnnkit("detect", "predict", str(shapes / "images/val"), str(video), "--weights", weights, "--conf", "0.3",
+    pred = run_cnnkit("detect", "predict", str(shapes / "images/val"), str(video), "--weights", weights, "--conf", "0.05",
                       "--classes", "circle,square,star", "--out", str(tmp_path / "annotated"), "--save-json", str(out))
     assert pred.returncode == 0, pred.stderr
     found = json.loads(out.read_text())
@@ -79,7 +81,7 @@ def test_fasterrcnn_learns_then_val_and_predict(shapes, tmp_path):
     assert set(found[0]) >= {"file", "boxes", "labels", "scores"}
     labels = {label for r in found for label in r["labels"]}
     assert labels and labels <= {"circle", "square", "star"}
-    assert all(s >= 0.3 for r in found for s in r["scores"])
+    assert all(s >= 0.05 for r in found for s in r["scores"])
     assert len(list((tmp_path / "annotated").glob("*.png"))) == n_images
     import cv2
 
@@ -141,7 +143,7 @@ def test_dataset_without_boxes_is_one_line(tmp_path):
     done = run_cnnkit("detect", "train", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "run"))
     assert done.returncode == 2
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) <= 2 and "no boxes at all" in done.stderr and "Traceback" not in done.stderr
+    assert len(lines) <= 2 and "without a single box" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_bad_detect_options_are_one_line(shapes, tmp_path):
@@ -151,3 +153,30 @@ def test_bad_detect_options_are_one_line(shapes, tmp_path):
     assert done.returncode == 2 and "hexagon" in done.stderr and "Traceback" not in done.stderr
     done = run_cnnkit("detect", "train", "--data", str(shapes), "--label-smoothing", "0.1")
     assert done.returncode == 2 and "label-smoothing" in done.stderr
+
+
+@pytest.mark.slow
+def test_detect_under_torchrun(shapes, tmp_path):
+    """Two CPU processes (gloo): batches split, PreciseBN statistics averaged over ranks, every
+    validation image scored once (the padded outputs gathered from both ranks)."""
+    import sys
+
+    from test_ddp import free_port
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    run_dir = tmp_path / "ddp"
+    done = run_cnnkit("detect", "train", "--data", str(shapes), "--model", "ssdlite", "--imgsz", "128", "--epochs", "1",
+                      "--batch", "8", "--workers", "0", "--precise-bn", "2", "--device", "cpu", "--out", str(run_dir),
+                      launcher=launcher)
+    assert done.returncode == 0, done.stderr
+    assert "x2" in done.stderr
+    truth = json.loads((shapes / "annotations/val.json").read_text())
+    results = json.loads((run_dir / "predictions.json").read_text())
+    assert {r["image_id"] for r in results} == {image["id"] for image in truth["images"]}
+    # the epoch's map (outputs of both ranks gathered) equals one process scoring the saved weights
+    import csv
+
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert float(history[-1]["map"]) == pytest.approx(metrics["map"], abs=1e-9)

@@ -85,8 +85,8 @@ def test_coco_results_use_dataset_ids():
                "scores": np.array([[0.8, 0.4], [0.6, 0.0]], dtype=np.float32),
                "labels": np.array([[2, 3], [1, 0]])}
     results = task.coco_results(outputs)
-    assert results == [{"image_id": "b", "category_id": 90, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.8},
-                       {"image_id": 42, "category_id": 17, "bbox": [2.0, 2.0, 1.0, 1.0], "score": 0.6}]
+    assert results == [{"image_id": 42, "category_id": 17, "bbox": [2.0, 2.0, 1.0, 1.0], "score": pytest.approx(0.6)},
+                       {"image_id": "b", "category_id": 90, "bbox": [1.0, 2.0, 3.0, 4.0], "score": pytest.approx(0.8)}]
 
 
 def test_confusion_matrix_by_hand():

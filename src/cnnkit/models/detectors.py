@@ -130,9 +130,23 @@ class TimmFPN(nn.Module):
 def build_detector(model: str, num_classes: int, imgsz: int, backbone: str | None = None, anchors: Anchors | None = None,
                    pretrained: bool = False, score_thresh: float = 0.001, nms_iou: float = 0.5, max_det: int = 100) -> nn.Module:
     """A detector for ``num_classes`` object classes (background added). ``anchors`` default to
-    torchvision's; ``pretrained`` loads torchvision's COCO weights where they exist (then the
-    class-specific layers are new), else the backbone's ImageNet weights."""
+    torchvision's; ``pretrained`` loads torchvision's COCO detector weights (every tensor but the
+    class-specific ones) for its own backbones, timm's ImageNet weights for a timm backbone."""
     model, backbone = parse_model(model, backbone)
+    try:
+        return _build(model, num_classes, imgsz, backbone, anchors, pretrained, score_thresh, nms_iou, max_det)
+    except CnnkitError:
+        raise
+    except Exception as exc:  # a failed download surfaces as OSError, URLError, HTTPError, hub errors…
+        if not pretrained:
+            raise
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CnnkitError(f"could not load published weights for {model} ({backbone or 'its backbone'}): {reason}",
+                          "drop --pretrained (needs the internet once), or pass --backbone-from / --weights FILE") from None
+
+
+def _build(model: str, num_classes: int, imgsz: int, backbone: str | None, anchors: Anchors | None, pretrained: bool,
+           score_thresh: float, nms_iou: float, max_det: int) -> nn.Module:
     if model == "fasterrcnn":
         net = _faster_rcnn(backbone, num_classes, imgsz, anchors or default_anchors(model, backbone), pretrained,
                            score_thresh, nms_iou, max_det)
@@ -157,13 +171,12 @@ def _faster_rcnn(backbone: str, num_classes: int, imgsz: int, anchors: Anchors, 
         # short detection run from scratch the running statistics then lag the weights so far that the
         # model in eval mode finds nothing on its own training images. Its detector builder passes
         # plain BatchNorm2d (momentum 0.1) for the same reason.
-        body = _mobilenet_extractor(mobilenet_v3_large(weights=_imagenet("MobileNet_V3_Large", pretrained),
-                                                       norm_layer=nn.BatchNorm2d), True, 6)
+        body = _mobilenet_extractor(mobilenet_v3_large(norm_layer=nn.BatchNorm2d), True, 6)
         featmaps = ["0", "1"]
     elif backbone == "resnet50":
         from torchvision.models import resnet50
 
-        body = _resnet_fpn_extractor(resnet50(weights=_imagenet("ResNet50", pretrained)), 5)
+        body = _resnet_fpn_extractor(resnet50(), 5)
         featmaps = ["0", "1", "2", "3"]
     else:
         body = TimmFPN(backbone, pretrained)
@@ -181,11 +194,13 @@ def _faster_rcnn(backbone: str, num_classes: int, imgsz: int, anchors: Anchors, 
 def _ssd(model: str, num_classes: int, imgsz: int, pretrained: bool, score_thresh: float, nms_iou: float, max_det: int) -> nn.Module:
     from torchvision.models import detection
 
+    # built without backbone weights in every case: the architecture must not depend on --pretrained
+    # (torchvision's SSDlite shrinks the MobileNet tail when no ImageNet weights are given, and its COCO
+    # weights have that shrunk tail), so that val and predict rebuild it from the metadata alone
     if model == "ssd":
-        net = detection.ssd300_vgg16(num_classes=num_classes + 1, weights_backbone=_imagenet("VGG16", pretrained))
+        net = detection.ssd300_vgg16(num_classes=num_classes + 1, weights_backbone=None)
     else:
-        net = detection.ssdlite320_mobilenet_v3_large(num_classes=num_classes + 1,
-                                                       weights_backbone=_imagenet("MobileNet_V3_Large", pretrained))
+        net = detection.ssdlite320_mobilenet_v3_large(num_classes=num_classes + 1, weights_backbone=None)
     # torchvision fixes the input side (300 / 320); the default boxes are relative, so any side works
     net.transform.fixed_size = (imgsz, imgsz)
     net.transform.min_size, net.transform.max_size = (imgsz,), imgsz
@@ -193,14 +208,6 @@ def _ssd(model: str, num_classes: int, imgsz: int, pretrained: bool, score_thres
     if pretrained:
         _load_coco(net, "ssd300_vgg16" if model == "ssd" else "ssdlite320_mobilenet_v3_large")
     return net
-
-
-def _imagenet(name: str, pretrained: bool):
-    if not pretrained:
-        return None
-    import torchvision.models as tvm
-
-    return getattr(tvm, f"{name}_Weights").DEFAULT
 
 
 def _load_coco(net: nn.Module, builder: str) -> None:

@@ -100,8 +100,10 @@ class DetectTask:
     def coco_results(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Padded outputs -> COCO results (dataset image and category ids, [x, y, w, h])."""
         results = []
-        for row, index in enumerate(outputs["index"]):
-            image_id = self.images[int(index)].image_id
+        # in dataset order whatever order the DDP ranks' outputs were gathered in: COCOeval breaks score
+        # ties by input order, so the same detections must give the same numbers
+        for row in np.argsort(outputs["index"], kind="stable"):
+            image_id = self.images[int(outputs["index"][row])].image_id
             valid = outputs["labels"][row] > 0
             for box, score, label in zip(outputs["boxes"][row][valid], outputs["scores"][row][valid], outputs["labels"][row][valid]):
                 category = self.label_ids[int(label) - 1]
@@ -109,7 +111,7 @@ class DetectTask:
                     continue
                 results.append({"image_id": image_id, "category_id": category,
                                 "bbox": [round(float(box[0]), 2), round(float(box[1]), 2), round(float(box[2] - box[0]), 2),
-                                         round(float(box[3] - box[1]), 2)], "score": round(float(score), 5)})
+                                         round(float(box[3] - box[1]), 2)], "score": float(score)})
         return results
 
 
