@@ -42,7 +42,7 @@ def test_yaml_round_trip(tmp_path):
                       transfer="linear", backbone_lr_mult=0.5, loss="focal", focal_gamma=1.5, balance="oversample",
                       class_weights="effective", flipud=0.1, degrees=5.0, translate=0.05, scale=0.2, crop_scale=0.6,
                       brightness=0.1, contrast=0.15, saturation=0.25, hue=0.01, grayscale=0.02, blur=0.3, noise=0.4, erasing=0.6,
-                      illumination=0.7, mixup=0.3, cutmix=0.5)
+                      illumination=0.7, mixup=0.3, cutmix=0.5, precise_bn=3)
     # every field differs from its default, so a field that is lost on the way shows up
     defaults = TrainConfig()
     assert [f.name for f in fields(cfg) if getattr(cfg, f.name) == getattr(defaults, f.name)] == []
@@ -234,3 +234,21 @@ def test_embed_config_round_trip_and_checks(tmp_path, captured, monkeypatch, cap
     code, _, err = run_cli(["embed", "train", "--config", path, "--dim", "32"], monkeypatch, capsys)
     assert code == 0, err
     assert isinstance(captured[-1], EmbedConfig) and captured[-1].dim == 32 and captured[-1].loss == "triplet"
+
+
+def test_detect_config_round_trip_and_checks(tmp_path):
+    from cnnkit.config import CLASSIFY_ONLY, DetectConfig
+
+    names = {f.name for f in fields(DetectConfig)}
+    assert not names & set(CLASSIFY_ONLY) and {"backbone", "anchors", "conf", "iou", "max_det", "classes", "strict"} <= names
+    cfg = DetectConfig(data="/data/coco", model="ssdlite", conf=0.2, iou=0.6, max_det=50, classes="cat,dog", anchors="torchvision")
+    path = tmp_path / "detect.yaml"
+    write_yaml(path, cfg.validate().to_dict())
+    assert DetectConfig(**read_yaml_options(path, DetectConfig)) == cfg
+    (tmp_path / "bad.yaml").write_text("label_smoothing: 0.1\n")
+    with pytest.raises(CnnkitError, match="unknown option 'label_smoothing'"):
+        read_yaml_options(tmp_path / "bad.yaml", DetectConfig)
+    with pytest.raises(CnnkitError, match="fixed"):
+        DetectConfig(model="ssd", backbone="resnet50").validate()
+    with pytest.raises(CnnkitError, match="--max-det"):
+        DetectConfig(max_det=0).validate()
