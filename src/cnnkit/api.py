@@ -262,25 +262,27 @@ class Classifier:
         return self.model
 
 
-def expand_sources(sources: list[str | Path]) -> list[tuple[Path, bool]]:
-    """(image path, named directly) for files, folders (recursive) and glob patterns, in order."""
+def expand_sources(sources: list[str | Path], accept: Callable[[Path], bool] = is_image_file, what: str = "images",
+                   expected: str = "expected .jpg/.png/… files") -> list[tuple[Path, bool]]:
+    """(path, named directly) for files, folders (recursive) and glob patterns, in order; folders and
+    globs contribute the files ``accept`` takes (images by default)."""
     files: list[tuple[Path, bool]] = []
     for source in sources:
         text = str(source)
         path = Path(text)
         if path.is_dir():
-            files += [(p, False) for p in sorted(path.rglob("*")) if p.is_file() and is_image_file(p)]
+            files += [(p, False) for p in sorted(path.rglob("*")) if p.is_file() and accept(p)]
         elif path.is_file():
             files.append((path, True))
         elif any(ch in text for ch in "*?["):
             matched = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            files += [(p, False) for p in matched if p.is_file() and is_image_file(p)]
+            files += [(p, False) for p in matched if p.is_file() and accept(p)]
             if not matched:
                 raise CnnkitError(f"{text}: the pattern matches no files")
         else:
             raise CnnkitError(f"{text}: no such file or folder")
     if not files:
-        raise CnnkitError(f"no images found in {', '.join(map(str, sources))}", "expected .jpg/.png/… files")
+        raise CnnkitError(f"no {what} found in {', '.join(map(str, sources))}", expected)
     return files
 
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload
+from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
 from cnnkit.console import console, warn
@@ -320,28 +319,12 @@ def restrict_categories(dataset: DetectionData, keep: set[int]) -> DetectionData
 
 def expand_media(sources: list[str | Path]) -> list[tuple[Path, bool, bool]]:
     """(path, named directly, is a video) for image and video files, folders (recursive) and globs."""
-    def wanted(p: Path) -> bool:
-        return p.is_file() and (is_image_file(p) or p.suffix.lower() in VIDEO_EXTENSIONS)
+    def is_video(path: Path) -> bool:
+        return path.suffix.lower() in VIDEO_EXTENSIONS
 
-    found: list[tuple[Path, bool, bool]] = []
-    for source in sources:
-        text = str(source)
-        path = Path(text)
-        if path.is_dir():
-            found += [(p, False, p.suffix.lower() in VIDEO_EXTENSIONS) for p in sorted(path.rglob("*")) if wanted(p)]
-        elif path.is_file():
-            found.append((path, True, path.suffix.lower() in VIDEO_EXTENSIONS))
-        elif any(ch in text for ch in "*?["):
-            matched = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-            if not matched:
-                raise CnnkitError(f"{text}: the pattern matches no files")
-            found += [(p, False, p.suffix.lower() in VIDEO_EXTENSIONS) for p in matched if wanted(p)]
-        else:
-            raise CnnkitError(f"{text}: no such file or folder")
-    if not found:
-        raise CnnkitError(f"no images or videos found in {', '.join(map(str, sources))}",
-                          f"expected .jpg/.png/… images or {'/'.join(VIDEO_EXTENSIONS[:3])} videos")
-    return found
+    found = expand_sources(sources, lambda p: is_image_file(p) or is_video(p), "images or videos",
+                           f"expected .jpg/.png/… images or {'/'.join(VIDEO_EXTENSIONS[:3])} videos")
+    return [(path, named, is_video(path)) for path, named in found]
 
 
 def _save_image(path: Path, pixels: np.ndarray) -> None:
