@@ -133,8 +133,9 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
-def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
-    """One precision-recall curve per class with its AP in the legend; the first 20 classes are drawn."""
+def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, mean_label: str = "mAP") -> Path:
+    """One precision-recall curve per class with its AP in the legend; the first 20 classes are drawn.
+    ``mean_label`` names the mean of the APs in the title (detection's APs at IoU 0.5 average to map50)."""
     fig = _new_figure(6.5, 5.0)
     ax = fig.add_subplot()
     items = list(curves.items())
@@ -149,7 +150,7 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path
         ax.plot(np.asarray(recall), np.asarray(precision), drawstyle="steps-post", color=palette(index),
                 label=f"{name} (AP {float(ap):.3f})")
     mean_ap = float(np.mean([float(ap) for _, (_, _, ap) in items]))
-    title = f"precision-recall, mAP {mean_ap:.3f}"
+    title = f"precision-recall, {mean_label} {mean_ap:.3f}"
     if len(items) > MAX_PR_CURVES:
         title += f"\n{MAX_PR_CURVES} of {len(items)} classes drawn"
     ax.set_title(title)

@@ -196,7 +196,8 @@ def draw(images: list[DetectionImage], categories: list[tuple[int, str]], result
         predicted.append((np.array([_xyxy(p["bbox"]) for p in preds]).reshape(-1, 4),
                           np.array([index_of[int(p["category_id"])] for p in preds], dtype=np.int64)))
     matrix = confusion_matrix(truth, predicted, len(names))
-    paths = [plots.plot_pr_curves(pr_curves(images, categories, results), plot_dir / f"{prefix}_pr_curves.png"),
+    paths = [plots.plot_pr_curves(pr_curves(images, categories, results), plot_dir / f"{prefix}_pr_curves.png",
+                                  mean_label="at IoU 0.5: map50"),
              plots.plot_confusion_matrix(matrix, names + ["background"], plot_dir / f"{prefix}_confusion_matrix.png",
                                          normalize=False, title=f"confusion at IoU {CONFUSION_IOU}, score >= {CONFUSION_CONF} "
                                          "(rows: true, columns: predicted)")]
