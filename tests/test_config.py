@@ -252,3 +252,11 @@ def test_detect_config_round_trip_and_checks(tmp_path):
         DetectConfig(model="ssd", backbone="resnet50").validate()
     with pytest.raises(CnnkitError, match="--max-det"):
         DetectConfig(max_det=0).validate()
+    # the YOLO-style detectors' options: checked, and refused for torchvision's detectors
+    assert DetectConfig(model="yolo_s", backbone="resnet18", dfl=False, box_loss="giou", cls_loss="varifocal", mosaic=0.5).validate()
+    with pytest.raises(CnnkitError, match="--box-loss applies to the YOLO-style detectors"):
+        DetectConfig(model="fasterrcnn", box_loss="giou").validate()
+    with pytest.raises(CnnkitError, match="--mosaic must be between 0 and 1"):
+        DetectConfig(model="yolo_n", mosaic=1.5).validate()
+    with pytest.raises(CnnkitError, match="did you mean 'yolo_n'"):
+        DetectConfig(model="yolo_nn").validate()

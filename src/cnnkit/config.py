@@ -32,7 +32,7 @@ class _Options:
         for name in ("epochs", "batch", "imgsz", "accumulate"):
             if getattr(self, name) < 1:
                 raise CnnkitError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult") + PROBABILITIES:
+        for name in ("label_smoothing", "val_split", "ema_decay", "min_lr_ratio", "backbone_lr_mult", "mosaic", "close_mosaic") + PROBABILITIES:
             if getattr(self, name, None) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
         for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience", "focal_gamma", "precise_bn"):
@@ -194,6 +194,13 @@ class _DetectOptions(_Options):
             raise CnnkitError(f"--max-det must be at least 1, got {self.max_det}")
         if self.imgsz < 64:
             raise CnnkitError(f"--imgsz must be at least 64 for a detector, got {self.imgsz}")
+        from cnnkit.models.detectors import YOLO_MODELS
+
+        yolo_only = [flag for flag, changed in (("--no-dfl", not self.dfl), ("--box-loss", self.box_loss != "ciou"),
+                                                ("--cls-loss", self.cls_loss != "bce")) if changed]
+        if yolo_only and self.model not in YOLO_MODELS:
+            raise CnnkitError(f"{yolo_only[0]} applies to the YOLO-style detectors ({', '.join(YOLO_MODELS)}), not {self.model}",
+                              "torchvision's detectors keep their own losses")
         return self
 
 
@@ -203,7 +210,8 @@ _DETECT_DEFAULTS = {
     "data": option("shapes", "dataset root in COCO (annotations/SPLIT.json), YOLO (data.yaml) or Pascal VOC (Annotations/, "
                    "ImageSets/Main/) layout, auto-detected; or the built-in: shapes (synthetic, 800 train / 200 val at 320 px)"),
     "model": option("fasterrcnn", "detector: fasterrcnn (two-stage: FPN, region proposal network, RoI heads; see --backbone), "
-                    "ssd (VGG16), ssdlite (MobileNetV3-Large)"),
+                    "ssd (VGG16), ssdlite (MobileNetV3-Large), or cnnkit's own single-stage anchor-free yolo_n, yolo_s, "
+                    "yolo_m (nano to medium; fastest on a CPU: see docs/detection.md)"),
     "epochs": option(11, "number of epochs"),
     "batch": option(8, "global batch size (split across processes under torchrun)"),
     "imgsz": option(320, "longer image side after resize, in pixels (ssd/ssdlite: square side)"),
@@ -217,7 +225,8 @@ _DETECT_DEFAULTS = {
 }
 _DETECT_EXTRA = [
     ("backbone", "str | None", option(None, "fasterrcnn backbone: mobilenet_v3_large (default), resnet50, or any timm CNN "
-                                      "(resnet18, efficientnet_b0, convnext_tiny, …) through a feature pyramid")),
+                                      "(resnet18, efficientnet_b0, convnext_tiny, …) through a feature pyramid; yolo_*: "
+                                      "cnnkit's CSP backbone (default) or any timm CNN with stride 8/16/32 stages")),
     ("anchors", "str", option("auto", "anchor sizes: auto (spread over the training boxes' sizes at --imgsz) or torchvision's "
                               "defaults (32-512 px; the ones COCO-pretrained weights learnt)", ("auto", "torchvision"))),
     ("conf", "float", option(0.001, "keep detections scoring at least this (validation: low, so that mAP sees the whole "
@@ -227,6 +236,15 @@ _DETECT_EXTRA = [
     ("classes", "str | None", option(None, "train on (and detect) only these classes: comma-separated names or "
                                      "dataset ids; other objects count as background")),
     ("strict", "bool", option(False, "refuse boxes outside the image instead of clipping them with a warning")),
+    ("mosaic", "float | None", option(None, "probability that a training image is a mosaic of four (boxes follow); "
+                                      "default 1 for yolo_*, 0 for torchvision's detectors")),
+    ("close_mosaic", "float", option(0.15, "turn mosaic off for this fraction of the last epochs (training ends on "
+                                     "whole images)")),
+    ("dfl", "bool", option(True, "yolo_*: box sides as distributions over 16 bins with distribution focal loss; "
+                           "--no-dfl regresses one value per side")),
+    ("box_loss", "str", option("ciou", "yolo_*: IoU loss of the boxes", ("ciou", "giou"))),
+    ("cls_loss", "str", option("bce", "yolo_*: classification loss against the task-aligned targets: binary "
+                               "cross-entropy, or varifocal", ("bce", "varifocal"))),
 ]
 DetectConfig = dataclasses.make_dataclass(
     "DetectConfig",

@@ -1,7 +1,7 @@
 """Object detection in the API: the Detector verbs and the detection recipe of the one training run.
 
     from cnnkit import Detector
-    det = Detector("fasterrcnn")                          # or Detector.load("runs/detect/exp/weights/best.safetensors")
+    det = Detector("yolo_n")                              # or "fasterrcnn", "ssdlite"; or Detector.load("runs/detect/exp/weights/best.safetensors")
     run = det.train(data="shapes", epochs=12)             # COCO, YOLO or VOC layout; run.dir, run.metrics
     det.val("shapes")                                     # metrics.json + predictions.json (COCO results)
     det.predict(["a.jpg", "clip.mp4"], out="runs/detect/predict")   # [{"file", "boxes", "labels", "scores"}]
@@ -36,10 +36,14 @@ from cnnkit.evaluate import plots
 from cnnkit.evaluate.coco import coco_evaluate
 from cnnkit.evaluate.report import write_report
 from cnnkit.models.detectors import (
+    YOLO_MODELS,
     Anchors,
+    YoloOptions,
     box_statistics,
     build_detector,
     fit_anchors,
+    for_inference,
+    model_cost,
     parse_model,
     pyramid_levels,
     set_postprocess,
@@ -52,22 +56,24 @@ PREDICT_CONF = 0.25
 
 
 class Detector:
-    """An object detector: torchvision's Faster R-CNN (two-stage) or SSD / SSDlite (single-shot)."""
+    """An object detector: torchvision's Faster R-CNN (two-stage) or SSD / SSDlite (single-shot), or
+    cnnkit's own single-stage anchor-free yolo_n / yolo_s / yolo_m."""
 
     def __init__(self, model: str = "fasterrcnn", class_names: list[str] | None = None, imgsz: int = 320,
                  backbone: str | None = None, pretrained: bool = False, anchors: Anchors | None = None,
-                 category_ids: list[int] | None = None):
+                 category_ids: list[int] | None = None, yolo: YoloOptions | None = None):
         self.model_name, self.backbone = parse_model(model, backbone)
         self.class_names = class_names
         self.category_ids = category_ids or (list(range(len(class_names))) if class_names else None)
         self.imgsz = imgsz
         self.pretrained = pretrained
         self.anchors = anchors
+        self.yolo = yolo or YoloOptions()
         self.model: nn.Module | None = None
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
         if class_names:
-            self.model = build_detector(self.model_name, len(class_names), imgsz, self.backbone, anchors, pretrained)
+            self.model = build_detector(self.model_name, len(class_names), imgsz, self.backbone, anchors, pretrained, yolo=self.yolo)
 
     @classmethod
     def load(cls, weights: str | Path) -> "Detector":
@@ -75,7 +81,7 @@ class Detector:
         state, meta = load_weights(weights, task=TASK)
         anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
         det = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"], backbone=meta.get("backbone"),
-                  anchors=anchors, category_ids=meta.get("category_ids"))
+                  anchors=anchors, category_ids=meta.get("category_ids"), yolo=YoloOptions.from_dict(meta.get("yolo")))
         det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         det.model.load_state_dict(state)
         det.weights_path = Path(weights)
@@ -85,6 +91,8 @@ class Detector:
     def train(self, data: str = "shapes", **options: Any) -> Run:
         """Train on a COCO, YOLO or VOC dataset (or 'shapes'); options are DetectConfig fields."""
         defaults = {"model": self.model_name, "backbone": self.backbone, "pretrained": self.pretrained, "imgsz": self.imgsz}
+        if self.model_name in YOLO_MODELS:
+            defaults.update(self.yolo.to_dict())
         if self.weights_path is not None:
             defaults["weights"] = str(self.weights_path)
         return _train_and_reload(self, DetectConfig, DETECT, data, defaults, options)
@@ -141,8 +149,8 @@ class Detector:
         model = self._require_model()
         media = expand_media([sources] if isinstance(sources, (str, Path)) else list(sources))
         dev = dist_utils.select_device(device)
-        model.to(dev).eval()
-        set_postprocess(model, conf, iou, max_det)
+        net = for_inference(model.to(dev).eval())
+        set_postprocess(net, conf, iou, max_det)
         keep = self._keep_labels(classes)
         out_dir = Path(out) if out is not None else None
         results: list[dict[str, Any]] = []
@@ -156,20 +164,21 @@ class Detector:
                     if named:
                         raise
                     warn(f"{exc.message} (skipped)")
-            for (path, pixels), found in zip(chunk, self._detect([p for _, p in chunk], dev, keep)):
+            for (path, pixels), found in zip(chunk, self._detect(net, [p for _, p in chunk], dev, keep, max_det)):
                 results.append({"file": str(path), **found})
                 if out_dir is not None:
                     _save_image(out_dir / f"{path.stem}.png", self._draw(pixels, found))
         for path, _, video in media:
             if video:
-                results += self._predict_video(path, dev, keep, out_dir, batch)
+                results += self._predict_video(net, path, dev, keep, out_dir, batch, max_det)
         return results
 
-    def _detect(self, frames: list[np.ndarray], device: torch.device, keep: set[int] | None) -> list[dict[str, Any]]:
+    def _detect(self, net: nn.Module, frames: list[np.ndarray], device: torch.device, keep: set[int] | None,
+                max_det: int) -> list[dict[str, Any]]:
         if not frames:
             return []
         tensors = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).to(device).float().div_(255) for f in frames]
-        padded = detect.pad_detections(self.model(tensors), self.model_max_det(), keep)
+        padded = detect.pad_detections(net(tensors), max_det, keep)
         found = []
         for boxes, scores, labels in zip(padded["boxes"].cpu(), padded["scores"].cpu(), padded["labels"].cpu()):
             valid = labels > 0
@@ -178,16 +187,12 @@ class Detector:
                           "scores": [round(s, 5) for s in scores[valid].tolist()]})
         return found
 
-    def model_max_det(self) -> int:
-        heads = getattr(self.model, "roi_heads", self.model)
-        return int(heads.detections_per_img)
-
     def _draw(self, pixels: np.ndarray, found: dict[str, Any]) -> np.ndarray:
         captions = [f"{label} {score:.2f}" for label, score in zip(found["labels"], found["scores"])]
         return detect.draw_boxes(pixels, np.asarray(found["boxes"]).reshape(-1, 4), captions, colour=(255, 40, 40))
 
-    def _predict_video(self, path: Path, device: torch.device, keep: set[int] | None, out_dir: Path | None,
-                       batch: int) -> list[dict[str, Any]]:
+    def _predict_video(self, net: nn.Module, path: Path, device: torch.device, keep: set[int] | None, out_dir: Path | None,
+                       batch: int, max_det: int) -> list[dict[str, Any]]:
         """Frame by frame through OpenCV; the annotated copy keeps the frame rate and size."""
         import cv2
 
@@ -219,7 +224,7 @@ class Detector:
                         frames.append(frame[:, :, ::-1])  # BGR -> RGB
                     if not frames:
                         break
-                    for pixels, found in zip(frames, self._detect(frames, device, keep)):
+                    for pixels, found in zip(frames, self._detect(net, frames, device, keep, max_det)):
                         results.append({"file": str(path), "frame": frame_number, **found})
                         frame_number += 1
                         if writer is not None:
@@ -360,20 +365,32 @@ def _build_model(cfg: DetectConfig, dataset: DetectionData) -> nn.Module:
         sides, aspects = box_statistics([i.boxes for i in train], [(i.width, i.height) for i in train], cfg.imgsz)
         anchors = fit_anchors(sides, aspects, cfg.imgsz, *pyramid_levels(family, backbone))
     model = build_detector(family, len(dataset.categories), cfg.imgsz, backbone, anchors, cfg.pretrained,
-                           cfg.conf, cfg.iou, cfg.max_det)
+                           cfg.conf, cfg.iou, cfg.max_det, yolo=yolo_options(cfg))
     model.cnnkit_anchors = anchors
-    if anchors is not None and dist_utils.is_main():
-        console.print(f"anchors: sides {', '.join(f'{s:g}' for s in sorted({v for level in anchors.sizes for v in level}))} px, "
-                      f"height/width {', '.join(f'{r:g}' for r in anchors.ratios)} (fitted to the training boxes at --imgsz {cfg.imgsz})")
+    model.cnnkit_cost = model_cost(model, cfg.imgsz)
+    if dist_utils.is_main():
+        params, gflops = model.cnnkit_cost
+        console.print(f"{cfg.model}{f' ({backbone})' if backbone else ''}: {params / 1e6:.2f} M parameters, "
+                      f"{gflops:.2f} GFLOPs at {cfg.imgsz}x{cfg.imgsz}")
+        if anchors is not None:
+            console.print(f"anchors: sides {', '.join(f'{s:g}' for s in sorted({v for level in anchors.sizes for v in level}))} px, "
+                          f"height/width {', '.join(f'{r:g}' for r in anchors.ratios)} (fitted to the training boxes at --imgsz {cfg.imgsz})")
     return model
+
+
+def yolo_options(cfg: DetectConfig) -> YoloOptions | None:
+    return YoloOptions(cfg.dfl, cfg.box_loss, cfg.cls_loss) if cfg.model in YOLO_MODELS else None
 
 
 def _metadata(cfg: DetectConfig, dataset: DetectionData, model: nn.Module) -> dict[str, Any]:
     anchors = getattr(model, "cnnkit_anchors", None)
     _, backbone = parse_model(cfg.model, cfg.backbone)
+    params, gflops = getattr(model, "cnnkit_cost", (None, None))
+    yolo = yolo_options(cfg)
     return {"class_names": [name for _, name in dataset.categories], "num_classes": len(dataset.categories),
             "category_ids": [int(cid) for cid, _ in dataset.categories], "backbone": backbone,
             "anchors": anchors.to_dict() if anchors is not None else None,
+            "yolo": yolo.to_dict() if yolo is not None else None, "params": params, "gflops": gflops,
             # the detector normalises inside (torchvision's transform); its inputs are 0..1 RGB
             "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
@@ -382,6 +399,9 @@ def _make_sets(cfg: DetectConfig, dataset: DetectionData):
     label_of = {int(cid): k + 1 for k, (cid, _) in enumerate(dataset.categories)}
     train = detect.DetectionSet(dataset.splits["train"], label_of,
                                 dense_transforms(cfg.imgsz, True, spec_from_config(cfg, TASK), mean=None, std=None, keep_aspect=True))
+    mosaic = cfg.mosaic if cfg.mosaic is not None else (1.0 if cfg.model in YOLO_MODELS else 0.0)
+    if mosaic > 0:
+        train = detect.MosaicSet(train, cfg.imgsz, mosaic, cfg.epochs, round(cfg.close_mosaic * cfg.epochs))
     val = detect.DetectionSet(dataset.splits["val"], label_of, dense_transforms(None, False, mean=None, std=None))
     return train, val
 
@@ -408,6 +428,7 @@ def finish_detect_run(cfg: DetectConfig, run_dir: Path, dataset: DetectionData, 
             metrics.update(split_metrics)
         else:
             metrics["test"] = split_metrics
+    metrics["params"], metrics["gflops"] = model_cost(best.model, cfg.imgsz)
     write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", f"cnnkit detect: {cfg.model} on {cfg.data}", cfg.to_dict(), _summary(metrics), paths,
                  per_class=metrics.get("per_class"))

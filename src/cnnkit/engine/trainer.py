@@ -127,6 +127,8 @@ def _single_threaded_worker(worker_id: int) -> None:
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     if callable(getattr(loader.sampler, "set_epoch", None)):
         loader.sampler.set_epoch(epoch)
+    if callable(getattr(loader.dataset, "set_epoch", None)):  # e.g. detection's mosaic, off for the last epochs
+        loader.dataset.set_epoch(epoch)
     loader.generator.manual_seed(seed * 1000 + epoch)
 
 

@@ -6,6 +6,8 @@
                  or any timm CNN (its last three stages through torchvision's FeaturePyramidNetwork).
     ssd          single-shot, VGG16 backbone (torchvision's ssd300_vgg16)
     ssdlite      single-shot, MobileNetV3-Large backbone and depthwise heads (ssdlite320_mobilenet_v3_large)
+    yolo_n|s|m   cnnkit's own single-stage anchor-free detector (models/yolo.py): CSP backbone or a timm
+                 CNN, PAN neck, decoupled head at strides 8/16/32, task-aligned assignment
 
 Every model takes a list of float images in [0, 1] of any size and normalises and resizes them itself
 (Faster R-CNN: longer side to ``imgsz``, aspect kept; SSD: to imgsz x imgsz); boxes come back in the
@@ -28,7 +30,8 @@ import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
 
-DETECTORS = ("fasterrcnn", "ssd", "ssdlite")
+YOLO_MODELS = ("yolo_n", "yolo_s", "yolo_m")
+DETECTORS = ("fasterrcnn", "ssd", "ssdlite") + YOLO_MODELS
 TORCHVISION_BACKBONES = ("mobilenet_v3_large", "resnet50")
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)  # height / width, as torchvision's AnchorGenerator takes them
 # Faster R-CNN settings for small images on a CPU: torchvision's defaults sample 512 RoIs per image for
@@ -36,6 +39,22 @@ DEFAULT_RATIOS = (0.5, 1.0, 2.0)  # height / width, as torchvision's AnchorGener
 # image need far fewer. Measured: a training step of 8 images at 320 px, 2.3 s with 128 RoIs, 1.5 s with 64.
 FASTER_RCNN_SPEED = {"rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
                      "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 300, "box_batch_size_per_image": 64}
+
+
+@dataclass(frozen=True)
+class YoloOptions:
+    """How the YOLO-style detectors learn (stored with their weights)."""
+
+    dfl: bool = True          # box sides as distributions (distribution focal loss), else one value each
+    box_loss: str = "ciou"    # ciou | giou
+    cls_loss: str = "bce"     # bce | varifocal
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dfl": self.dfl, "box_loss": self.box_loss, "cls_loss": self.cls_loss}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "YoloOptions":
+        return cls(**(data or {}))
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,8 @@ def parse_model(model: str, backbone: str | None) -> tuple[str, str | None]:
                           f"choose one of {', '.join(DETECTORS)}")
     if model == "fasterrcnn":
         return model, backbone or "mobilenet_v3_large"
+    if model in YOLO_MODELS:
+        return model, backbone or None  # None: cnnkit's CSP backbone; else a timm CNN
     if backbone and backbone not in ("vgg16" if model == "ssd" else "mobilenet_v3_large",):
         raise CnnkitError(f"--backbone {backbone} does not apply to {model}: its backbone is fixed "
                           f"({'vgg16' if model == 'ssd' else 'mobilenet_v3_large'})", "use --model fasterrcnn for another backbone")
@@ -128,12 +149,19 @@ class TimmFPN(nn.Module):
 
 
 def build_detector(model: str, num_classes: int, imgsz: int, backbone: str | None = None, anchors: Anchors | None = None,
-                   pretrained: bool = False, score_thresh: float = 0.001, nms_iou: float = 0.5, max_det: int = 100) -> nn.Module:
-    """A detector for ``num_classes`` object classes (background added). ``anchors`` default to
-    torchvision's; ``pretrained`` loads torchvision's COCO detector weights (every tensor but the
-    class-specific ones) for its own backbones, timm's ImageNet weights for a timm backbone."""
+                   pretrained: bool = False, score_thresh: float = 0.001, nms_iou: float = 0.5, max_det: int = 100,
+                   yolo: YoloOptions | None = None) -> nn.Module:
+    """A detector for ``num_classes`` object classes (torchvision's add the background). ``anchors``
+    default to torchvision's; ``pretrained`` loads torchvision's COCO detector weights (every tensor
+    but the class-specific ones) for its own backbones, timm's ImageNet weights for a timm backbone."""
     model, backbone = parse_model(model, backbone)
     try:
+        if model in YOLO_MODELS:
+            from cnnkit.models.yolo import build_yolo
+
+            options = yolo or YoloOptions()
+            return build_yolo(model, num_classes, imgsz, backbone, pretrained, options.dfl, options.box_loss, options.cls_loss,
+                              score_thresh, nms_iou, max_det)
         return _build(model, num_classes, imgsz, backbone, anchors, pretrained, score_thresh, nms_iou, max_det)
     except CnnkitError:
         raise
@@ -243,3 +271,27 @@ def box_statistics(boxes: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
     if not sides:
         return np.zeros(0), np.zeros(0)
     return np.concatenate(sides), np.concatenate(aspects)
+
+
+def model_cost(net: nn.Module, imgsz: int) -> tuple[int, float]:
+    """(parameters, GFLOPs of one imgsz x imgsz image in eval mode), FLOPs counted by PyTorch's
+    FlopCounterMode (a multiply-add is two; convolutions and matrix products, what dominates)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in net.parameters())
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net([torch.zeros(3, imgsz, imgsz, device=next(net.parameters()).device)])
+    finally:
+        net.train(was_training)
+    return params, counter.get_total_flops() / 1e9
+
+
+def for_inference(net: nn.Module) -> nn.Module:
+    """The model predict runs: for the YOLO-style detectors an eval-mode copy with every BatchNorm
+    folded into its convolution (same outputs up to rounding, fewer passes over memory); others as they are."""
+    from cnnkit.models.yolo import YoloDetector, fuse_batchnorm
+
+    return fuse_batchnorm(net) if isinstance(net, YoloDetector) else net

@@ -60,6 +60,64 @@ class DetectionSet(Dataset):
                 {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"]}, index)
 
 
+class MosaicSet(Dataset):
+    """Mosaic (as YOLOv4 introduced it) over an augmented training set: with probability ``probability``
+    a sample is four samples (already resized so their longer side is ``imgsz``) tiled around a random
+    centre of a 2·imgsz canvas, from which an imgsz x imgsz window holding part of all four is cut.
+    Boxes move with their image; a box cut to under a quarter of its area, or under 2 px a side, is
+    dropped. One image then shows objects from four scenes at many positions, and the model sees
+    partial objects and busier scenes. Mosaic stops for the last ``close_epochs`` epochs, so that
+    training ends on whole, undistorted images like those it will be asked about."""
+
+    def __init__(self, base: Dataset, imgsz: int, probability: float, epochs: int, close_epochs: int):
+        self.base, self.imgsz, self.probability = base, imgsz, probability
+        self.last_mosaic_epoch = epochs - close_epochs - 1
+        self.active = probability > 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.active = self.probability > 0 and epoch <= self.last_mosaic_epoch
+
+    def __getitem__(self, index: int):
+        if not self.active or torch.rand(()) >= self.probability:
+            return self.base[index]
+        samples = [self.base[i] for i in [index] + torch.randint(len(self.base), (3,)).tolist()]
+        if any(sample is None for sample in samples):
+            return self.base[index]
+        image, target = mosaic([(s[0], s[1]) for s in samples], self.imgsz)
+        return image, target, index
+
+
+def mosaic(samples: list[tuple[torch.Tensor, dict[str, torch.Tensor]]], imgsz: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Four (float image [3, H, W], {"boxes", "labels"}) -> one imgsz x imgsz sample (see MosaicSet)."""
+    side = 2 * imgsz
+    canvas = torch.full((3, side, side), 114 / 255, dtype=samples[0][0].dtype)
+    cx, cy = (int(v) for v in torch.randint(imgsz // 2, side - imgsz // 2 + 1, (2,)))
+    boxes, labels = [], []
+    for corner, (image, target) in enumerate(samples):
+        h, w = image.shape[-2:]
+        # corner 0: the image's bottom-right at the centre; 1: bottom-left; 2: top-right; 3: top-left
+        x1, x2 = (max(cx - w, 0), cx) if corner in (0, 2) else (cx, min(cx + w, side))
+        y1, y2 = (max(cy - h, 0), cy) if corner in (0, 1) else (cy, min(cy + h, side))
+        src_x = w - (x2 - x1) if corner in (0, 2) else 0
+        src_y = h - (y2 - y1) if corner in (0, 1) else 0
+        canvas[:, y1:y2, x1:x2] = image[:, src_y:src_y + (y2 - y1), src_x:src_x + (x2 - x1)]
+        boxes.append(target["boxes"].reshape(-1, 4) + torch.tensor([x1 - src_x, y1 - src_y] * 2, dtype=torch.float32))
+        labels.append(target["labels"])
+    # a window that holds part of every quadrant: its corner within imgsz/4 .. 3·imgsz/4 of the centre
+    x0 = int(min(max(cx - imgsz * 3 // 4 + int(torch.randint(imgsz // 2 + 1, ())), 0), side - imgsz))
+    y0 = int(min(max(cy - imgsz * 3 // 4 + int(torch.randint(imgsz // 2 + 1, ())), 0), side - imgsz))
+    all_boxes = torch.cat(boxes) - torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+    clipped = all_boxes.clamp(0, imgsz)
+    area = (all_boxes[:, 2:] - all_boxes[:, :2]).prod(1)
+    kept_area = (clipped[:, 2:] - clipped[:, :2]).clamp(min=0).prod(1)
+    size = clipped[:, 2:] - clipped[:, :2]
+    keep = (kept_area >= 0.25 * area) & (size >= 2).all(1)
+    return canvas[:, y0:y0 + imgsz, x0:x0 + imgsz].contiguous(), {"boxes": clipped[keep], "labels": torch.cat(labels)[keep]}
+
+
 def collate_detection(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], torch.Tensor] | None:
     kept = [item for item in batch if item is not None]
     if not kept:
