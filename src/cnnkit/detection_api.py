@@ -72,6 +72,7 @@ class Detector:
         self.model: nn.Module | None = None
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
+        self.cost: tuple[int | None, float | None] = (None, None)  # (parameters, GFLOPs at imgsz)
         if class_names:
             self.model = build_detector(self.model_name, len(class_names), imgsz, self.backbone, anchors, pretrained, yolo=self.yolo)
 
@@ -83,6 +84,7 @@ class Detector:
         det = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"], backbone=meta.get("backbone"),
                   anchors=anchors, category_ids=meta.get("category_ids"), yolo=YoloOptions.from_dict(meta.get("yolo")))
         det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
+        det.cost = (meta.get("params"), meta.get("gflops"))  # counted when the run built the model
         det.model.load_state_dict(state)
         det.weights_path = Path(weights)
         return det
@@ -428,7 +430,7 @@ def finish_detect_run(cfg: DetectConfig, run_dir: Path, dataset: DetectionData, 
             metrics.update(split_metrics)
         else:
             metrics["test"] = split_metrics
-    metrics["params"], metrics["gflops"] = model_cost(best.model, cfg.imgsz)
+    metrics["params"], metrics["gflops"] = best.cost
     write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", f"cnnkit detect: {cfg.model} on {cfg.data}", cfg.to_dict(), _summary(metrics), paths,
                  per_class=metrics.get("per_class"))
