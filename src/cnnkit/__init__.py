@@ -13,7 +13,11 @@ def __getattr__(name: str):
         from cnnkit.detection_api import Detector
 
         return Detector
+    if name == "Segmenter":
+        from cnnkit.segmentation_api import Segmenter
+
+        return Segmenter
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "Detector", "Embedder", "__version__"]
+__all__ = ["Classifier", "Detector", "Embedder", "Segmenter", "__version__"]

@@ -375,9 +375,9 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     main = dist_utils.is_main()
     seed_everything(cfg.seed + dist_utils.rank(), cfg.deterministic)
     # rank 0 materialises a built-in dataset; the others wait so they never read half of it
-    data_root = resolve_data(cfg.data) if main else None
+    data_root = resolve_data(cfg.data, recipe.task) if main else None
     dist_utils.barrier()
-    data_root = data_root or resolve_data(cfg.data)
+    data_root = data_root or resolve_data(cfg.data, recipe.task)
     dataset = recipe.load_data(cfg, data_root)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = recipe.build_model(cfg, dataset)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, get_args, get_type_hints
 import typer
 
 from cnnkit import __version__
-from cnnkit.config import DetectConfig, EmbedConfig, PreviewConfig, TrainConfig, read_yaml_options
+from cnnkit.config import DetectConfig, EmbedConfig, PreviewConfig, SegmentConfig, TrainConfig, read_yaml_options
 from cnnkit.errors import CnnkitError
 
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
@@ -29,6 +29,9 @@ detect_app = typer.Typer(help="Object detection (Faster R-CNN, SSD, SSDlite): tr
                          no_args_is_help=True)
 app.add_typer(classify_app, name="classify")
 app.add_typer(detect_app, name="detect")
+segment_app = typer.Typer(help="Segmentation, semantic (U-Net, FPN, PAN, DeepLabV3+, FCN) and medical (16-bit, DICOM, NIfTI, "
+                          "tiled): train, val, predict.", no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
 app.add_typer(embed_app, name="embed")
 app.add_typer(data_app, name="data")
 augment_app = typer.Typer(help="Augmentation: preview a preset or any mix of operations on a dataset.", no_args_is_help=True)
@@ -329,6 +332,76 @@ def detect_predict(
         console.print(f"{len(results)} predictions written to {save_json}")
 
 
+# ==================================================================== segment
+@config_command(segment_app, "train", SegmentConfig,
+                "Train a segmenter on images/ + masks/ + classes.txt (or --data shapes / cells).")
+def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
+    from cnnkit.api import train
+    from cnnkit.segmentation_api import SEGMENT
+
+    train(cfg, explicit, recipe=SEGMENT)
+
+
+TILE_HELP = "sliding-window inference at the images' own resolution (default: as the model was trained)"
+
+
+@segment_app.command("val")
+def segment_val(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a segment run"),
+    data: str = typer.Option("shapes", "--data", help="dataset root (images/ + masks/ + classes.txt) or built-in name"),
+    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: val/ beside the weights' run)"),
+    batch: int = typer.Option(4, "--batch", help="batch size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
+    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help=TILE_HELP, show_default=False),
+    hd95: bool = typer.Option(True, "--hd95/--no-hd95", help="measure the 95th-percentile Hausdorff distance per class"),
+) -> None:
+    """miou, dice, pixel accuracy and per-class IoU / Dice / HD95 of weights on a split (on the masks at
+    their own size): metrics.json, confusion matrix, overlays and report.html."""
+    from cnnkit.segmentation_api import Segmenter
+
+    Segmenter.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers, tile=tile, hd95=hd95)
+
+
+@segment_app.command("predict")
+def segment_predict(
+    sources: list[str] = typer.Argument(..., help="images (PNG, JPEG, 16-bit TIFF, DICOM .dcm, NIfTI .nii.gz), folders or "
+                                        "glob patterns (quote globs)"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a segment run"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for masks/NAME.png and overlays/NAME.png "
+                                       "(default: runs/segment/predict, predict2, …)"),
+    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help=TILE_HELP, show_default=False),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="tile overlap, fraction of the side (default: the run's)"),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="also write colour overlays"),
+    save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file", "size", "classes", "mask"}] to this file'),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+) -> None:
+    """Segment images: one index PNG per image (uint8 class index, the input's size) and a colour overlay."""
+    from rich.console import Console
+
+    from cnnkit.console import console
+    from cnnkit.engine.rundir import next_run_dir, write_json
+    from cnnkit.segmentation_api import Segmenter
+
+    if overlap is not None and not 0.0 <= overlap < 1.0:
+        raise CnnkitError(f"--overlap must be at least 0 and below 1, got {overlap}")
+    out_dir = out or next_run_dir("segment", None, prefix="predict")
+    results = Segmenter.load(weights).predict(sources, out=out_dir, tile=tile, overlap=overlap, device=device, overlays=overlays)
+    table = _file_table("size", "classes (share of pixels)", "file")
+    for r in results[:200]:
+        shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4])
+        name = _shown(r["file"]) + (f" [slice {r['slice']}]" if "slice" in r else "")
+        table.add_row(f"{r['size'][0]}x{r['size'][1]}", shares, name)
+    Console().print(table)
+    if len(results) > 200:
+        console.print(f"… {len(results) - 200} more images")
+    console.print(f"{len(results)} masks written to {out_dir / 'masks'}", soft_wrap=True, markup=False)
+    if save_json:
+        write_json(save_json, results)
+        console.print(f"{len(results)} predictions written to {save_json}", soft_wrap=True, markup=False)
+
+
 # ==================================================================== embed
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 SOURCE_HELP = "image folder, file or glob pattern (quote globs); repeat for more"
@@ -540,8 +613,9 @@ def data_check(
 
 @data_app.command("synth")
 def data_synth(
-    kind: str = typer.Argument(..., help="what to generate: shapes"),
-    task: str = typer.Option("detect", "--task", help="detect (COCO + YOLO layouts) or segment (masks + classes.txt)"),
+    kind: str = typer.Argument(..., help="what to generate: shapes or cells"),
+    task: Optional[str] = typer.Option(None, "--task", help="shapes: detect (COCO + YOLO layouts, the default) or segment "
+                                       "(masks + classes.txt); cells always writes segmentation labels"),
     n: int = typer.Option(500, "--n", help="number of images (train + val)"),
     imgsz: int = typer.Option(320, "--imgsz", help="square image side in pixels (32 to 4096)"),
     out: Path = typer.Option(..., "--out", help="folder to create; must be new or empty unless --force"),
@@ -549,13 +623,16 @@ def data_synth(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the images in the val split"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
 ) -> None:
-    """Generate a synthetic dataset: shapes (circle, square, triangle, star, cross) on real photos,
-    with occlusion, uneven illumination and noise."""
+    """Generate a synthetic dataset: shapes (circle, square, triangle, star, cross) on real photos, with occlusion,
+    uneven illumination and noise; or cells, 16-bit fluorescence-microscopy-like images with semantic and instance labels."""
     from cnnkit.console import console
     from cnnkit.data.synth import synth_dataset
 
     summary = synth_dataset(kind, out, task=task, n=n, imgsz=imgsz, seed=seed, val_fraction=val_fraction, force=force)
-    layouts = "COCO annotations/ and YOLO data.yaml" if task == "detect" else "masks/ and classes.txt"
+    if kind == "cells":
+        layouts = "16-bit images/, masks/, instances/, COCO annotations/ and classes.txt"
+    else:
+        layouts = "COCO annotations/ and YOLO data.yaml" if summary["task"] == "detect" else "masks/ and classes.txt"
     images = summary["images"]
     console.print(f"{images['train']} train + {images['val']} val images, {summary['objects']} objects of "
                   f"{len(summary['classes'])} classes ({layouts}) written to {out}", soft_wrap=True, markup=False)

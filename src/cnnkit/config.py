@@ -344,3 +344,70 @@ def write_yaml(path: str | Path, config: dict[str, Any]) -> None:
     from cnnkit.engine.rundir import write_text
 
     write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+class _SegmentOptions(_Options):
+    def validate(self) -> "SegmentConfig":
+        super().validate()
+        from cnnkit.models.segmenters import check_input_size, parse_segmenter
+
+        parse_segmenter(self.model, self.encoder)
+        if self.model != "maskrcnn":
+            check_input_size(self.imgsz)
+        if self.model == "pan" and self.imgsz < 128:
+            raise CnnkitError(f"--model pan pools its stride-16 map down 8 times more: --imgsz must be at least 128, got {self.imgsz}")
+        if not 0 <= self.ignore_index <= 255:
+            raise CnnkitError(f"--ignore-index must be between 0 and 255, got {self.ignore_index}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise CnnkitError(f"--tile-overlap must be at least 0 and below 1, got {self.tile_overlap}")
+        if self.window is not None:
+            from cnnkit.data.medical import parse_window
+
+            parse_window(self.window)
+            if self.normalize not in ("auto", "window"):
+                raise CnnkitError(f"--window sets a fixed intensity window, but --normalize is {self.normalize}",
+                                  "drop one of them (--window implies --normalize window)")
+        elif self.normalize == "window":
+            raise CnnkitError("--normalize window needs --window LOW,HIGH", "or use the DICOM files' own window: --normalize auto")
+        return self
+
+
+# options of classification that a pixel task does not have
+_NOT_SEGMENT = ("label_smoothing", "balance", "class_weights", "mixup", "cutmix")
+_SEGMENT_DEFAULTS = {
+    "data": option("shapes", "dataset root: images/SPLIT/NAME.png with masks/SPLIT/NAME.png (class index per pixel, "
+                   "255 = ignore) and classes.txt; DICOM (.dcm) and NIfTI (.nii.gz, one sample per slice) images too; "
+                   "or a built-in: shapes (synthetic scenes, 800 train / 200 val at 256 px), cells (synthetic 16-bit "
+                   "microscopy)"),
+    "model": option("unet", "semantic: unet, fpn, pan, deeplabv3plus, fcn (with --encoder); instance: maskrcnn"),
+    "epochs": option(20, "number of epochs"),
+    "batch": option(8, "global batch size (split across processes under torchrun)"),
+    "imgsz": option(256, "training side in pixels (a multiple of 32): whole images are resized to it, or with --tile "
+                    "windows of this size are cut at the images' own resolution"),
+    "lr": option(0.001, "peak learning rate"),
+    "weight_decay": option(1e-4, "weight decay (not applied to biases and norm layers)"),
+    "loss": option("ce_dice", "pixel loss: cross-entropy, Dice, their sum, or focal (segmentation_models_pytorch's Dice "
+                   "and focal; pixels at --ignore-index left out)", ("ce", "dice", "ce_dice", "focal")),
+}
+_SEGMENT_EXTRA = [
+    ("encoder", "str | None", option(None, "encoder of unet/fpn/pan/deeplabv3plus/fcn: any timm CNN — resnet18 (default), "
+                                     "resnet34, vgg16, densenet121, mobilenet_v3, efficientnet_b0, …; --pretrained loads its "
+                                     "ImageNet weights, --backbone-from a cnnkit classifier's")),
+    ("ignore_index", "int", option(255, "mask value that is not scored nor learnt from (borders, unlabelled pixels)")),
+    ("tile", "bool", option(False, "train on random --imgsz windows at the images' own resolution and validate/predict "
+                            "with overlapping sliding windows (microscopy, slides, scans larger than --imgsz)")),
+    ("tile_overlap", "float", option(0.25, "overlap of neighbouring windows in tiled inference (fraction of the side)")),
+    ("normalize", "str", option("auto", "intensity scaling of the images: auto (8-bit /255; 16-bit, float and DICOM "
+                                "without a window: per-image percentiles 0.5-99.5; DICOM: its window), percentile, "
+                                "range (by the type's range), window (--window)", ("auto", "percentile", "range", "window"))),
+    ("window", "str | None", option(None, "fixed intensity window LOW,HIGH in the files' units (CT: Hounsfield units, "
+                                    "e.g. -160,240 for soft tissue); values outside are clipped")),
+    ("hd95", "bool", option(True, "measure the 95th-percentile Hausdorff distance per class in validation")),
+]
+SegmentConfig = dataclasses.make_dataclass(
+    "SegmentConfig",
+    [(f.name, f.type, _SEGMENT_DEFAULTS.get(f.name) or field(default=f.default, metadata=f.metadata))
+     for f in fields(TrainConfig) if f.name not in _NOT_SEGMENT] + [(n, t, f) for n, t, f in _SEGMENT_EXTRA],
+    bases=(_SegmentOptions,))
+SegmentConfig.__module__ = __name__
+SegmentConfig.__doc__ = "`segment train`: the shared training options plus the segmenter's."

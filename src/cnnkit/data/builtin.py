@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BUILTIN = ("digits", "shapes")
+BUILTIN = ("digits", "shapes", "cells")
 SHAPES = {"n": 1000, "imgsz": 320, "seed": 0}  # the detection benchmark's data: 800 train / 200 val
+SHAPES_SEGMENT = {"n": 1000, "imgsz": 256, "seed": 0}  # the segmentation benchmark's: 800 train / 200 val
+CELLS = {"n": 300, "imgsz": 256, "seed": 0}  # 240 train / 60 val synthetic 16-bit microscopy images
 DIGITS_SEED = 0
 
 
@@ -24,14 +26,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CNNKIT_HOME", Path.home() / ".cache" / "cnnkit"))
 
 
-def resolve_data(data: str) -> Path:
-    """A dataset path, materialising a built-in dataset when ``data`` names one and no such folder exists."""
+def resolve_data(data: str, task: str | None = None) -> Path:
+    """A dataset path, materialising a built-in dataset when ``data`` names one and no such folder
+    exists; ``shapes`` is written in the layout of ``task`` (segment: masks; else COCO + YOLO)."""
     path = Path(data)
     if data in BUILTIN and not path.exists():
+        if data == "shapes" and task == "segment":
+            return materialise_synth(cache_dir() / "datasets" / "shapes_segment", "shapes", "segment", SHAPES_SEGMENT)
         if data == "shapes":
             return materialise_shapes(cache_dir() / "datasets" / data)
+        if data == "cells":
+            return materialise_synth(cache_dir() / "datasets" / "cells", "cells", "segment", CELLS)
         return materialise_digits(cache_dir() / "datasets" / data)
     return path
+
+
+def materialise_synth(root: Path, kind: str, task: str, settings: dict) -> Path:
+    """`cnnkit data synth KIND` with fixed settings, once (classes.txt marks a finished dataset: the
+    generator writes into a temporary folder and renames it into place)."""
+    if (root / "classes.txt").is_file():
+        return root
+    from cnnkit.data.synth import synth_dataset
+
+    synth_dataset(kind, root, task=task, force=True, **settings)
+    return root
 
 
 def materialise_shapes(root: Path) -> Path:
