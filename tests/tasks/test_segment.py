@@ -99,7 +99,7 @@ def test_models_map_images_to_logits_of_the_same_size(model, encoder):
     with torch.no_grad():
         logits = net(torch.randn(1, 3, 128, 160))
     assert logits.shape == (1, 4, 128, 160)
-    assert net.cnnkit_backbone == "encoder" and any(n.startswith("encoder.") for n, _ in net.named_parameters())
+    assert any(n.startswith(net.cnnkit_backbone + ".") for n, _ in net.named_parameters())
 
 
 def test_dilating_decoder_on_vgg_and_unknown_encoder_are_one_line():
@@ -215,3 +215,63 @@ def test_overlay_paints_classes_and_leaves_background():
     out = overlay(pixels, mask, colours)
     assert (out[0, 0] == 100).all() and (out[8, 8] == 100).all()
     assert not (out[3, 3] == 100).all()
+
+
+def test_a_classifiers_backbone_moves_into_the_encoder(tmp_path):
+    """--backbone-from with a cnnkit classifier of the encoder's architecture, and --transfer linear
+    keeps it frozen: the encoder of the trained segmenter holds the classifier's tensors."""
+    import timm
+
+    from cnnkit.engine.checkpoint import load_weights, save_weights
+    from cnnkit.segmentation_api import Segmenter
+
+    torch.manual_seed(1)
+    classifier = timm.create_model("resnet18", num_classes=7)
+    source = tmp_path / "clf.safetensors"
+    save_weights(classifier, source, {"task": "classify", "model": "resnet18", "imgsz": 64, "class_names": list("abcdefg")})
+    data = _write_dataset(tmp_path / "d", sizes=((64, 64),) * 3)
+    seg = Segmenter("unet", encoder="resnet18", imgsz=64)
+    run = seg.train(data=str(data), epochs=1, batch=2, workers=0, backbone_from=str(source), transfer="linear",
+                    out=str(tmp_path / "run"), hd95=False)
+    state, _ = load_weights(run.dir / "weights/best.safetensors")
+    assert torch.equal(state["encoder.model.conv1.weight"], classifier.state_dict()["conv1.weight"])
+    assert torch.equal(state["encoder.model.layer4.1.bn2.running_var"], classifier.state_dict()["layer4.1.bn2.running_var"])
+
+
+def _nifti(path: Path, volume: np.ndarray) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.0, 1.0])), str(path))
+    return path
+
+
+def test_nifti_volumes_are_one_sample_per_slice_and_predict_writes_each_slice(tmp_path):
+    from cnnkit.data.segmentation import load_segmentation
+    from cnnkit.segmentation_api import Segmenter
+    from cnnkit.tasks.segment import Intensity, SegmentSet, collate_segmentation
+    from cnnkit.augment.presets import dense_transforms
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ct"
+    for split, count in (("train", 2), ("val", 1)):
+        for k in range(count):
+            volume = rng.normal(40, 300, (48, 40, 3)).astype(np.int16)  # Hounsfield-like values, 3 slices
+            labels = (rng.random((48, 40, 3)) > 0.7).astype(np.uint8)
+            _nifti(root / "images" / split / f"case{k}.nii.gz", volume)
+            _nifti(root / "masks" / split / f"case{k}.nii.gz", labels)
+    (root / "classes.txt").write_text("background\nlesion\n")
+    data = load_segmentation(root)
+    assert len(data.splits["train"]) == 6 and {s.slice_index for s in data.splits["train"]} == {0, 1, 2}
+    assert data.splits["val"][2].name == "case0_0002"
+    dataset = SegmentSet(data.splits["train"], dense_transforms(None, False), Intensity("window", (-160.0, 240.0)))
+    image, mask, index = dataset[4]
+    assert image.shape == (3, 48, 40) and mask.shape == (48, 40) and set(mask.unique().tolist()) <= {0, 1}
+    assert collate_segmentation([dataset[0], dataset[1]])[0].shape == (2, 3, 48, 40)
+
+    seg = Segmenter("unet", ["background", "lesion"], encoder="resnet18", imgsz=64)
+    results = seg.predict(root / "images/val/case0.nii.gz", out=tmp_path / "pred", device="cpu")
+    assert [r["slice"] for r in results] == [0, 1, 2]
+    for k in range(3):
+        written = np.asarray(Image.open(tmp_path / "pred/masks" / f"case0_{k:04d}.png"))
+        assert written.shape == (48, 40)

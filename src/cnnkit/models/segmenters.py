@@ -42,11 +42,13 @@ def parse_segmenter(model: str, encoder: str | None) -> tuple[str, str]:
         near = difflib.get_close_matches(model, SEGMENTERS + INSTANCE_MODELS, n=1)
         raise CnnkitError(f"unknown segmentation model {model!r}" + (f"; did you mean '{near[0]}'?" if near else ""),
                           f"semantic: {', '.join(SEGMENTERS)}; instance: {', '.join(INSTANCE_MODELS)}")
-    name = encoder or DEFAULT_ENCODER
-    name = ENCODER_ALIASES.get(name, name)
     import timm
 
-    if model != "maskrcnn" and not timm.is_model(name):
+    if model in INSTANCE_MODELS:
+        return model, _instance_backbone(encoder)
+    name = encoder or DEFAULT_ENCODER
+    name = ENCODER_ALIASES.get(name, name)
+    if not timm.is_model(name):
         from cnnkit.registry import suggest
 
         near = [n for n in suggest(name) if timm.is_model(n)]
@@ -55,15 +57,35 @@ def parse_segmenter(model: str, encoder: str | None) -> tuple[str, str]:
     return model, name
 
 
+def _instance_backbone(encoder: str | None) -> str:
+    """maskrcnn's backbone: the names the Faster R-CNN builder takes (torchvision's mobilenet_v3_large, the
+    default and cheapest on a CPU, or resnet50; else a timm CNN through a feature pyramid)."""
+    import timm
+
+    from cnnkit.models.detectors import TORCHVISION_BACKBONES
+
+    name = {"mobilenet_v3": "mobilenet_v3_large"}.get(encoder or "", encoder) or "mobilenet_v3_large"
+    if name not in TORCHVISION_BACKBONES and not timm.is_model(name):
+        from cnnkit.registry import suggest
+
+        near = [n for n in suggest(name) if timm.is_model(n) or n in TORCHVISION_BACKBONES]
+        raise CnnkitError(f"--encoder {encoder!r} is not a maskrcnn backbone" + (f"; did you mean '{near[0]}'?" if near else ""),
+                          "mobilenet_v3_large (default), resnet50, or a timm CNN: resnet18, efficientnet_b0, convnext_tiny, …")
+    return name
+
+
 def build_segmenter(model: str, encoder: str | None, num_classes: int, pretrained: bool = False) -> nn.Module:
     """Logits [B, num_classes, H, W] for images [B, 3, H, W]; ``pretrained`` loads the encoder's
     ImageNet weights (timm, from the Hugging Face hub: needs the internet once)."""
     arch, name = parse_segmenter(model, encoder)
+    if arch in INSTANCE_MODELS:
+        raise CnnkitError(f"{arch} is an instance segmenter, not a semantic one", "use cnnkit.InstanceSegmenter (the CLI picks it)")
     if arch == "fcn":
         net = _fcn(name, num_classes, pretrained)
+        net.cnnkit_backbone = "encoder"  # transfer learning: everything else is the head
     else:
         net = _smp(arch, name, num_classes, pretrained)
-    net.cnnkit_backbone = "encoder"  # transfer learning: everything else is the head
+        net.cnnkit_backbone = "encoder.model"  # smp keeps the timm model there, its tensors named as timm's
     return net
 
 
