@@ -17,7 +17,11 @@ def __getattr__(name: str):
         from cnnkit.segmentation_api import Segmenter
 
         return Segmenter
+    if name == "InstanceSegmenter":
+        from cnnkit.instance_api import InstanceSegmenter
+
+        return InstanceSegmenter
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "Detector", "Embedder", "Segmenter", "__version__"]
+__all__ = ["Classifier", "Detector", "Embedder", "InstanceSegmenter", "Segmenter", "__version__"]

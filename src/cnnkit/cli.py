@@ -334,9 +334,16 @@ def detect_predict(
 
 # ==================================================================== segment
 @config_command(segment_app, "train", SegmentConfig,
-                "Train a segmenter on images/ + masks/ + classes.txt (or --data shapes / cells).")
+                "Train a segmenter on images/ + masks/ + classes.txt (or --data shapes / cells); --model maskrcnn: "
+                "instance segmentation on COCO instances (polygons or RLE).")
 def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
     from cnnkit.api import train
+
+    if cfg.model == "maskrcnn":
+        from cnnkit.instance_api import INSTANCE, instance_config
+
+        train(instance_config(cfg, explicit), explicit, recipe=INSTANCE)
+        return
     from cnnkit.segmentation_api import SEGMENT
 
     train(cfg, explicit, recipe=SEGMENT)
@@ -356,12 +363,25 @@ def segment_val(
     workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
     tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help=TILE_HELP, show_default=False),
     hd95: bool = typer.Option(True, "--hd95/--no-hd95", help="measure the 95th-percentile Hausdorff distance per class"),
+    conf: float = typer.Option(0.001, "--conf", help="maskrcnn: keep instances scoring at least this (low, so that mAP sees "
+                               "the whole precision-recall curve)"),
+    max_det: int = typer.Option(100, "--max-det", help="maskrcnn: at most this many instances per image"),
 ) -> None:
     """miou, dice, pixel accuracy and per-class IoU / Dice / HD95 of weights on a split (on the masks at
-    their own size): metrics.json, confusion matrix, overlays and report.html."""
-    from cnnkit.segmentation_api import Segmenter
+    their own size): metrics.json, confusion matrix, overlays and report.html. maskrcnn weights: COCO
+    mask and box mAP (pycocotools), predictions.json, PR curves, samples and report.html."""
+    from cnnkit.instance_api import InstanceSegmenter, load_segmenter
 
-    Segmenter.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers, tile=tile, hd95=hd95)
+    seg = load_segmenter(weights)
+    if isinstance(seg, InstanceSegmenter):
+        if tile is not None:
+            raise CnnkitError("--tile applies to semantic models, not to maskrcnn weights")
+        _check_postprocess(conf, 0.5, max_det)
+        seg.val(data, split=split, out=out, batch=batch, device=device, workers=workers, conf=conf, max_det=max_det)
+        return
+    if (conf, max_det) != (0.001, 100):
+        raise CnnkitError("--conf and --max-det apply to maskrcnn weights, not to a semantic segmenter")
+    seg.val(data, split=split, out=out, batch=batch, device=device, workers=workers, tile=tile, hd95=hd95)
 
 
 @segment_app.command("predict")
@@ -375,19 +395,43 @@ def segment_predict(
     overlap: Optional[float] = typer.Option(None, "--overlap", help="tile overlap, fraction of the side (default: the run's)"),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="also write colour overlays"),
     save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file", "size", "classes", "mask"}] to this file'),
+    conf: float = typer.Option(0.25, "--conf", help="maskrcnn: keep instances scoring at least this"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
 ) -> None:
-    """Segment images: one index PNG per image (uint8 class index, the input's size) and a colour overlay."""
+    """Segment images: one index PNG per image (uint8 class index, the input's size) and a colour overlay;
+    maskrcnn weights add instances.json (every instance's class, score, box and RLE mask)."""
     from rich.console import Console
 
     from cnnkit.console import console
     from cnnkit.engine.rundir import next_run_dir, write_json
-    from cnnkit.segmentation_api import Segmenter
+    from cnnkit.instance_api import InstanceSegmenter, load_segmenter
 
     if overlap is not None and not 0.0 <= overlap < 1.0:
         raise CnnkitError(f"--overlap must be at least 0 and below 1, got {overlap}")
+    seg = load_segmenter(weights)
+    if isinstance(seg, InstanceSegmenter):
+        if tile is not None or overlap is not None:
+            raise CnnkitError("--tile and --overlap apply to semantic models, not to maskrcnn weights")
+        if not 0.0 <= conf <= 1.0:
+            raise CnnkitError(f"--conf must be between 0 and 1, got {conf}")
+        out_dir = out or next_run_dir("segment", None, prefix="predict")
+        results = seg.predict(sources, out=out_dir, conf=conf, device=device, overlays=overlays)
+        table = _file_table("instances", "classes", "file")
+        for r in results[:200]:
+            counts: dict[str, int] = {}
+            for found in r["instances"]:
+                counts[found["label"]] = counts.get(found["label"], 0) + 1
+            table.add_row(str(len(r["instances"])), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), _shown(r["file"]))
+        Console().print(table)
+        if len(results) > 200:
+            console.print(f"… {len(results) - 200} more images")
+        console.print(f"{len(results)} images: masks/, overlays/ and instances.json written to {out_dir}", soft_wrap=True,
+                      markup=False)
+        if save_json:
+            write_json(save_json, results)
+        return
     out_dir = out or next_run_dir("segment", None, prefix="predict")
-    results = Segmenter.load(weights).predict(sources, out=out_dir, tile=tile, overlap=overlap, device=device, overlays=overlays)
+    results = seg.predict(sources, out=out_dir, tile=tile, overlap=overlap, device=device, overlays=overlays)
     table = _file_table("size", "classes (share of pixels)", "file")
     for r in results[:200]:
         shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4])

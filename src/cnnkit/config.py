@@ -352,7 +352,16 @@ class _SegmentOptions(_Options):
         from cnnkit.models.segmenters import check_input_size, parse_segmenter
 
         parse_segmenter(self.model, self.encoder)
-        if self.model != "maskrcnn":
+        instance = self.model == "maskrcnn"
+        others = SEMANTIC_ONLY if instance else INSTANCE_ONLY
+        wrong = [name for name, default in others.items() if getattr(self, name) != default]
+        if wrong:
+            kind = "semantic models" if instance else "instance segmentation (--model maskrcnn)"
+            raise CnnkitError(f"--{_flag(wrong[0])} applies to {kind}, not to {self.model}")
+        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0 or self.max_det < 1:
+            raise CnnkitError(f"--conf must be in [0, 1], --iou in (0, 1] and --max-det at least 1; got {self.conf}, {self.iou}, "
+                              f"{self.max_det}")
+        if not instance:
             check_input_size(self.imgsz)
         if self.model == "pan" and self.imgsz < 128:
             raise CnnkitError(f"--model pan pools its stride-16 map down 8 times more: --imgsz must be at least 128, got {self.imgsz}")
@@ -403,7 +412,19 @@ _SEGMENT_EXTRA = [
     ("window", "str | None", option(None, "fixed intensity window LOW,HIGH in the files' units (CT: Hounsfield units, "
                                     "e.g. -160,240 for soft tissue); values outside are clipped")),
     ("hd95", "bool", option(True, "measure the 95th-percentile Hausdorff distance per class in validation")),
+    # instance segmentation (maskrcnn) only
+    ("anchors", "str", option("auto", "maskrcnn: anchor sizes, auto (spread over the training boxes' sizes at --imgsz) or "
+                              "torchvision's defaults (32-512 px; the ones COCO-pretrained weights learnt)",
+                              ("auto", "torchvision"))),
+    ("conf", "float", option(0.001, "maskrcnn: keep instances scoring at least this in validation (low, so that mAP sees "
+                             "the whole precision-recall curve)")),
+    ("iou", "float", option(0.5, "maskrcnn: IoU threshold of the non-maximum suppression")),
+    ("max_det", "int", option(100, "maskrcnn: at most this many instances per image")),
 ]
+# options that only an instance model has, with their defaults (a semantic model refuses them changed)
+INSTANCE_ONLY = {"anchors": "auto", "conf": 0.001, "iou": 0.5, "max_det": 100}
+# options that only the semantic models have, with their defaults (maskrcnn refuses them changed)
+SEMANTIC_ONLY = {"loss": "ce_dice", "tile": False, "ignore_index": 255, "normalize": "auto", "window": None}
 SegmentConfig = dataclasses.make_dataclass(
     "SegmentConfig",
     [(f.name, f.type, _SEGMENT_DEFAULTS.get(f.name) or field(default=f.default, metadata=f.metadata))

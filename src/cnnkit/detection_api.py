@@ -320,7 +320,9 @@ def restrict_categories(dataset: DetectionData, keep: set[int]) -> DetectionData
         splits[split] = []
         for image in images:
             chosen = np.isin(image.labels, list(keep))
-            splits[split].append(dataclasses.replace(image, boxes=image.boxes[chosen], labels=image.labels[chosen]))
+            segmentations = [s for s, c in zip(image.segmentations, chosen) if c] if image.segmentations is not None else None
+            splits[split].append(dataclasses.replace(image, boxes=image.boxes[chosen], labels=image.labels[chosen],
+                                                     segmentations=segmentations))
     return dataclasses.replace(dataset, categories=[(c, n) for c, n in dataset.categories if c in keep], splits=splits)
 
 

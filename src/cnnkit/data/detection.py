@@ -43,6 +43,9 @@ class DetectionImage:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     crowd: int = 0  # COCO iscrowd annotations left out of boxes
+    # COCO ``segmentation`` of each box, in the same order (polygon lists or RLE dicts, as the file has
+    # them; None for a box whose annotation has none); None when the dataset has no segmentation at all
+    segmentations: list | None = None
 
 
 @dataclass
@@ -97,9 +100,10 @@ def load_detection(root: str | Path, strict: bool = False) -> DetectionData:
 
 
 def _finish_boxes(rows: list[tuple[float, float, float, float]], labels: list[int], where: list[str],
-                  width: int, height: int, source: str, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+                  width: int, height: int, source: str, strict: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check xyxy rows against the image: negative sizes are errors; boxes over the edge are clipped
-    (a warning per file), or an error with strict; boxes wholly outside are dropped."""
+    (a warning per file), or an error with strict; boxes wholly outside are dropped. Returns (boxes,
+    labels, the indices of the rows kept) so that whatever else goes with a row can follow it."""
     boxes = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
     labels_ = np.asarray(labels, dtype=np.int64)
     for row, place in zip(boxes, where):
@@ -111,6 +115,7 @@ def _finish_boxes(rows: list[tuple[float, float, float, float]], labels: list[in
     outside = (boxes[:, :2] < -_TOLERANCE).any(1) | (boxes[:, 2:] > limits[2:] + _TOLERANCE).any(1)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    kept = np.arange(len(boxes))
     if outside.any():
         first = where[int(np.argmax(outside))]
         if strict:
@@ -119,8 +124,8 @@ def _finish_boxes(rows: list[tuple[float, float, float, float]], labels: list[in
         dropped = f", {int(empty.sum())} wholly outside dropped" if empty.any() else ""
         warn(f"{source}: {int(outside.sum())} box(es) outside the {width}x{height} image clipped{dropped}"
              f" (first: {first}; strict makes this an error)")
-        boxes, labels_ = boxes[~empty], labels_[~empty]
-    return boxes, labels_
+        boxes, labels_, kept = boxes[~empty], labels_[~empty], kept[~empty]
+    return boxes, labels_, kept
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -171,16 +176,17 @@ def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, s
             entries[img["id"]] = (path, width, height)
         if len(entries) != len(coco["images"]):
             raise CnnkitError(f"{file}: duplicate image ids")
-        found: dict = {image_id: ([], [], [], 0) for image_id in entries}
+        found: dict = {image_id: ([], [], [], 0, []) for image_id in entries}
+        with_segmentation = False
         for ann in coco["annotations"]:
             place = f"{file}: annotation id {ann.get('id', '?')}"
             if ann.get("image_id") not in entries:
                 raise CnnkitError(f"{place}: image_id {ann.get('image_id')!r} is not in 'images'")
             if ann.get("category_id") not in known:
                 raise CnnkitError(f"{place}: category_id {ann.get('category_id')!r} is not in 'categories'")
-            rows, labels, where, crowd = found[ann["image_id"]]
+            rows, labels, where, crowd, segmentations = found[ann["image_id"]]
             if ann.get("iscrowd"):
-                found[ann["image_id"]] = (rows, labels, where, crowd + 1)
+                found[ann["image_id"]] = (rows, labels, where, crowd + 1, segmentations)
                 continue
             bbox = ann.get("bbox")
             if not isinstance(bbox, list) or len(bbox) != 4:
@@ -189,13 +195,16 @@ def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, s
             rows.append((x, y, x + w, y + h))
             labels.append(int(ann["category_id"]))
             where.append(place)
+            segmentations.append(ann.get("segmentation") or None)  # [] and {} mean none, as in COCO's own files
+            with_segmentation = with_segmentation or segmentations[-1] is not None
     except (KeyError, TypeError, ValueError) as exc:
         raise CnnkitError(f"{file}: not a COCO annotation file ({type(exc).__name__}: {exc})") from None
     images = []
     for image_id, (path, width, height) in entries.items():
-        rows, labels, where, crowd = found[image_id]
-        boxes, labels_ = _finish_boxes(rows, labels, where, width, height, f"{file} (image id {image_id})", strict)
-        images.append(DetectionImage(path, image_id, width, height, boxes, labels_, crowd))
+        rows, labels, where, crowd, segmentations = found[image_id]
+        boxes, labels_, kept = _finish_boxes(rows, labels, where, width, height, f"{file} (image id {image_id})", strict)
+        images.append(DetectionImage(path, image_id, width, height, boxes, labels_, crowd,
+                                     [segmentations[k] for k in kept] if with_segmentation else None))
     return images
 
 
@@ -292,7 +301,7 @@ def _read_yolo_image(path: Path, ids: list, data_yaml: Path, strict: bool) -> De
             rows.append(((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
             labels.append(int(ids[cls]))
             where.append(place)
-    boxes, labels_ = _finish_boxes(rows, labels, where, width, height, str(label_file), strict)
+    boxes, labels_, _ = _finish_boxes(rows, labels, where, width, height, str(label_file), strict)
     return DetectionImage(path, path.stem, width, height, boxes, labels_)
 
 
@@ -320,7 +329,7 @@ def read_voc(root: Path, strict: bool = False) -> DetectionData:
             for name, _, place in objects:
                 if name not in by_name:
                     raise CnnkitError(f"{place}: class '{name}' not in the class list of {root}")
-            boxes, labels = _finish_boxes([row for _, row, _ in objects], [by_name[n] for n, _, _ in objects],
+            boxes, labels, _ = _finish_boxes([row for _, row, _ in objects], [by_name[n] for n, _, _ in objects],
                                           [place for _, _, place in objects], width, height, str(file), strict)
             images.append(DetectionImage(path, stem, width, height, boxes, labels))
         splits[split] = images
@@ -422,11 +431,13 @@ def write_coco(data: DetectionData, out: str | Path, copy: bool = False) -> Path
             name = name_of(split, image)
             placer.place(image.path, out / "images" / split / name)
             coco["images"].append({"id": image_id, "file_name": f"{split}/{name}", "width": image.width, "height": image.height})
-            for (x1, y1, x2, y2), label in zip(image.boxes.tolist(), image.labels.tolist()):
+            segmentations = image.segmentations or [None] * len(image.boxes)
+            for (x1, y1, x2, y2), label, segmentation in zip(image.boxes.tolist(), image.labels.tolist(), segmentations):
                 w, h = x2 - x1, y2 - y1
                 coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": label,
                                             "bbox": [_round(x1), _round(y1), _round(w), _round(h)],
-                                            "area": _round(w * h), "iscrowd": 0})
+                                            "area": _round(w * h), "iscrowd": 0,
+                                            **({"segmentation": segmentation} if segmentation is not None else {})})
         write_json(out / "annotations" / f"{split}.json", coco)
     return out
 

@@ -20,6 +20,8 @@ weights' metadata so that val and predict rebuild the same model.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -155,7 +157,7 @@ def build_detector(model: str, num_classes: int, imgsz: int, backbone: str | Non
     default to torchvision's; ``pretrained`` loads torchvision's COCO detector weights (every tensor
     but the class-specific ones) for its own backbones, timm's ImageNet weights for a timm backbone."""
     model, backbone = parse_model(model, backbone)
-    try:
+    with _published_weights(model, backbone, pretrained):
         if model in YOLO_MODELS:
             from cnnkit.models.yolo import build_yolo
 
@@ -163,9 +165,60 @@ def build_detector(model: str, num_classes: int, imgsz: int, backbone: str | Non
             return build_yolo(model, num_classes, imgsz, backbone, pretrained, options.dfl, options.box_loss, options.cls_loss,
                               score_thresh, nms_iou, max_det)
         return _build(model, num_classes, imgsz, backbone, anchors, pretrained, score_thresh, nms_iou, max_det)
+
+
+def build_maskrcnn(num_classes: int, imgsz: int, backbone: str | None = None, anchors: Anchors | None = None,
+                   pretrained: bool = False, score_thresh: float = 0.001, nms_iou: float = 0.5, max_det: int = 100,
+                   mask_layers: Sequence[int] | None = None) -> nn.Module:
+    """torchvision's Mask R-CNN for ``num_classes`` classes: Faster R-CNN as ``build_detector`` makes it
+    (same backbones, anchors and RoI settings) plus the mask branch, RoI-Align at 14x14 into
+    ``mask_layers`` 3x3 convolutions and a 2x deconvolution to one 28x28 mask per class. ``mask_layers``
+    None: torchvision's four of 256 for resnet50 (its COCO Mask R-CNN weights fit, with ``pretrained``),
+    else MASK_LAYERS_LIGHT (see there). mobilenet_v3_large with ``pretrained`` starts from torchvision's
+    COCO Faster R-CNN: everything but the mask branch."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = backbone or "mobilenet_v3_large"
+    layers = tuple(mask_layers or default_mask_layers(backbone))
+    with _published_weights("maskrcnn", backbone, pretrained):
+        parts = _rcnn_parts(backbone, num_classes, imgsz, anchors or default_anchors("maskrcnn", backbone), pretrained,
+                            score_thresh, nms_iou, max_det)
+        # torchvision takes a mask predictor only beside a box predictor (and no class count): its default
+        # box predictor, on the default box head's 1024 features
+        options = {**parts.options, "num_classes": None, "box_predictor": FastRCNNPredictor(1024, num_classes + 1)}
+        net = MaskRCNN(parts.body, **options, mask_roi_pool=MultiScaleRoIAlign(parts.featmaps, output_size=14, sampling_ratio=2),
+                       mask_head=MaskRCNNHeads(parts.body.out_channels, layers, 1),
+                       mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1))
+        if pretrained and backbone in TORCHVISION_BACKBONES:
+            _load_coco(net, "fasterrcnn_mobilenet_v3_large_fpn" if backbone == "mobilenet_v3_large" else "maskrcnn_resnet50_fpn")
+    net.cnnkit_backbone = "backbone.body"
+    net.cnnkit_mask_layers = list(layers)
+    return net
+
+
+# torchvision's mask head (four 3x3 convolutions of 256 channels on 14x14 RoIs) costs about 1 GFLOP per RoI,
+# and it runs on every detection in eval: 100 per image at --conf 0.001 made a 320-px image 113 GFLOPs, against
+# Faster R-CNN's 10, and training paid for it on every positive RoI. Two convolutions of 128: 30 GFLOPs.
+# Only resnet50 has published Mask R-CNN weights to stay compatible with.
+MASK_LAYERS_LIGHT = (128, 128)
+MASK_LAYERS_TORCHVISION = (256, 256, 256, 256)
+
+
+def default_mask_layers(backbone: str) -> tuple[int, ...]:
+    return MASK_LAYERS_TORCHVISION if backbone == "resnet50" else MASK_LAYERS_LIGHT
+
+
+@contextlib.contextmanager
+def _published_weights(model: str, backbone: str | None, pretrained: bool):
+    """A failed download of published weights (OSError, URLError, HTTPError, hub errors…) as one line."""
+    try:
+        yield
     except CnnkitError:
         raise
-    except Exception as exc:  # a failed download surfaces as OSError, URLError, HTTPError, hub errors…
+    except Exception as exc:
         if not pretrained:
             raise
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
@@ -188,6 +241,26 @@ def _build(model: str, num_classes: int, imgsz: int, backbone: str | None, ancho
 def _faster_rcnn(backbone: str, num_classes: int, imgsz: int, anchors: Anchors, pretrained: bool,
                  score_thresh: float, nms_iou: float, max_det: int) -> nn.Module:
     from torchvision.models.detection import FasterRCNN
+
+    parts = _rcnn_parts(backbone, num_classes, imgsz, anchors, pretrained, score_thresh, nms_iou, max_det)
+    net = FasterRCNN(parts.body, **parts.options)
+    if pretrained and backbone in TORCHVISION_BACKBONES:
+        _load_coco(net, "fasterrcnn_mobilenet_v3_large_fpn" if backbone == "mobilenet_v3_large" else "fasterrcnn_resnet50_fpn")
+    return net
+
+
+@dataclass
+class _RcnnParts:
+    """What Faster R-CNN and Mask R-CNN share: the backbone with its FPN, the names of its pyramid
+    levels (for the RoI poolers), and the keyword arguments of torchvision's constructor."""
+
+    body: nn.Module
+    featmaps: list[str]
+    options: dict[str, Any]
+
+
+def _rcnn_parts(backbone: str, num_classes: int, imgsz: int, anchors: Anchors, pretrained: bool,
+                score_thresh: float, nms_iou: float, max_det: int) -> _RcnnParts:
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
     from torchvision.ops import MultiScaleRoIAlign
@@ -210,13 +283,10 @@ def _faster_rcnn(backbone: str, num_classes: int, imgsz: int, anchors: Anchors, 
         body = TimmFPN(backbone, pretrained)
         featmaps = ["0", "1", "2"]
     generator = AnchorGenerator(anchors.sizes, (anchors.ratios,) * len(anchors.sizes))
-    net = FasterRCNN(body, num_classes + 1, min_size=imgsz, max_size=imgsz, rpn_anchor_generator=generator,
-                     box_roi_pool=MultiScaleRoIAlign(featmaps, output_size=7, sampling_ratio=2),
-                     box_score_thresh=score_thresh, box_nms_thresh=nms_iou, box_detections_per_img=max_det,
-                     **FASTER_RCNN_SPEED)
-    if pretrained and backbone in TORCHVISION_BACKBONES:
-        _load_coco(net, "fasterrcnn_mobilenet_v3_large_fpn" if backbone == "mobilenet_v3_large" else "fasterrcnn_resnet50_fpn")
-    return net
+    options = dict(num_classes=num_classes + 1, min_size=imgsz, max_size=imgsz, rpn_anchor_generator=generator,
+                   box_roi_pool=MultiScaleRoIAlign(featmaps, output_size=7, sampling_ratio=2),
+                   box_score_thresh=score_thresh, box_nms_thresh=nms_iou, box_detections_per_img=max_det, **FASTER_RCNN_SPEED)
+    return _RcnnParts(body, featmaps, options)
 
 
 def _ssd(model: str, num_classes: int, imgsz: int, pretrained: bool, score_thresh: float, nms_iou: float, max_det: int) -> nn.Module:
@@ -243,6 +313,10 @@ def _load_coco(net: nn.Module, builder: str) -> None:
     from torchvision.models import get_model_weights
 
     state = get_model_weights(builder).DEFAULT.get_state_dict(progress=True)
+    # the published Mask R-CNN file predates torchvision's renaming of its mask head's layers (mask_fcn1 -> 0.0);
+    # torchvision maps the old names only in a whole-model load_state_dict, not for this filtered copy
+    old_name = re.compile(r"mask_head\.mask_fcn(\d+)\.")
+    state = {old_name.sub(lambda m: f"mask_head.{int(m.group(1)) - 1}.0.", k): v for k, v in state.items()}
     own = net.state_dict()
     net.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
 
@@ -275,7 +349,9 @@ def box_statistics(boxes: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
 
 def model_cost(net: nn.Module, imgsz: int) -> tuple[int, float]:
     """(parameters, GFLOPs of one imgsz x imgsz image in eval mode), FLOPs counted by PyTorch's
-    FlopCounterMode (a multiply-add is two; convolutions and matrix products, what dominates)."""
+    FlopCounterMode (a multiply-add is two; convolutions and matrix products, what dominates). Mask
+    R-CNN's mask head runs once per detection: its share is that of the detections the model makes on
+    the blank image (an untrained model: about max_det)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     params = sum(p.numel() for p in net.parameters())

@@ -1,0 +1,408 @@
+"""Instance segmentation in the API: the InstanceSegmenter verbs and the instance recipe of the one training run.
+
+    from cnnkit import InstanceSegmenter
+    seg = InstanceSegmenter()                            # Mask R-CNN, mobilenet_v3_large FPN; or InstanceSegmenter.load(FILE)
+    run = seg.train(data="shapes", epochs=12)             # COCO instances: polygons or RLE; run.dir, run.metrics
+    seg.val("shapes")                                     # mask_map, mask_map50, box_map, … + predictions.json
+    seg.predict(["a.jpg"], out="runs/segment/predict")    # masks/NAME.png, overlays/NAME.png, instances.json
+
+`cnnkit segment train --model maskrcnn` runs the INSTANCE recipe; `segment val` and `segment predict`
+pick this class or the semantic Segmenter by the weights' metadata (``load_segmenter``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources
+from cnnkit.augment.presets import dense_transforms, spec_from_config
+from cnnkit.config import SegmentConfig
+from cnnkit.console import console, warn
+from cnnkit.data.builtin import resolve_data
+from cnnkit.data.detection import DetectionData, DetectionImage, detect_layout
+from cnnkit.data.images import load_image
+from cnnkit.detection_api import load_split_data
+from cnnkit.engine import distributed as dist_utils
+from cnnkit.engine.callbacks import progress_bar, read_history
+from cnnkit.engine.checkpoint import load_weights, recorded_model
+from cnnkit.engine.rundir import atomic_path, write_json, write_text
+from cnnkit.engine.trainer import evaluate, make_loader
+from cnnkit.errors import CnnkitError
+from cnnkit.evaluate import plots
+from cnnkit.evaluate.report import write_report
+from cnnkit.models.detectors import (Anchors, box_statistics, build_maskrcnn, fit_anchors, model_cost, pyramid_levels,
+                                     set_postprocess)
+from cnnkit.models.segmenters import INSTANCE_MODELS, parse_segmenter
+from cnnkit.tasks import instance
+from cnnkit.tasks.detect import collate_detection
+
+TASK = "segment"
+MODEL = "maskrcnn"
+PREDICT_CONF = 0.25
+EXPECTED_LAYOUT = ("COCO instances: annotations/train.json (val.json optional) whose annotations carry 'segmentation' "
+                   "polygons [[x1, y1, x2, y2, ...]] or RLE {size, counts}, images under images/ (`cnnkit data synth shapes "
+                   "--task detect` writes one)")
+# the training options detection found it needs from scratch (docs/architecture.md, PreciseBN) where the
+# semantic segmenters' defaults differ; options the user sets win
+INSTANCE_DEFAULTS = {"precise_bn": 16, "clip_grad": 10.0}
+
+
+class InstanceSegmenter:
+    """Instance segmentation with torchvision's Mask R-CNN: a box, a class and a mask for every object."""
+
+    def __init__(self, model: str = MODEL, class_names: list[str] | None = None, imgsz: int = 256, backbone: str | None = None,
+                 pretrained: bool = False, anchors: Anchors | None = None, category_ids: list[int] | None = None,
+                 mask_layers: list[int] | None = None):
+        self.model_name, self.backbone = parse_segmenter(model, backbone)
+        if self.model_name not in INSTANCE_MODELS:
+            raise CnnkitError(f"{model} is a semantic segmenter", "use Segmenter for unet, fpn, pan, deeplabv3plus, fcn")
+        self.class_names = class_names
+        self.category_ids = category_ids or (list(range(1, len(class_names) + 1)) if class_names else None)
+        self.imgsz, self.pretrained, self.anchors = imgsz, pretrained, anchors
+        self.model: nn.Module | None = None
+        self.weights_path: Path | None = None
+        self.val_split, self.split_seed = 0.2, 0
+        self.cost: tuple[int | None, float | None] = (None, None)
+        if class_names:
+            self.model = build_maskrcnn(len(class_names), imgsz, self.backbone, anchors, pretrained, mask_layers=mask_layers)
+
+    @classmethod
+    def load(cls, weights: str | Path) -> "InstanceSegmenter":
+        """Rebuild the model from a cnnkit weights file alone (backbone, anchors, mask head, classes, size)."""
+        state, meta = load_weights(weights, task=TASK)
+        if meta.get("model") not in INSTANCE_MODELS:
+            raise CnnkitError(f"{weights}: weights of a semantic segmenter ({meta.get('model')})", "load them with Segmenter")
+        anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
+        seg = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"], backbone=meta.get("backbone"),
+                  anchors=anchors, category_ids=meta.get("category_ids"), mask_layers=meta.get("mask_layers"))
+        seg.val_split, seg.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
+        seg.cost = (meta.get("params"), meta.get("gflops"))
+        seg.model.load_state_dict(state)
+        seg.weights_path = Path(weights)
+        return seg
+
+    # ---------------------------------------------------------------- train
+    def train(self, data: str = "shapes", **options: Any) -> Run:
+        """Train on a COCO instances dataset (or 'shapes'); options are SegmentConfig fields."""
+        defaults = {"model": self.model_name, "encoder": self.backbone, "pretrained": self.pretrained, "imgsz": self.imgsz,
+                    **INSTANCE_DEFAULTS}
+        if self.weights_path is not None:
+            defaults["weights"] = str(self.weights_path)
+        return _train_and_reload(self, SegmentConfig, INSTANCE, data, defaults, options)
+
+    # ---------------------------------------------------------------- val
+    def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 4, device: str = "auto",
+            workers: int = 2, conf: float = 0.001, iou: float = 0.5, max_det: int = 100) -> dict[str, Any]:
+        """COCO mask and box metrics of the model on one split, written with predictions.json (COCO
+        results with RLE masks, the dataset's own ids), plots and report.html into ``out`` (default:
+        val/ beside the run)."""
+        dataset = load_instance_data(data, self.val_split, self.split_seed)
+        if split not in dataset.splits:
+            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
+        categories, label_ids = self._match_categories(dataset)
+        out_dir = Path(out) if out is not None else (self.weights_path.parent.parent / "val" if self.weights_path
+                                                     else Path("runs") / TASK / "val")
+        metrics, results = evaluate_instances(self, dataset.splits[split], categories, label_ids, batch, workers,
+                                              dist_utils.select_device(device), conf, iou, max_det)
+        write_json(out_dir / "predictions.json", results)
+        paths = instance.draw(dataset.splits[split], categories, results, out_dir / "plots", prefix=split)
+        metrics = {"split": split, **metrics}
+        write_json(out_dir / "metrics.json", metrics)
+        write_report(out_dir / "report.html", f"cnnkit segment val: {self.model_name} ({self.backbone}) on {data} ({split})",
+                     {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
+                      "max_det": max_det}, _summary(metrics), paths, per_class=metrics["per_class"])
+        console.print(f"{split}: {_headline(metrics)}  report {out_dir / 'report.html'}")
+        return metrics
+
+    def _match_categories(self, dataset: DetectionData) -> tuple[list[tuple[int, str]], list[int | None]]:
+        """(the dataset's categories the model knows, by name; the dataset id of each model label)."""
+        by_name = {name: cid for cid, name in dataset.categories}
+        known = [(cid, name) for cid, name in dataset.categories if name in self.class_names]
+        if not known:
+            raise CnnkitError(f"{dataset.root}: none of its classes ({', '.join(list(by_name)[:8])}) is known to the model",
+                              f"the model segments {', '.join(self.class_names[:10])}")
+        unknown = [name for name in by_name if name not in self.class_names]
+        if unknown:
+            warn(f"{dataset.root}: {len(unknown)} class(es) unknown to the model left out of the evaluation: "
+                 f"{', '.join(unknown[:5])}")
+        return known, [by_name.get(name) for name in self.class_names]
+
+    # ---------------------------------------------------------------- predict
+    @torch.no_grad()
+    def predict(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None, conf: float = PREDICT_CONF,
+                iou: float = 0.5, max_det: int = 100, batch: int = 4, device: str = "auto",
+                overlays: bool = True) -> list[dict[str, Any]]:
+        """Instances in images, folders and globs: [{"file", "size": [w, h], "instances": [{"id" (1.. by score),
+        "label", "category_id", "score", "box" (xyxy pixels), "rle" (COCO compressed RLE at the image's size)}]}].
+        With ``out``: DIR/masks/NAME.png (uint8 class index, 0 = background, class k of classes.txt = k; where
+        instances overlap the higher score wins), DIR/overlays/NAME.png (every instance in its own colour with
+        box and caption "class id score"), DIR/instances.json (the list returned) and DIR/classes.txt."""
+        model = self._require_model()
+        files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
+        dev = dist_utils.select_device(device)
+        model.to(dev).eval()
+        set_postprocess(model, conf, iou, max_det)
+        out_dir = Path(out) if out is not None else None
+        results: list[dict[str, Any]] = []
+        with progress_bar() as bar:
+            task = bar.add_task("segment", total=len(files), info="", rate="")
+            for start in range(0, len(files), batch):
+                chunk = []
+                for path, named in files[start:start + batch]:
+                    try:
+                        chunk.append((path, np.asarray(load_image(path))))
+                    except CnnkitError as exc:
+                        if named:
+                            raise
+                        warn(f"{exc.message} (skipped)")
+                if chunk:
+                    tensors = [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1).to(dev).float().div_(255)
+                               for _, p in chunk]
+                    for (path, pixels), found in zip(chunk, instance.detect_unpasted(model, tensors)):
+                        results.append(self._instances(path, pixels, found, out_dir, overlays))
+                bar.update(task, advance=len(files[start:start + batch]))
+        if out_dir is not None:
+            write_json(out_dir / "instances.json", results)
+            write_text(out_dir / "classes.txt", "".join(f"{name}\n" for name in ["background", *self.class_names]))
+        return results
+
+    def _instances(self, path: Path, pixels: np.ndarray, found: dict[str, torch.Tensor], out_dir: Path | None,
+                   overlays: bool) -> dict[str, Any]:
+        """One image's detections (masks as the mask head gives them) -> its result; its PNGs into ``out_dir``."""
+        height, width = pixels.shape[:2]
+        order = torch.argsort(found["scores"], descending=True, stable=True)
+        boxes, scores, labels = found["boxes"][order].cpu(), found["scores"][order].cpu(), found["labels"][order].cpu()
+        masks = instance.paste(found["masks"][order][:, 0].cpu(), boxes, height, width).numpy()
+        entries = [{"id": k + 1, "label": self.class_names[int(label) - 1], "category_id": int(self.category_ids[int(label) - 1]),
+                    "score": round(float(score), 5), "box": [round(v, 2) for v in box.tolist()], "rle": instance.encode(mask)}
+                   for k, (box, score, label, mask) in enumerate(zip(boxes, scores, labels, masks))]
+        if out_dir is not None:
+            semantic = instance.semantic_mask(masks, labels.tolist(), scores.tolist(), height, width)
+            _save_png(out_dir / "masks" / f"{path.stem}.png", semantic)
+            if overlays:
+                captions = [f"{e['label']} {e['id']} {e['score']:.2f}" for e in entries]
+                drawn = instance.draw_instances(pixels, masks, boxes.numpy(), captions)
+                _save_png(out_dir / "overlays" / f"{path.stem}.png", drawn)
+        return {"file": str(path), "size": [width, height], "instances": entries}
+
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise CnnkitError("this InstanceSegmenter has no weights yet", "train it first or use InstanceSegmenter.load(FILE)")
+        return self.model
+
+
+def load_segmenter(weights: str | Path):
+    """The Segmenter or InstanceSegmenter that a `segment` weights file holds, by the model its metadata records."""
+    if recorded_model(weights) in INSTANCE_MODELS:
+        return InstanceSegmenter.load(weights)
+    from cnnkit.segmentation_api import Segmenter
+
+    return Segmenter.load(weights)
+
+
+def _save_png(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+# ==================================================================== data
+def load_instance_data(data: str, val_split: float, seed: int) -> DetectionData:
+    """A COCO instances dataset with a val split (its own, else ``val_split`` of train cut off with
+    ``seed``) whose every object has a segmentation; anything else is refused in one line."""
+    root = resolve_data(data)
+    layout = detect_layout(root)
+    if layout != "coco":
+        found = f"a {layout} detection layout (boxes only)" if layout else "no annotations/SPLIT.json"
+        raise CnnkitError(f"{root}: {found}; {MODEL} trains on COCO instances", EXPECTED_LAYOUT)
+    dataset = load_split_data(str(root), False, val_split, seed)
+    check_segmentations(dataset)
+    return dataset
+
+
+def check_segmentations(dataset: DetectionData) -> None:
+    """Every kept object has a segmentation COCO tools can read: polygons (lists of at least three x, y
+    pairs) or RLE whose size is the image's [height, width]."""
+    objects = sum(len(image.boxes) for images in dataset.splits.values() for image in images)
+    if all(image.segmentations is None for images in dataset.splits.values() for image in images):
+        raise CnnkitError(f"{dataset.root}: the COCO annotations have no 'segmentation' ({objects} objects, boxes only)",
+                          EXPECTED_LAYOUT)
+    for split, images in dataset.splits.items():
+        missing = [image for image in images if len(image.boxes) and
+                   (image.segmentations is None or any(s is None for s in image.segmentations))]
+        if missing:
+            count = sum(len(image.boxes) if image.segmentations is None else sum(s is None for s in image.segmentations)
+                        for image in missing)
+            raise CnnkitError(f"{dataset.root / 'annotations' / f'{split}.json'}: {count} object(s) without 'segmentation' "
+                              f"(first in image id {missing[0].image_id})", "every object needs polygons or RLE; crowd regions "
+                              "(iscrowd 1) are left out anyway")
+        for image in images:
+            for k, segmentation in enumerate(image.segmentations or []):
+                problem = _segmentation_problem(segmentation, image)
+                if problem:
+                    raise CnnkitError(f"{dataset.root / 'annotations' / f'{split}.json'}: image id {image.image_id}, object "
+                                      f"{k + 1}: {problem}", "polygons [[x1, y1, x2, y2, x3, y3, ...]] or RLE {size: [height, "
+                                      "width], counts}")
+
+
+def _segmentation_problem(segmentation: Any, image: DetectionImage) -> str | None:
+    if isinstance(segmentation, list):
+        for ring in segmentation:
+            if not isinstance(ring, list) or len(ring) < 6 or len(ring) % 2 or \
+                    not all(isinstance(v, (int, float)) and np.isfinite(v) for v in ring):
+                return f"polygon {str(ring)[:40]} is not a list of at least three x, y pairs"
+        return None if segmentation else "empty polygon list"
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if not isinstance(size, list) or [int(v) for v in size] != [image.height, image.width]:
+            return f"RLE size {size} is not the image's [height, width] [{image.height}, {image.width}]"
+        if not isinstance(segmentation.get("counts"), (str, list)):
+            return "RLE without 'counts'"
+        return None
+    return f"segmentation is a {type(segmentation).__name__}"
+
+
+def _load_data(cfg: SegmentConfig, root: Path) -> DetectionData:
+    """The training dataset: COCO instances with a val split; ``shapes`` is the COCO build of the built-in
+    (the run resolved the name for the semantic layout, masks without instances)."""
+    if cfg.data == "shapes" and not Path(cfg.data).exists() and detect_layout(root) != "coco":
+        if dist_utils.is_main():  # rank 0 writes the built-in dataset; the others wait and read it
+            resolve_data("shapes")
+        dist_utils.barrier()
+        root = resolve_data("shapes")
+    dataset = load_instance_data(str(root), cfg.val_split, cfg.seed)
+    if not dataset.splits.get("train"):
+        raise CnnkitError(f"{root}: no training images", "expected annotations/train.json")
+    if not any(len(image.boxes) for image in dataset.splits["train"]):
+        raise CnnkitError(f"{root}: the training split has no objects at all ({len(dataset.splits['train'])} images)",
+                          "check the annotation files (`cnnkit data check`)")
+    return dataset
+
+
+# ==================================================================== evaluation
+def evaluate_instances(seg: InstanceSegmenter, images: list[DetectionImage], categories: list[tuple[int, str]],
+                       label_ids: list[int | None], batch: int, workers: int, device: torch.device, conf: float = 0.001,
+                       iou: float = 0.5, max_det: int = 100) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(COCO mask and box metrics, COCO results with RLE masks) of ``seg`` on ``images``; model labels whose
+    class the dataset lacks (label_ids None) are dropped."""
+    model = seg._require_model().to(device)
+    set_postprocess(model, conf, iou, max_det)
+    keep = {k + 1 for k, cid in enumerate(label_ids) if cid is not None}
+    task = instance.InstanceTask(images, categories, label_ids, max_det=max_det,
+                                 keep=keep if len(keep) < len(label_ids) else None)
+    dataset = instance.InstanceSet(images, None, dense_transforms(None, False, mean=None, std=None))
+    loader = make_loader(dataset, batch, workers, False, 0, collate_detection, device)
+    _, outputs = evaluate(task, model, loader, device)
+    results = task.coco_results(outputs) if outputs else []
+    return instance.instance_metrics(images, categories, results), results
+
+
+# ==================================================================== the training recipe
+def instance_config(cfg: SegmentConfig, explicit: set[str]) -> SegmentConfig:
+    """``segment train --model maskrcnn``: INSTANCE_DEFAULTS where the user set nothing."""
+    return dataclasses.replace(cfg, **{k: v for k, v in INSTANCE_DEFAULTS.items() if k not in explicit})
+
+
+def _build_model(cfg: SegmentConfig, dataset: DetectionData) -> nn.Module:
+    _, backbone = parse_segmenter(cfg.model, cfg.encoder)
+    anchors = None
+    if cfg.anchors == "auto":
+        train = dataset.splits["train"]
+        sides, aspects = box_statistics([i.boxes for i in train], [(i.width, i.height) for i in train], cfg.imgsz)
+        anchors = fit_anchors(sides, aspects, cfg.imgsz, *pyramid_levels(MODEL, backbone))
+    model = build_maskrcnn(len(dataset.categories), cfg.imgsz, backbone, anchors, cfg.pretrained, cfg.conf, cfg.iou, cfg.max_det)
+    model.cnnkit_anchors = anchors
+    model.cnnkit_cost = model_cost(model, cfg.imgsz)
+    if dist_utils.is_main():
+        params, gflops = model.cnnkit_cost
+        console.print(f"{MODEL} ({backbone}, mask head {'x'.join(map(str, model.cnnkit_mask_layers))}): {params / 1e6:.2f} M "
+                      f"parameters, {gflops:.2f} GFLOPs at {cfg.imgsz}x{cfg.imgsz} (blank image)")
+        if anchors is not None:
+            sides = sorted({v for level in anchors.sizes for v in level})
+            console.print(f"anchors: sides {', '.join(f'{s:g}' for s in sides)} px, height/width "
+                          f"{', '.join(f'{r:g}' for r in anchors.ratios)} (fitted to the training boxes at --imgsz {cfg.imgsz})")
+    return model
+
+
+def _metadata(cfg: SegmentConfig, dataset: DetectionData, model: nn.Module) -> dict[str, Any]:
+    anchors = getattr(model, "cnnkit_anchors", None)
+    _, backbone = parse_segmenter(cfg.model, cfg.encoder)
+    params, gflops = getattr(model, "cnnkit_cost", (None, None))
+    return {"class_names": [name for _, name in dataset.categories], "num_classes": len(dataset.categories),
+            "category_ids": [int(cid) for cid, _ in dataset.categories], "backbone": backbone,
+            "anchors": anchors.to_dict() if anchors is not None else None, "mask_layers": model.cnnkit_mask_layers,
+            "params": params, "gflops": gflops,
+            # Mask R-CNN normalises inside (torchvision's transform); its inputs are 0..1 RGB
+            "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def _make_sets(cfg: SegmentConfig, dataset: DetectionData):
+    label_of = {int(cid): k + 1 for k, (cid, _) in enumerate(dataset.categories)}
+    train = instance.InstanceSet(dataset.splits["train"], label_of,
+                                 dense_transforms(cfg.imgsz, True, spec_from_config(cfg, TASK), mean=None, std=None, mask_fill=0,
+                                                  keep_aspect=True))
+    # validation scores the model's outputs against the dataset's records: no targets to rasterise
+    val = instance.InstanceSet(dataset.splits["val"], None, dense_transforms(None, False, mean=None, std=None))
+    return train, val
+
+
+def _make_task(cfg: SegmentConfig, dataset: DetectionData) -> instance.InstanceTask:
+    return instance.InstanceTask(dataset.splits["val"], dataset.categories, [int(c) for c, _ in dataset.categories],
+                                 max_det=cfg.max_det)
+
+
+def finish_instance_run(cfg: SegmentConfig, run_dir: Path, dataset: DetectionData, device: torch.device) -> dict[str, Any]:
+    """Evaluate the best weights on val (and test): metrics.json, predictions.json, plots, report.html."""
+    best = InstanceSegmenter.load(run_dir / "weights" / "best.safetensors")
+    plot_dir = run_dir / "plots"
+    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
+    metrics: dict[str, Any] = {}
+    label_ids = [int(c) for c, _ in dataset.categories]
+    for split in ("val", "test"):
+        if not dataset.splits.get(split):
+            continue
+        split_metrics, results = evaluate_instances(best, dataset.splits[split], dataset.categories, label_ids, cfg.batch,
+                                                    cfg.workers, device, cfg.conf, cfg.iou, cfg.max_det)
+        write_json(run_dir / ("predictions.json" if split == "val" else f"predictions_{split}.json"), results)
+        paths += instance.draw(dataset.splits[split], dataset.categories, results, plot_dir, prefix=split)
+        if split == "val":
+            metrics.update(split_metrics)
+        else:
+            metrics["test"] = split_metrics
+    metrics["params"], metrics["gflops"] = best.cost
+    write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir / "report.html", f"cnnkit segment: {MODEL} ({best.backbone}) on {cfg.data}", cfg.to_dict(),
+                 _summary(metrics), paths, per_class=metrics.get("per_class"))
+    console.print(f"val {_headline(metrics)}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
+    return metrics
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{name} {metrics[name]:.4f}" for name in ("mask_map", "mask_map50", "box_map", "box_map50"))
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    summary = {k: v for k, v in metrics.items() if isinstance(v, (float, int, str))}
+    if isinstance(metrics.get("test"), dict):
+        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
+    return summary
+
+
+INSTANCE = Recipe(
+    task=TASK,
+    build_model=_build_model,
+    make_task=_make_task,
+    metadata=_metadata,
+    finish=finish_instance_run,
+    load_data=_load_data,
+    make_sets=_make_sets,
+    collate=collate_detection,
+    backbone_name=lambda cfg: None,  # a classifier's backbone goes into the FPN backbone: compared by tensor shapes
+)
