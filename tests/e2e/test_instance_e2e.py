@@ -67,6 +67,8 @@ def test_maskrcnn_fits_shapes_then_val_and_predict(shapes, tmp_path):
     assert {"mask_ap", "mask_ap50", "box_ap", "box_ap50"} == set(metrics["per_class"]["circle"])
     untrained = _untrained(run_dir / "weights/best.safetensors", data)
     assert metrics["mask_map50"] >= max(0.02, 10 * untrained["mask_map50"]), (metrics["mask_map50"], untrained["mask_map50"])
+    # the two-stage detector under the masks (RPN, RoI heads: the code Faster R-CNN shares) learns too
+    assert metrics["box_map50"] >= max(0.02, 10 * untrained["box_map50"]), (metrics["box_map50"], untrained["box_map50"])
 
     # predictions.json: COCO results with RLE masks and the dataset's own ids
     truth = json.loads((data / "annotations/val.json").read_text())

@@ -115,7 +115,7 @@ def test_unet_on_16_bit_cells_with_tiles_and_dicom(cells, tmp_path):
     assert image.dtype == np.uint16 and image.max() > 255
     run_dir = tmp_path / "run"
     done = run_cnnkit("segment", "train", "--data", str(cells), "--encoder", "resnet18", "--imgsz", "64", "--tile",
-                      "--epochs", "6", "--batch", "8", "--lr", "0.003", "--workers", "0", "--out", str(run_dir))
+                      "--epochs", "12", "--batch", "4", "--lr", "0.003", "--workers", "0", "--out", str(run_dir))
     assert done.returncode == 0, done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     untrained = _untrained(run_dir / "weights/best.safetensors", cells)
