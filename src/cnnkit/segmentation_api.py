@@ -60,6 +60,9 @@ class Segmenter:
     def load(cls, weights: str | Path) -> "Segmenter":
         """Rebuild the segmenter from a cnnkit weights file alone (architecture, classes, size, intensity scaling)."""
         state, meta = load_weights(weights, task=TASK)
+        if meta.get("model") == "maskrcnn":
+            raise CnnkitError(f"{weights}: Mask R-CNN (instance) weights", "load them with InstanceSegmenter.load, or "
+                              "cnnkit.instance_api.load_segmenter for either kind")
         seg = cls(meta["model"], class_names=meta["class_names"], encoder=meta.get("encoder"), imgsz=meta["imgsz"],
                   intensity=segment.Intensity.from_dict(meta.get("intensity")), tile=meta.get("tile", False),
                   tile_overlap=meta.get("tile_overlap", 0.25), ignore_index=meta.get("ignore_index", MASK_IGNORE))

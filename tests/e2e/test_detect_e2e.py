@@ -156,7 +156,7 @@ def test_yolo_overfits_a_handful_of_images_then_predicts(shapes, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout,model", [("yolo", "ssdlite"), ("voc", "fasterrcnn")])
+@pytest.mark.parametrize("layout,model", [("yolo", "ssdlite"), ("voc", "yolo_n")])
 def test_other_layouts_train_val_predict(shapes, tmp_path, layout, model):
     """The same pipeline on the YOLO and VOC layouts (converted from the COCO data), one short run each."""
     data = tmp_path / layout

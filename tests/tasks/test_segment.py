@@ -111,6 +111,8 @@ def test_dilating_decoder_on_vgg_and_unknown_encoder_are_one_line():
         build_segmenter("unet", "resnet_18", 3)
     with pytest.raises(CnnkitError, match="did you mean 'unet'"):
         build_segmenter("unnet", None, 3)
+    with pytest.raises(CnnkitError, match="instance segmenter"):
+        build_segmenter("maskrcnn", None, 3)
 
 
 @pytest.mark.parametrize("kind", ["ce", "dice", "ce_dice", "focal"])
