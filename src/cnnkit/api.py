@@ -286,6 +286,14 @@ def expand_sources(sources: list[str | Path], accept: Callable[[Path], bool] = i
     return files
 
 
+def report_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar metrics shown at the top of report.html (a test split's as test_NAME)."""
+    summary = {k: v for k, v in metrics.items() if isinstance(v, (float, int, str))}
+    if isinstance(metrics.get("test"), dict):
+        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
+    return summary
+
+
 def _remap_labels(samples, data_classes: list[str], model_classes: list[str], data: str):
     """Dataset label ids -> the model's ids, by class name (folders may list classes in another order)."""
     index = {name: i for i, name in enumerate(model_classes)}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources
+from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources, report_summary
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
 from cnnkit.console import console, warn
@@ -119,7 +119,7 @@ class Detector:
         write_json(out_dir / "metrics.json", metrics)
         write_report(out_dir / "report.html", f"cnnkit detect val: {self.model_name} on {data} ({split})",
                      {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
-                      "max_det": max_det}, _summary(metrics), paths, per_class=metrics["per_class"])
+                      "max_det": max_det}, report_summary(metrics), paths, per_class=metrics["per_class"])
         console.print(f"{split}: map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}  "
                       f"report {out_dir / 'report.html'}")
         return metrics
@@ -434,18 +434,11 @@ def finish_detect_run(cfg: DetectConfig, run_dir: Path, dataset: DetectionData, 
             metrics["test"] = split_metrics
     metrics["params"], metrics["gflops"] = best.cost
     write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir / "report.html", f"cnnkit detect: {cfg.model} on {cfg.data}", cfg.to_dict(), _summary(metrics), paths,
+    write_report(run_dir / "report.html", f"cnnkit detect: {cfg.model} on {cfg.data}", cfg.to_dict(), report_summary(metrics), paths,
                  per_class=metrics.get("per_class"))
     console.print(f"val map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}\n"
                   f"results in {run_dir}  report: {run_dir / 'report.html'}")
     return metrics
-
-
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (float, int, str))}
-    if isinstance(metrics.get("test"), dict):
-        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
-    return summary
 
 
 DETECT = Recipe(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources
+from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources, report_summary
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
 from cnnkit.console import console, warn
@@ -116,7 +116,7 @@ class InstanceSegmenter:
         write_json(out_dir / "metrics.json", metrics)
         write_report(out_dir / "report.html", f"cnnkit segment val: {self.model_name} ({self.backbone}) on {data} ({split})",
                      {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
-                      "max_det": max_det}, _summary(metrics), paths, per_class=metrics["per_class"])
+                      "max_det": max_det}, report_summary(metrics), paths, per_class=metrics["per_class"])
         console.print(f"{split}: {_headline(metrics)}  report {out_dir / 'report.html'}")
         return metrics
 
@@ -379,20 +379,13 @@ def finish_instance_run(cfg: SegmentConfig, run_dir: Path, dataset: DetectionDat
     metrics["params"], metrics["gflops"] = best.cost
     write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", f"cnnkit segment: {MODEL} ({best.backbone}) on {cfg.data}", cfg.to_dict(),
-                 _summary(metrics), paths, per_class=metrics.get("per_class"))
+                 report_summary(metrics), paths, per_class=metrics.get("per_class"))
     console.print(f"val {_headline(metrics)}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
     return metrics
 
 
 def _headline(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{name} {metrics[name]:.4f}" for name in ("mask_map", "mask_map50", "box_map", "box_map50"))
-
-
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (float, int, str))}
-    if isinstance(metrics.get("test"), dict):
-        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
-    return summary
 
 
 INSTANCE = Recipe(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources
+from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources, report_summary
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, MASK_IGNORE, dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
 from cnnkit.console import console, warn
@@ -103,7 +103,7 @@ class Segmenter:
         write_json(out_dir / "metrics.json", metrics)
         write_report(out_dir / "report.html", f"cnnkit segment val: {self.model_name} ({self.encoder}) on {data} ({split})",
                      {"weights": str(self.weights_path), "data": str(data), "split": split, "tile": self.inference(tile).tile},
-                     _summary(metrics), paths, per_class=metrics["per_class"])
+                     report_summary(metrics), paths, per_class=metrics["per_class"])
         console.print(f"{split}: {_headline(metrics)}  report {out_dir / 'report.html'}")
         return metrics
 
@@ -301,7 +301,7 @@ def finish_segment_run(cfg: SegmentConfig, run_dir: Path, dataset: SegmentationD
     metrics["params"], metrics["gflops"] = best.cost
     write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", f"cnnkit segment: {cfg.model} ({best.encoder}) on {cfg.data}", cfg.to_dict(),
-                 _summary(metrics), paths, per_class=metrics.get("per_class"))
+                 report_summary(metrics), paths, per_class=metrics.get("per_class"))
     console.print(f"val {_headline(metrics)}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
     return metrics
 
@@ -311,13 +311,6 @@ def _headline(metrics: dict[str, Any]) -> str:
     if metrics.get("hd95") is not None:
         parts.append(f"hd95 {metrics['hd95']:.2f} px")
     return "  ".join(parts)
-
-
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (float, int, str))}
-    if isinstance(metrics.get("test"), dict):
-        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
-    return summary
 
 
 SEGMENT = Recipe(
