@@ -430,28 +430,40 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
 def finish_run(cfg: TrainConfig, run_dir: Path, dataset, device: torch.device) -> dict[str, Any]:
     """Evaluate best weights on val (and test), then write metrics.json, plots and report.html."""
     best = Classifier.load(run_dir / "weights" / "best.safetensors")
-    plot_dir = run_dir / "plots"
-    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
+
+    def evaluate_split(split: str, samples) -> tuple[dict[str, Any], list[Path]]:
+        split_metrics, outputs = _evaluate_split(best.model, best, samples, cfg.batch, cfg.workers, device)
+        return split_metrics, classify.draw(outputs, dataset.classes, [p for p, _ in samples], run_dir / "plots", prefix=split)
+
+    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
+    line = f"val top1 {metrics['top1']:.4f}" + (f"  test top1 {metrics['test']['top1']:.4f}" if "test" in metrics else "")
+    publish_run(run_dir, f"cnnkit classify: {cfg.model} on {cfg.data}", cfg, metrics, paths, line)
+    return metrics
+
+
+def evaluate_run_splits(run_dir: Path, splits: dict[str, Any],
+                        evaluate_split: Callable[[str, Any], tuple[dict[str, Any], list[Path]]]) -> tuple[dict[str, Any], list[Path]]:
+    """The end of a training run, for every task: the history plot, then ``evaluate_split(split, samples)``
+    on val (its metrics at the top level) and test (under "test") where the dataset has them."""
+    paths = [plots.plot_history(read_history(run_dir / "history.csv"), run_dir / "plots" / "history.png")]
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
-        if split not in dataset.splits:
+        if not splits.get(split):
             continue
-        samples = dataset.splits[split]
-        split_metrics, outputs = _evaluate_split(best.model, best, samples, cfg.batch, cfg.workers, device)
-        paths += classify.draw(outputs, dataset.classes, [p for p, _ in samples], plot_dir, prefix=split)
+        split_metrics, split_paths = evaluate_split(split, splits[split])
+        paths += split_paths
         if split == "val":
             metrics.update(split_metrics)
         else:
             metrics["test"] = split_metrics
+    return metrics, paths
+
+
+def publish_run(run_dir: Path, title: str, cfg: TrainConfig, metrics: dict[str, Any], paths: list[Path], headline: str) -> None:
+    """metrics.json and report.html of a finished run, and its one-line result on the console."""
     write_json(run_dir / "metrics.json", metrics)
-    summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    if "test" in metrics:
-        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
-    write_report(run_dir / "report.html", f"cnnkit classify: {cfg.model} on {cfg.data}", cfg.to_dict(), summary, paths,
-                 per_class=metrics.get("per_class"))
-    line = f"val top1 {metrics['top1']:.4f}" + (f"  test top1 {metrics['test']['top1']:.4f}" if "test" in metrics else "")
-    console.print(f"{line}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
-    return metrics
+    write_report(run_dir / "report.html", title, cfg.to_dict(), report_summary(metrics), paths, per_class=metrics.get("per_class"))
+    console.print(f"{headline}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
 
 
 def _class_weights(cfg: TrainConfig, dataset) -> torch.Tensor | None:
@@ -626,13 +638,8 @@ def finish_embed_run(cfg, run_dir: Path, dataset, device: torch.device) -> dict[
         metrics["test"] = {"query_split": "test", "gallery_split": "train",
                            **retrieval_metrics(test["vectors"], test["labels"], gallery["vectors"], gallery["labels"])}
         paths.append(embed_task.retrieval_sheet(test, gallery, dataset.classes, plot_dir / "test_vs_train.png", same_set=False))
-    write_json(run_dir / "metrics.json", metrics)
-    summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    if "test" in metrics:
-        summary.update({f"test_{k}": v for k, v in metrics["test"].items() if isinstance(v, float)})
-    write_report(run_dir / "report.html", f"cnnkit embed: {cfg.model} on {cfg.data}", cfg.to_dict(), summary, paths)
     line = f"val recall@1 {metrics['recall@1']:.4f}" + (f"  test-vs-train recall@1 {metrics['test']['recall@1']:.4f}" if "test" in metrics else "")
-    console.print(f"{line}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
+    publish_run(run_dir, f"cnnkit embed: {cfg.model} on {cfg.data}", cfg, metrics, paths, line)
     return metrics
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources, report_summary
+from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, expand_sources, publish_run, report_summary
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
 from cnnkit.console import console, warn
@@ -27,12 +27,11 @@ from cnnkit.data.builtin import resolve_data
 from cnnkit.data.detection import DetectionData, DetectionImage, load_detection
 from cnnkit.data.images import is_image_file, load_image
 from cnnkit.engine import distributed as dist_utils
-from cnnkit.engine.callbacks import progress_bar, read_history
+from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.checkpoint import load_weights
 from cnnkit.engine.rundir import atomic_path, write_json
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluate import plots
 from cnnkit.evaluate.coco import coco_evaluate
 from cnnkit.evaluate.report import write_report
 from cnnkit.models.detectors import (
@@ -417,27 +416,18 @@ def _make_task(cfg: DetectConfig, dataset: DetectionData) -> detect.DetectTask:
 def finish_detect_run(cfg: DetectConfig, run_dir: Path, dataset: DetectionData, device: torch.device) -> dict[str, Any]:
     """Evaluate the best weights on val (and test): metrics.json, predictions.json, plots, report.html."""
     best = Detector.load(run_dir / "weights" / "best.safetensors")
-    plot_dir = run_dir / "plots"
-    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
-    metrics: dict[str, Any] = {}
     label_ids = [int(c) for c, _ in dataset.categories]
-    for split in ("val", "test"):
-        if not dataset.splits.get(split):
-            continue
-        split_metrics, results = evaluate_detector(best, dataset.splits[split], dataset.categories, label_ids, cfg.batch,
-                                                   cfg.workers, device, cfg.conf, cfg.iou, cfg.max_det)
+
+    def evaluate_split(split: str, images: list[DetectionImage]) -> tuple[dict[str, Any], list[Path]]:
+        split_metrics, results = evaluate_detector(best, images, dataset.categories, label_ids, cfg.batch, cfg.workers, device,
+                                                   cfg.conf, cfg.iou, cfg.max_det)
         write_json(run_dir / ("predictions.json" if split == "val" else f"predictions_{split}.json"), results)
-        paths += detect.draw(dataset.splits[split], dataset.categories, results, plot_dir, prefix=split)
-        if split == "val":
-            metrics.update(split_metrics)
-        else:
-            metrics["test"] = split_metrics
+        return split_metrics, detect.draw(images, dataset.categories, results, run_dir / "plots", prefix=split)
+
+    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
     metrics["params"], metrics["gflops"] = best.cost
-    write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir / "report.html", f"cnnkit detect: {cfg.model} on {cfg.data}", cfg.to_dict(), report_summary(metrics), paths,
-                 per_class=metrics.get("per_class"))
-    console.print(f"val map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}\n"
-                  f"results in {run_dir}  report: {run_dir / 'report.html'}")
+    publish_run(run_dir, f"cnnkit detect: {cfg.model} on {cfg.data}", cfg, metrics, paths,
+                f"val map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}")
     return metrics
 
 

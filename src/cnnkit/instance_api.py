@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources, report_summary
+from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, expand_sources, publish_run, report_summary
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
 from cnnkit.console import console, warn
@@ -29,12 +29,11 @@ from cnnkit.data.detection import DetectionData, DetectionImage, detect_layout
 from cnnkit.data.images import load_image
 from cnnkit.detection_api import load_split_data
 from cnnkit.engine import distributed as dist_utils
-from cnnkit.engine.callbacks import progress_bar, read_history
+from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.checkpoint import load_weights, recorded_model
 from cnnkit.engine.rundir import atomic_path, write_json, write_text
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluate import plots
 from cnnkit.evaluate.report import write_report
 from cnnkit.models.detectors import (Anchors, box_statistics, build_maskrcnn, fit_anchors, model_cost, pyramid_levels,
                                      set_postprocess)
@@ -361,26 +360,17 @@ def _make_task(cfg: SegmentConfig, dataset: DetectionData) -> instance.InstanceT
 def finish_instance_run(cfg: SegmentConfig, run_dir: Path, dataset: DetectionData, device: torch.device) -> dict[str, Any]:
     """Evaluate the best weights on val (and test): metrics.json, predictions.json, plots, report.html."""
     best = InstanceSegmenter.load(run_dir / "weights" / "best.safetensors")
-    plot_dir = run_dir / "plots"
-    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
-    metrics: dict[str, Any] = {}
     label_ids = [int(c) for c, _ in dataset.categories]
-    for split in ("val", "test"):
-        if not dataset.splits.get(split):
-            continue
-        split_metrics, results = evaluate_instances(best, dataset.splits[split], dataset.categories, label_ids, cfg.batch,
-                                                    cfg.workers, device, cfg.conf, cfg.iou, cfg.max_det)
+
+    def evaluate_split(split: str, images: list[DetectionImage]) -> tuple[dict[str, Any], list[Path]]:
+        split_metrics, results = evaluate_instances(best, images, dataset.categories, label_ids, cfg.batch, cfg.workers, device,
+                                                    cfg.conf, cfg.iou, cfg.max_det)
         write_json(run_dir / ("predictions.json" if split == "val" else f"predictions_{split}.json"), results)
-        paths += instance.draw(dataset.splits[split], dataset.categories, results, plot_dir, prefix=split)
-        if split == "val":
-            metrics.update(split_metrics)
-        else:
-            metrics["test"] = split_metrics
+        return split_metrics, instance.draw(images, dataset.categories, results, run_dir / "plots", prefix=split)
+
+    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
     metrics["params"], metrics["gflops"] = best.cost
-    write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir / "report.html", f"cnnkit segment: {MODEL} ({best.backbone}) on {cfg.data}", cfg.to_dict(),
-                 report_summary(metrics), paths, per_class=metrics.get("per_class"))
-    console.print(f"val {_headline(metrics)}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
+    publish_run(run_dir, f"cnnkit segment: {MODEL} ({best.backbone}) on {cfg.data}", cfg, metrics, paths, f"val {_headline(metrics)}")
     return metrics
 
 

@@ -16,19 +16,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, expand_sources, report_summary
+from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, expand_sources, publish_run, report_summary
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, MASK_IGNORE, dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
 from cnnkit.console import console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.segmentation import SegmentationData, SegmentSample, is_segmentation_input, load_segmentation
 from cnnkit.engine import distributed as dist_utils
-from cnnkit.engine.callbacks import progress_bar, read_history
+from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.checkpoint import load_weights
 from cnnkit.engine.rundir import atomic_path, write_json
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluate import plots
 from cnnkit.evaluate.report import write_report
 from cnnkit.models.segmenters import build_segmenter, parse_segmenter, segmenter_cost
 from cnnkit.tasks import segment
@@ -285,24 +284,13 @@ def _make_task(cfg: SegmentConfig, dataset: SegmentationData) -> segment.Segment
 def finish_segment_run(cfg: SegmentConfig, run_dir: Path, dataset: SegmentationData, device: torch.device) -> dict[str, Any]:
     """Evaluate the best weights on val (and test): metrics.json, plots, report.html."""
     best = Segmenter.load(run_dir / "weights" / "best.safetensors")
-    plot_dir = run_dir / "plots"
-    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
-    metrics: dict[str, Any] = {}
-    for split in ("val", "test"):
-        if not dataset.splits.get(split):
-            continue
-        split_metrics, split_paths = evaluate_segmenter(best, dataset.splits[split], cfg.batch, cfg.workers, device, plot_dir, split,
-                                                        best.inference(), cfg.hd95)
-        paths += split_paths
-        if split == "val":
-            metrics.update(split_metrics)
-        else:
-            metrics["test"] = split_metrics
+
+    def evaluate_split(split: str, samples) -> tuple[dict[str, Any], list[Path]]:
+        return evaluate_segmenter(best, samples, cfg.batch, cfg.workers, device, run_dir / "plots", split, best.inference(), cfg.hd95)
+
+    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
     metrics["params"], metrics["gflops"] = best.cost
-    write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir / "report.html", f"cnnkit segment: {cfg.model} ({best.encoder}) on {cfg.data}", cfg.to_dict(),
-                 report_summary(metrics), paths, per_class=metrics.get("per_class"))
-    console.print(f"val {_headline(metrics)}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
+    publish_run(run_dir, f"cnnkit segment: {cfg.model} ({best.encoder}) on {cfg.data}", cfg, metrics, paths, f"val {_headline(metrics)}")
     return metrics
 
 

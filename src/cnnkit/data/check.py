@@ -269,6 +269,11 @@ def print_report(report: CheckReport, console: Console | None = None) -> None:
                               for split, d in report.detection["objects_per_image"].items() if d)
         console.print(f"objects per image (min / median / max): {per_image or 'n/a'}")
 
+    print_findings(report, f"{sum(totals)} {'boxes' if report.detection else 'images'}", console)
+
+
+def print_findings(report: CheckReport, counted: str, console: Console) -> None:
+    """The errors and warnings (the first MAX_PRINTED_FINDINGS), then the verdict over ``counted``."""
     errors = [f for f in report.findings if f.level == "error"]
     warnings = [f for f in report.findings if f.level == "warning"]
     for finding in (errors + warnings)[:MAX_PRINTED_FINDINGS]:
@@ -279,8 +284,6 @@ def print_report(report: CheckReport, console: Console | None = None) -> None:
     hidden = len(report.findings) - MAX_PRINTED_FINDINGS
     if hidden > 0:
         console.print(f"… and {hidden} more findings (use the JSON report for all of them)")
-
-    counted = f"{sum(totals)} {'boxes' if report.detection else 'images'}"
     if errors:
         console.print(f"[bold red]FAIL[/]: {len(errors)} error(s), {len(warnings)} warning(s) in {counted}")
     elif warnings:

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cnnkit.data.check import MAX_PRINTED_FINDINGS, CheckReport, _progress, _short, _stats
+from cnnkit.data.check import CheckReport, _progress, _short, _stats, print_findings
 from cnnkit.data.segmentation import (MASK_IGNORE, MEDICAL_SUFFIXES, SPLITS, SegmentSample, image_size,
                                       is_segmentation_input, read_classes, read_mask, stem_of, suffix_of)
 from cnnkit.errors import CnnkitError
@@ -442,21 +442,5 @@ def print_segmentation_report(report: SegmentationReport, console: Console | Non
     shares.add_row("255", "ignore", *(f"{seg['ignore_pixels'][s]} px" for s in splits))
     console.print(shares)
 
-    errors = [f for f in report.findings if f.level == "error"]
-    warnings = [f for f in report.findings if f.level == "warning"]
-    for finding in (errors + warnings)[:MAX_PRINTED_FINDINGS]:
-        style = "red" if finding.level == "error" else "yellow"
-        line = Text(f"{finding.level}: ", style=f"bold {style}")
-        line.append(f"{_short(finding.path, report.root)}: {finding.message}", style=style)
-        console.print(line)
-    hidden = len(report.findings) - MAX_PRINTED_FINDINGS
-    if hidden > 0:
-        console.print(f"… and {hidden} more findings (use the JSON report for all of them)")
-    counted = f"{sum(seg['files'][s]['pairs'] for s in splits)} image/mask pairs"
-    if errors:
-        console.print(f"[bold red]FAIL[/]: {len(errors)} error(s), {len(warnings)} warning(s) in {counted}")
-    elif warnings:
-        console.print(f"[bold yellow]OK with warnings[/]: {len(warnings)} warning(s) in {counted}")
-    else:
-        console.print(f"[bold green]OK[/]: {counted}, {len(report.classes)} classes, no problems found")
+    print_findings(report, f"{sum(seg['files'][s]['pairs'] for s in splits)} image/mask pairs", console)
 

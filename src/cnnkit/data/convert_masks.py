@@ -229,22 +229,10 @@ class _CocoImage:
 
 
 def _read_coco_instances(root: Path, split: str, file: Path, categories: dict[int, str]) -> list[_CocoImage]:
-    from cnnkit.data.detection import _coco_image_path, _image_size
+    from cnnkit.data.detection import _coco_image_path, _image_size, read_coco_file
 
+    coco, known = read_coco_file(file, categories)
     try:
-        coco = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CnnkitError(f"{file}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise CnnkitError(f"{file}: not a text file") from None
-    if not isinstance(coco, dict) or not all(isinstance(coco.get(key), list) for key in ("images", "annotations", "categories")):
-        raise CnnkitError(f"{file}: not a COCO annotation file", "needs 'images', 'annotations' and 'categories' lists")
-    try:
-        for cat in coco["categories"]:
-            cat_id, name = int(cat["id"]), str(cat["name"])
-            if categories.setdefault(cat_id, name) != name:
-                raise CnnkitError(f"{file}: category id {cat_id} is '{name}' here but '{categories[cat_id]}' in another split")
-        known = {int(cat["id"]) for cat in coco["categories"]}
         images: dict = {}
         for img in coco["images"]:
             path = _coco_image_path(root, split, str(img["file_name"]), file)

@@ -153,7 +153,9 @@ def read_coco(root: Path, strict: bool = False) -> DetectionData:
     return DetectionData(root, "coco", list(categories.items()), splits)
 
 
-def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, str], strict: bool) -> list[DetectionImage]:
+def read_coco_file(file: Path, categories: dict[int, str]) -> tuple[dict, set[int]]:
+    """A COCO annotation file's JSON, its categories merged into ``categories`` (an id must keep its name
+    across splits), and the set of category ids it declares."""
     try:
         coco = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -167,7 +169,14 @@ def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, s
             cat_id, name = int(cat["id"]), str(cat["name"])
             if categories.setdefault(cat_id, name) != name:
                 raise CnnkitError(f"{file}: category id {cat_id} is '{name}' here but '{categories[cat_id]}' in another split")
-        known = {int(cat["id"]) for cat in coco["categories"]}
+        return coco, {int(cat["id"]) for cat in coco["categories"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CnnkitError(f"{file}: a category lacks a valid 'id' or 'name' ({exc})") from None
+
+
+def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, str], strict: bool) -> list[DetectionImage]:
+    coco, known = read_coco_file(file, categories)
+    try:
         entries = {}
         for img in coco["images"]:
             path = _coco_image_path(root, split, str(img["file_name"]), file)
