@@ -21,7 +21,11 @@ def __getattr__(name: str):
         from cnnkit.instance_api import InstanceSegmenter
 
         return InstanceSegmenter
+    if name == "distill":
+        from cnnkit.distill_api import distill
+
+        return distill
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "Detector", "Embedder", "InstanceSegmenter", "Segmenter", "__version__"]
+__all__ = ["Classifier", "Detector", "Embedder", "InstanceSegmenter", "Segmenter", "__version__", "distill"]

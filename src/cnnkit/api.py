@@ -66,13 +66,21 @@ class Classifier:
 
     @classmethod
     def load(cls, weights: str | Path) -> "Classifier":
-        """Rebuild the model from a cnnkit weights file alone (architecture, classes, size, normalisation)."""
-        state, meta = load_weights(weights, task=TASK)
-        clf = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"])
+        """Rebuild the model from a cnnkit weights file alone (architecture, classes, size, normalisation),
+        or load a deployed file of `cnnkit export` / `cnnkit quantize` (.onnx, .pt2, .ts, .int8.pt)."""
+        from cnnkit.compress.runtime import is_deployed, load_deployed_for
+
+        if is_deployed(weights):
+            model, meta = load_deployed_for(weights, TASK)
+            clf = cls(meta["model"], imgsz=meta["imgsz"])
+            clf.class_names, clf.model = meta["class_names"], model
+        else:
+            state, meta = load_weights(weights, task=TASK)
+            clf = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"])
+            clf.model.load_state_dict(state)
         clf.mean, clf.std = tuple(meta["mean"]), tuple(meta["std"])
         # how the training run cut val from train, so `val` on such a dataset sees the same held-out images
         clf.val_split, clf.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        clf.model.load_state_dict(state)
         clf.weights_path = Path(weights)
         return clf
 
@@ -349,6 +357,7 @@ class Recipe:
     collate: Callable[[list], Any] = collate_skipping_none
     # --backbone-from checks that the file's recorded model has this name (None: only the tensor shapes)
     backbone_name: Callable[[Any], str | None] = lambda cfg: cfg.model
+    runs_under: str | None = None  # the folder under runs/ (default: the task; distillation's runs/distill)
 
 
 def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = TASK) -> tuple[TrainConfig, Path]:
@@ -374,7 +383,7 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     unless ``recipe`` says otherwise. ``explicit`` names the options the user set (the rest are
     defaults), which matters for --resume."""
     recipe = recipe or CLASSIFY
-    cfg, run_dir = resolve_run(cfg, explicit, recipe.task)
+    cfg, run_dir = resolve_run(cfg, explicit, recipe.runs_under or recipe.task)
     device = dist_utils.select_device(cfg.device)
     dist_utils.setup(device)
     # ranks may have picked different free names (exp, exp2) before joining: rank 0's wins
@@ -437,7 +446,9 @@ def finish_run(cfg: TrainConfig, run_dir: Path, dataset, device: torch.device) -
 
     metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
     line = f"val top1 {metrics['top1']:.4f}" + (f"  test top1 {metrics['test']['top1']:.4f}" if "test" in metrics else "")
-    publish_run(run_dir, f"cnnkit classify: {cfg.model} on {cfg.data}", cfg, metrics, paths, line)
+    teacher = getattr(cfg, "teacher", None)
+    title = f"cnnkit distill: {cfg.model} from {teacher}" if teacher else f"cnnkit classify: {cfg.model} on {cfg.data}"
+    publish_run(run_dir, title, cfg, metrics, paths, line)
     return metrics
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, get_args, get_type_hints
 import typer
 
 from cnnkit import __version__
-from cnnkit.config import DetectConfig, EmbedConfig, PreviewConfig, SegmentConfig, TrainConfig, read_yaml_options
+from cnnkit.config import DetectConfig, DistillConfig, EmbedConfig, PreviewConfig, SegmentConfig, TrainConfig, read_yaml_options
 from cnnkit.errors import CnnkitError
 
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
@@ -86,7 +86,7 @@ def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -
                 option = typer.Option(f.default, f"--{flag}/--no-{flag}", **kwargs)
             else:
                 short = f.metadata.get("short")
-                option = typer.Option(f.default, f"--{flag}", *([short] if short else []), **kwargs)
+                option = typer.Option(f.default, f"--{flag}", *f.metadata.get("aliases", ()), *([short] if short else []), **kwargs)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                         default=typer.Option(None, "--config", help="YAML file with any of these options")))
@@ -753,6 +753,16 @@ def _severity_list(text: str) -> list[int]:
         raise CnnkitError(f"--severities '{text}': not a comma-separated list of integers", "e.g. --severities 1,3,5") from None
 
 
+@config_command(app, "distill", DistillConfig,
+                "Knowledge distillation: train a --student classifier from a frozen --teacher's soft targets (KL at "
+                "--temperature, weighted --alpha, plus the labels) and optionally one teacher layer's features. Every "
+                "training option applies; the result is an ordinary classifier's weights under runs/distill/.")
+def distill_command(cfg: DistillConfig, explicit: set[str]) -> None:
+    from cnnkit.distill_api import run_distillation
+
+    run_distillation(cfg, explicit)
+
+
 @app.command("robustness")
 def robustness(
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
@@ -800,6 +810,91 @@ def robustness(
         for row, (name, values) in enumerate(names.items()):
             table.add_row(family if row == 0 else "", name, *(f"{v:.3f}" for v in values))
     Console().print(table)  # stdout: results; messages go to stderr
+
+
+@app.command("export")
+def export_command(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify, embed or segment (semantic) run"),
+    format: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime, any ONNX runtime), torchscript (.ts) or pt2 (torch.export)"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="output file (default: beside the weights, "
+                                       "NAME.onnx / NAME.ts / NAME.pt2)"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch/--fixed-batch", help="accept any batch size (default: batch 1)"),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or newer)"),
+    data: Optional[str] = typer.Option(None, "--data", help="images for the parity check: this dataset's val split "
+                                       "(default: photos shipped with scikit-learn and scikit-image)"),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="image files for the parity check (repeatable)"),
+    rtol: float = typer.Option(1e-3, "--rtol", help="parity tolerance: largest output difference allowed, relative to the largest output"),
+) -> None:
+    """Export a trained model to ONNX, TorchScript or a torch.export program, then run it beside eager PyTorch
+    on real images: prints the largest output difference (and top-1 agreement for classifiers); a mismatch
+    beyond --rtol fails. The file carries the model's metadata, so `val`, `predict` and `bench` load it directly."""
+    from cnnkit.compress.export import FORMATS, export_weights
+
+    if format not in FORMATS:
+        raise CnnkitError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+    path, _ = export_weights(weights, format, out, dynamic_batch, opset, data, [str(p) for p in images or []], rtol)
+    typer.echo(str(path))
+
+
+@app.command("quantize")
+def quantize_command(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify or segment (semantic) run"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset root or built-in name: calibration images (its train split) "
+                                       "and the fp32-vs-int8 comparison (its val split)"),
+    method: str = typer.Option("ptq", "--method", help="ptq: static post-training int8; qat: quantization-aware fine-tuning "
+                               "for --epochs, then int8 (classifiers); dynamic: int8 Linear layers, no calibration"),
+    backend: str = typer.Option("torch", "--backend", help="torch: PyTorch int8 (FX, x86 kernels) -> NAME.int8.pt; "
+                                "onnx: ONNX Runtime static QDQ int8 of the exported model -> NAME.int8.onnx"),
+    calib_images: int = typer.Option(256, "--calib-images", help="calibration images (ptq, qat)"),
+    epochs: int = typer.Option(1, "--epochs", help="--method qat: fine-tuning epochs"),
+    lr: float = typer.Option(1e-4, "--lr", help="--method qat: learning rate"),
+    batch: int = typer.Option(32, "--batch", min=1, help="--method qat: batch size"),
+    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="output file (default: beside the weights)"),
+) -> None:
+    """Quantize a trained model to int8 for x86 CPUs and report the task metric of fp32 and int8 side by side.
+    The file loads directly in `val`, `predict` and `bench`."""
+    from cnnkit.compress.quantize import quantize_weights
+    from cnnkit.console import console
+
+    path, report = quantize_weights(weights, data, method, backend, calib_images, epochs, out, lr, batch, workers)
+    size = f"{report['size_mb_fp32']:.1f} MB -> {report['size_mb_int8']:.1f} MB ({report['size_mb_fp32'] / report['size_mb_int8']:.1f}x smaller)"
+    if "metric" in report:
+        console.print(f"{report['metric']} on {data} ({report['split']}): fp32 {report['fp32']:.4f}, int8 {report['int8']:.4f} "
+                      f"({report['change_points']:+.2f} points); {size}")
+    else:
+        console.print(size)
+    typer.echo(str(path))
+
+
+@app.command("bench")
+def bench_command(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify or segment (semantic) run"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset root or built-in name: the task metric on its val split "
+                                       "and the int8 calibration (its train split)"),
+    formats: str = typer.Option("eager,bf16,int8,onnx,onnx-int8", "--formats", metavar="A,B",
+                                help="variants to measure: eager, bf16, int8, onnx, onnx-int8, pt2, torchscript"),
+    batch: str = typer.Option("1,32", "--batch", metavar="1,32", help="batch sizes"),
+    runs: int = typer.Option(30, "--runs", help="timed calls per variant and batch size (median and p90 of these)"),
+    warmup: int = typer.Option(5, "--warmup", help="untimed calls first"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="intra-op threads for PyTorch and ONNX Runtime (default: PyTorch's)"),
+    calib_images: int = typer.Option(256, "--calib-images", help="calibration images for the int8 variants"),
+    out: Path = typer.Option(Path("runs/bench"), "--out", metavar="DIR", help="where the variants' files, bench.json and bench.md go"),
+    no_metric: bool = typer.Option(False, "--no-metric", help="latency only: skip the task metric"),
+) -> None:
+    """Size, latency (p50/p90), throughput and the task metric of each deployment variant of a model, as a
+    table; bench.json and bench.md in --out."""
+    from cnnkit.compress.bench import FORMATS, bench, parse_list
+
+    format_list = parse_list(formats, "formats", FORMATS)
+    try:
+        batches = [int(b) for b in parse_list(batch, "batch")]
+    except ValueError:
+        raise CnnkitError(f"--batch {batch!r}: give whole numbers separated by commas, e.g. 1,32") from None
+    needs_data = {"int8", "onnx-int8"} & set(format_list)
+    if needs_data and not data:
+        raise CnnkitError(f"--formats {','.join(sorted(needs_data))} need calibration images: pass --data ROOT")
+    bench(weights, data, format_list, batches, out, runs, warmup, threads, calib_images, metric=not no_metric)
 
 
 @app.command("models")

@@ -14,9 +14,11 @@ import yaml
 from cnnkit.errors import CnnkitError
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None, short: str | None = None) -> Any:
-    """A dataclass field that carries its CLI help text (allowed values, a short flag such as -n)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "short": short})
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, short: str | None = None,
+           aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field that carries its CLI help text (allowed values, a short flag such as -n, other
+    long names such as --student for distillation's --model)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short, "aliases": aliases})
 
 
 class _Options:
@@ -179,6 +181,37 @@ class EmbedConfig(TrainConfig):
             raise CnnkitError(f"--temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.margin <= 2.0:
             raise CnnkitError(f"--margin must be between 0 and 2, got {self.margin}")
+        return self
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """`cnnkit distill`: train a student classifier from a frozen teacher (plus every training option)."""
+
+    model: str = option("tiny_cnn", "the student: tiny_cnn, any timm model or tv:NAME (--model and --student are one option)",
+                        aliases=("--student",))
+    teacher: str | None = option(None, "the teacher: weights/best.safetensors of a `cnnkit classify train` run on the same classes")
+    temperature: float = option(4.0, "softmax temperature of the soft targets (higher: more of the teacher's dark knowledge)")
+    alpha: float = option(0.9, "weight of the soft-target (KL) term; the true labels' cross-entropy gets 1 - alpha")
+    hint_layer: str | None = option(None, "feature distillation: the teacher layer whose output the student imitates (e.g. layer3)")
+    student_layer: str | None = option(None, "feature distillation: the student layer regressed onto --hint-layer (e.g. features.6)")
+    hint_weight: float = option(1.0, "weight of the feature (hint) loss")
+
+    def validate(self) -> "DistillConfig":
+        super().validate()
+        if not self.teacher:
+            raise CnnkitError("distill needs --teacher WEIGHTS", "train one with `cnnkit classify train --model resnet18 …`")
+        if self.temperature <= 0:
+            raise CnnkitError(f"--temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise CnnkitError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if bool(self.hint_layer) != bool(self.student_layer):
+            raise CnnkitError("feature distillation needs both --hint-layer (teacher) and --student-layer")
+        if self.hint_weight < 0:
+            raise CnnkitError(f"--hint-weight must be 0 or more, got {self.hint_weight}")
+        if self.balance == "smote":
+            raise CnnkitError("--balance smote trains a head on cached features, which a teacher cannot distil into",
+                              "use --balance weights or oversample")
         return self
 
 

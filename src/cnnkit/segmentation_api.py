@@ -58,7 +58,13 @@ class Segmenter:
     @classmethod
     def load(cls, weights: str | Path) -> "Segmenter":
         """Rebuild the segmenter from a cnnkit weights file alone (architecture, classes, size, intensity scaling)."""
-        state, meta = load_weights(weights, task=TASK)
+        from cnnkit.compress.runtime import is_deployed, load_deployed_for
+
+        deployed = None
+        if is_deployed(weights):
+            deployed, meta = load_deployed_for(weights, TASK)
+        else:
+            state, meta = load_weights(weights, task=TASK)
         if meta.get("model") == "maskrcnn":
             raise CnnkitError(f"{weights}: Mask R-CNN (instance) weights", "load them with InstanceSegmenter.load, or "
                               "cnnkit.instance_api.load_segmenter for either kind")
@@ -67,7 +73,10 @@ class Segmenter:
                   tile_overlap=meta.get("tile_overlap", 0.25), ignore_index=meta.get("ignore_index", MASK_IGNORE))
         seg.val_split, seg.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         seg.cost = (meta.get("params"), meta.get("gflops"))
-        seg.model.load_state_dict(state)
+        if deployed is not None:
+            seg.model = deployed
+        else:
+            seg.model.load_state_dict(state)
         seg.weights_path = Path(weights)
         return seg
 

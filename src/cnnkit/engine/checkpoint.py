@@ -29,15 +29,28 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def deployable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict a weights file holds: all of it but the submodules the model names in
+    ``cnnkit_training_only`` (distillation's hint regressor), which the checkpoint keeps for --resume."""
+    model = unwrap(model)
+    skip = tuple(f"{name}." for name in getattr(model, "cnnkit_training_only", ()))
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(skip)} if skip else model.state_dict()
+
+
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
     """Write the model's weights as safetensors; metadata values are stored JSON-encoded."""
-    return save_state_dict(unwrap(model).state_dict(), path, metadata)
+    return save_state_dict(deployable_state(model), path, metadata)
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    seen: set[int] = set()
+    for key, value in state.items():  # safetensors refuses tensors that share memory (QAT's shared observers)
+        if value.numel() and value.data_ptr() in seen:
+            state[key] = value.clone()
+        seen.add(value.data_ptr())
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)

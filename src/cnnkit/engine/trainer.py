@@ -33,6 +33,7 @@ from cnnkit.engine.rundir import copy_file
 from cnnkit.engine.transfer import TransferPlan, apply_freeze, freeze_for_run
 from cnnkit.engine.checkpoint import (
     FORMAT,
+    deployable_state,
     load_checkpoint,
     save_checkpoint,
     save_state_dict,
@@ -382,7 +383,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
             epoch_meta = {**metadata, "epoch": epoch + 1, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             # written synchronously: on a 2-core CPU a writer thread slowed the next epoch more
             # than the write itself costs (measured with benchmarks/train_overhead.py)
-            _write_epoch(run_dir, unwrap(eval_model).state_dict(), {
+            _write_epoch(run_dir, deployable_state(eval_model), {
                 "format": FORMAT, "epoch": epoch + 1, "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,

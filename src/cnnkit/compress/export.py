@@ -1,0 +1,245 @@
+"""`cnnkit export`: a trained model as ONNX, TorchScript or a torch.export program, checked against eager
+PyTorch on real images before the command succeeds.
+
+Every exported file takes the normalised float image batch [B, 3, imgsz, imgsz] (mean/std, class names
+and the rest of the weights' metadata travel inside the file) and returns the eager model's output:
+class logits [B, C] for classifiers, per-pixel logits [B, C, H, W] for semantic segmenters.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit.compress.runtime import META_FILE, load_deployed
+from cnnkit.console import console
+from cnnkit.engine.rundir import atomic_path
+from cnnkit.errors import CnnkitError
+
+FORMATS = ("onnx", "torchscript", "pt2")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
+MIN_OPSET = 18  # torch.onnx's exporter writes opset 18 natively; older opsets need a lossy down-conversion
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class Parity:
+    images: int
+    max_abs_diff: float
+    output_scale: float  # the largest |eager output|, which the tolerance is relative to
+    top1_agreement: float | None
+    ok: bool
+
+    def line(self) -> str:
+        agree = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
+        return f"parity on {self.images} images: largest output difference {self.max_abs_diff:.2e} (outputs up to {self.output_scale:.3g}){agree}"
+
+
+def load_float(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(eval-mode float model on the CPU, metadata) of a cnnkit weights file of any exportable task."""
+    from cnnkit.engine.checkpoint import read_metadata
+
+    metadata = read_metadata(weights)
+    task = metadata.get("task")
+    if task == "classify":
+        from cnnkit.api import Classifier
+
+        owner = Classifier.load(weights)
+    elif task == "segment" and metadata.get("model") != "maskrcnn":
+        from cnnkit.segmentation_api import Segmenter
+
+        owner = Segmenter.load(weights)
+    elif task == "embed":
+        from cnnkit.api import Embedder
+
+        owner = Embedder.load(weights)
+    else:
+        raise CnnkitError(f"{weights}: exporting a {task} '{metadata.get('model')}' is not supported yet",
+                          "classifiers, embedders and semantic segmenters export today; detectors and Mask R-CNN come next")
+    return owner.model.eval().cpu(), metadata
+
+
+def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Path, dynamic_batch: bool = False,
+                 opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``model`` in ``fmt`` to ``path`` (atomically) with the metadata inside."""
+    if fmt not in FORMATS:
+        raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    imgsz = int(metadata["imgsz"])
+    example = torch.rand(2 if dynamic_batch else 1, 3, imgsz, imgsz)
+    meta = {**metadata, "deployed": {"format": fmt, "batch": None if dynamic_batch else 1, "opset": opset if fmt == "onnx" else None,
+                                     "input": f"float32 [{'N' if dynamic_batch else 1}, 3, {imgsz}, {imgsz}], normalised with mean/std"}}
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            if fmt == "onnx":
+                _export_onnx(model, example, tmp, opset, dynamic_batch, meta)
+            elif fmt == "pt2":
+                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch_dim},) if dynamic_batch else None)
+                buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, and tmp is neither
+                torch.export.save(program, buffer, extra_files={META_FILE: json.dumps(meta)})
+                tmp.write_bytes(buffer.getvalue())
+            else:
+                warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated.*")  # said in the docs
+                traced = torch.jit.trace(model, example, check_trace=False)
+                torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta)})
+    except CnnkitError:
+        raise
+    except Exception as exc:
+        layer = failing_layer(exc, model)
+        where = f" at layer '{layer}' ({type(model.get_submodule(layer)).__name__})" if layer else ""
+        raise CnnkitError(f"{metadata.get('model')}: cannot be expressed as {fmt}{where}: {type(exc).__name__}: "
+                          f"{_first_line(exc)}", _export_hint(fmt)) from None
+    return path
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool, meta: dict) -> None:
+    import contextlib
+
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise CnnkitError(f"--opset {opset} is too old: cnnkit exports ONNX opset {MIN_OPSET} or newer",
+                          f"use --opset {MIN_OPSET} or above (ONNX Runtime 1.14+ runs it)")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise CnnkitError(f"--opset {opset} is newer than this onnx package knows ({newest})", f"use --opset {newest} or below")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # the exporter reports its steps on stdout, which is for results
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["images"],
+                                    output_names=["output"], dynamic_shapes=({0: batch},) if dynamic_batch else None,
+                                    verbose=False)
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_FILE, json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+def failing_layer(exc: BaseException, model: nn.Module) -> str | None:
+    """The dotted name of the deepest submodule of ``model`` whose code was running when ``exc`` rose."""
+    names = {id(module): name for name, module in model.named_modules() if name}
+    found = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in names:
+            found = names[id(owner)]
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:240] if text else type(exc).__name__
+
+
+def _export_hint(fmt: str) -> str:
+    others = ", ".join(f for f in FORMATS if f != fmt)
+    return (f"that layer uses Python control flow or an operator {fmt} lacks: replace or drop it, or try --format {others}; "
+            "rerun with --debug for the full trace")
+
+
+@torch.no_grad()
+def check_parity(eager: nn.Module, exported: nn.Module, images: torch.Tensor, metadata: dict[str, Any],
+                 rtol: float = 1e-3, atol: float = 1e-4) -> Parity:
+    """Eager against exported outputs on ``images``: the largest absolute difference must stay within
+    ``atol + rtol * max|eager|``; classifiers also report how often their top-1 classes agree."""
+    reference = eager(images).float()
+    got = exported(images).float()
+    if got.shape != reference.shape:
+        return Parity(len(images), float("inf"), float(reference.abs().max()), None, False)
+    diff = float((reference - got).abs().max())
+    scale = float(reference.abs().max())
+    agreement = None
+    if metadata.get("task") == "classify":
+        agreement = float((reference.argmax(1) == got.argmax(1)).float().mean())
+    return Parity(len(images), diff, scale, agreement, diff <= atol + rtol * scale)
+
+
+def parity_images(metadata: dict[str, Any], data: str | None = None, images: list[str] | None = None, limit: int = 16) -> torch.Tensor:
+    """Real images as the model sees them (resized, normalised): ``images``, else up to ``limit`` of
+    ``data``'s val split, else the photos scikit-learn and scikit-image ship."""
+    from PIL import Image
+
+    if images:
+        return model_inputs(metadata, [Path(p) for p in images[:limit]])
+    if data:
+        return model_inputs(metadata, data_images(data, metadata.get("task"), limit))
+    return model_inputs(metadata, [Image.fromarray(p) for p in bundled_photos()[:limit]])
+
+
+def model_inputs(metadata: dict[str, Any], images: list) -> torch.Tensor:
+    """Image files (or PIL images) as one normalised float batch at the model's size."""
+    from PIL import Image
+
+    from cnnkit.augment.presets import classify_transforms
+    from cnnkit.data.images import load_image
+
+    transform = classify_transforms(int(metadata["imgsz"]), train=False, mean=tuple(metadata["mean"]), std=tuple(metadata["std"]))
+    return torch.stack([transform(image if isinstance(image, Image.Image) else load_image(image)) for image in images])
+
+
+def data_images(data: str, task: str | None, limit: int, splits: tuple[str, ...] = ("val", "test", "train")) -> list[Path]:
+    """Up to ``limit`` image files of ``data`` spread over the first of ``splits`` it has (ImageFolder,
+    masks, COCO/YOLO layouts: ROOT/SPLIT or ROOT/images/SPLIT), else of the whole folder."""
+    from cnnkit.data.builtin import resolve_data
+    from cnnkit.data.images import is_image_file
+
+    root = resolve_data(data, task)
+    if not root.is_dir():
+        raise CnnkitError(f"{data}: no such dataset folder")
+    candidates = [folder for split in splits for folder in (root / split, root / "images" / split)]
+    for folder in (*candidates, root / "images", root):
+        if folder.is_dir():
+            files = sorted(p for p in folder.rglob("*") if is_image_file(p))
+            if files:
+                step = max(1, len(files) // limit)
+                return files[::step][:limit]
+    raise CnnkitError(f"{data}: no images found", "pass a dataset root with images (ROOT/train, ROOT/val, …)")
+
+
+def bundled_photos() -> list[np.ndarray]:
+    """RGB photos that ship inside scikit-learn and scikit-image: real images without a download."""
+    from sklearn.datasets import load_sample_images
+
+    photos = list(load_sample_images().images)
+    try:
+        from skimage import data as skdata
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field"):
+            photos.append(getattr(skdata, name)())
+    except Exception:  # scikit-image is optional here
+        pass
+    return [p for p in photos if p.ndim == 3 and p.shape[2] == 3]
+
+
+def export_weights(weights: str | Path, fmt: str, out: str | Path | None = None, dynamic_batch: bool = False,
+                   opset: int = DEFAULT_OPSET, data: str | None = None, images: list[str] | None = None,
+                   rtol: float = 1e-3) -> tuple[Path, Parity]:
+    """`cnnkit export`: write the file, load it back, compare with eager on real images; a mismatch
+    beyond tolerance removes the file and is a one-line error."""
+    weights = Path(weights)
+    model, metadata = load_float(weights)
+    if fmt not in FORMATS:
+        raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    path = Path(out) if out else weights.with_suffix(SUFFIX[fmt])
+    if not str(path).endswith(SUFFIX[fmt]):
+        raise CnnkitError(f"--out {path}: a {fmt} file must end with {SUFFIX[fmt]}", "val, predict and bench tell formats by the suffix")
+    write_export(model, metadata, fmt, path, dynamic_batch, opset)
+    batch = parity_images(metadata, data, images)
+    exported = load_deployed(path).model
+    parity = check_parity(model, exported, batch, metadata, rtol=rtol)
+    console.print(f"{fmt}: {path} ({path.stat().st_size / 1e6:.1f} MB)\n{parity.line()}")
+    if not parity.ok:
+        path.unlink(missing_ok=True)
+        raise CnnkitError(f"{path}: the exported model disagrees with eager PyTorch ({parity.line()})",
+                          "the file was removed; report the model and format, or try another --format")
+    return path, parity
+

@@ -1,0 +1,176 @@
+"""Deployed models: the files `cnnkit export` and `cnnkit quantize` write, loaded back as a module that
+`val`, `predict` and `bench` call like the eager model (a float batch in, the model's outputs out).
+
+- ``.onnx``: ONNX Runtime on the CPU (the cnnkit metadata in the model's metadata_props);
+- ``.pt2``: a torch.export program (``torch.export.load``; the metadata as an extra file);
+- ``.ts``: TorchScript (``torch.jit.load``; the metadata as an extra file);
+- ``.int8.pt``: PyTorch int8 (FX graph mode, x86 backend, or dynamic): the quantized state dict read with
+  ``torch.load(weights_only=True)``; the network is rebuilt from the metadata and quantized the same way,
+  so no code ever comes out of the file.
+
+None of these formats runs Python code stored in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CnnkitError
+
+META_FILE = "cnnkit.json"  # extra file of .ts/.pt2, metadata_props key of .onnx
+QUANTIZED_FORMAT = "cnnkit-int8"
+SUFFIXES = (".onnx", ".pt2", ".ts", ".int8.pt")
+
+
+def is_deployed(path: str | Path) -> bool:
+    return str(path).endswith(SUFFIXES)
+
+
+@dataclass
+class Deployed:
+    model: nn.Module
+    metadata: dict[str, Any]  # the source weights' metadata (task, model, class_names, imgsz, mean, std, …) + "deployed"
+    kind: str  # onnx | pt2 | torchscript | int8
+    path: Path
+
+
+class FixedBatch(nn.Module):
+    """Runs a model exported for one batch size on any batch, a sample (or exported batch) at a time."""
+
+    def __init__(self, inner: Any, batch: int):
+        super().__init__()
+        self.inner, self.batch = inner, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == self.batch:
+            return self.inner(x)
+        if self.batch != 1:
+            raise CnnkitError(f"this model was exported for batch {self.batch}, got {x.shape[0]}",
+                              "export it again with --dynamic-batch")
+        return torch.cat([self.inner(x[i:i + 1]) for i in range(x.shape[0])])
+
+
+class ExportedProgram(nn.Module):
+    """A torch.export program's module, callable like any model: its module refuses train()/eval(),
+    which val and predict call, so it is kept out of the module tree."""
+
+    def __init__(self, program_module: Any):
+        super().__init__()
+        self.__dict__["program"] = program_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session as a module: float tensor in, the first output as a float tensor out."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise CnnkitError(f"{path}: ONNX Runtime cannot load this model ({str(exc).splitlines()[0][:200]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The cnnkit metadata a deployed file carries; CnnkitError when it has none."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"{path}: no such file")
+    text = None
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+            text = {p.key: p.value for p in model.metadata_props}.get(META_FILE)
+        elif path.suffix == ".pt2":
+            extra = {META_FILE: ""}
+            torch.export.load(str(path), extra_files=extra)
+            text = extra[META_FILE] or None
+        elif path.suffix == ".ts":
+            extra = {META_FILE: ""}
+            _load_torchscript(path, extra)
+            text = extra[META_FILE] or None
+        else:
+            text = _read_quantized(path)["metadata"]
+    except CnnkitError:
+        raise
+    except Exception as exc:
+        raise CnnkitError(f"{path}: not a readable {path.suffix} model ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if not text:
+        raise CnnkitError(f"{path}: no cnnkit metadata in this file", "use a file written by `cnnkit export` or `cnnkit quantize`")
+    return json.loads(text.decode() if isinstance(text, bytes) else text)
+
+
+def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
+    """The model in a deployed file, ready to call on a float batch (CPU)."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    batch = metadata.get("deployed", {}).get("batch")
+    if path.suffix == ".onnx":
+        model: nn.Module = OnnxModule(path, threads)
+        kind = "onnx"
+    elif path.suffix == ".pt2":
+        model, kind = ExportedProgram(torch.export.load(str(path)).module()), "pt2"
+    elif path.suffix == ".ts":
+        model, kind = _load_torchscript(path, {}).eval(), "torchscript"
+    else:
+        from cnnkit.compress.quantize import rebuild_quantized
+
+        saved = _read_quantized(path)
+        model, kind = rebuild_quantized(metadata, saved["method"], saved["state_dict"]), "int8"
+    if batch:
+        model = FixedBatch(model, int(batch))
+    return Deployed(model, metadata, kind, path)
+
+
+def load_deployed_for(path: str | Path, task: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, metadata) of a deployed file that must hold a ``task`` model."""
+    deployed = load_deployed(path)
+    found = deployed.metadata.get("task")
+    if found != task:
+        raise CnnkitError(f"{path}: a deployed '{found}' model, not '{task}'", f"use `cnnkit {found} …` with this file")
+    return deployed.model, deployed.metadata
+
+
+def _load_torchscript(path: Path, extra: dict[str, Any]) -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated.*")  # the format the issue asks for
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+
+
+def _read_quantized(path: Path) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")  # quantized tensors' storages
+            saved = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CnnkitError(f"{path}: not a cnnkit int8 file ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(saved, dict) or saved.get("format") != QUANTIZED_FORMAT:
+        raise CnnkitError(f"{path}: not a cnnkit int8 file", "write one with `cnnkit quantize --weights W --data ROOT`")
+    return saved
+
+
+def file_size_mb(path: str | Path) -> float:
+    return Path(path).stat().st_size / 1e6
