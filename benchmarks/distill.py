@@ -2,7 +2,7 @@
 over several seeds, on the same data, epochs and settings.
 
     python benchmarks/distill.py [--teacher-model resnet18] [--student tiny_cnn] [--seeds 0 1 2]
-                                 [--epochs 10] [--train-fraction 1.0] [--temperature 4] [--alpha 0.9]
+                                 [--epochs 10] [--batch 64] [--train-fraction 1.0] [--temperature 4] [--alpha 0.9]
 
 The teacher (resnet18 at 32 px by default) is trained once on `digits`; each student run (tiny_cnn at
 16 px) is trained alone (`cnnkit classify train`) and distilled (`cnnkit distill`) with every other
@@ -20,24 +20,15 @@ import json
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 
 def latency_ms(model: torch.nn.Module, imgsz: int, runs: int = 50) -> float:
-    model.eval()
-    x = torch.rand(1, 3, imgsz, imgsz)
-    with torch.inference_mode():
-        for _ in range(10):
-            model(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    from cnnkit.compress.bench import time_calls
+
+    return statistics.median(time_calls(model.eval(), torch.rand(1, 3, imgsz, imgsz), runs, warmup=10)) * 1000
 
 
 def subset(root: Path, fraction: float, out: Path, seed: int = 0) -> Path:
@@ -68,6 +59,7 @@ def main() -> None:
     parser.add_argument("--student", default="tiny_cnn")
     parser.add_argument("--imgsz", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=64, help="the students' batch size")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--train-fraction", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=4.0)
@@ -82,17 +74,17 @@ def main() -> None:
     work = Path(args.out or tempfile.mkdtemp(prefix="cnnkit_distill_"))
     full = resolve_data("digits")
     data = str(subset(full, args.train_fraction, work / "data"))  # the students' data; the teacher learns from all of it
-    common = dict(batch=64, lr=0.003, fliplr=0.0, workers=0)
+    common = dict(lr=0.003, fliplr=0.0, workers=0)
     teacher_weights = work / "teacher" / "weights" / "best.safetensors"
     if not teacher_weights.is_file():
         Classifier(args.teacher_model).train(str(full), epochs=args.teacher_epochs, imgsz=args.teacher_imgsz,
-                                             out=str(work / "teacher"), **common)
+                                             out=str(work / "teacher"), batch=64, **common)
     teacher_metrics = json.loads((work / "teacher" / "metrics.json").read_text())
     rows: dict[str, list[float]] = {"alone": [], "distilled": []}
     for seed in args.seeds:
-        alone = Classifier(args.student).train(data, epochs=args.epochs, imgsz=args.imgsz, seed=seed,
+        alone = Classifier(args.student).train(data, epochs=args.epochs, imgsz=args.imgsz, seed=seed, batch=args.batch,
                                                out=str(work / f"alone_{seed}"), **common)
-        kd = distill(teacher_weights, student=args.student, data=data, epochs=args.epochs, imgsz=args.imgsz, seed=seed,
+        kd = distill(teacher_weights, student=args.student, data=data, epochs=args.epochs, imgsz=args.imgsz, seed=seed, batch=args.batch,
                      temperature=args.temperature, alpha=args.alpha, out=str(work / f"distilled_{seed}"), **common)
         rows["alone"].append(alone.metrics["test"]["top1"])
         rows["distilled"].append(kd.metrics["test"]["top1"])
@@ -107,7 +99,7 @@ def main() -> None:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
-    print(f"\ndigits, {args.train_fraction:.0%} of train, {args.epochs} student epochs, T={args.temperature:g}, alpha={args.alpha:g}, "
+    print(f"\ndigits, {args.train_fraction:.0%} of train, {args.epochs} student epochs at batch {args.batch}, T={args.temperature:g}, alpha={args.alpha:g}, "
           f"seeds {args.seeds}")
     print("| model | test top-1 | parameters | latency, batch 1 |\n| --- | --- | --- | --- |")
     print(f"| teacher {args.teacher_model} @{args.teacher_imgsz}px | {teacher_metrics['test']['top1']:.4f} | "

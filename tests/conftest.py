@@ -26,6 +26,17 @@ def digits_root(cnnkit_home) -> Path:
     return resolve_data("digits")
 
 
+@pytest.fixture(scope="session")
+def digits_classifier(digits_root, tmp_path_factory) -> Path:
+    """weights/best.safetensors of a tiny_cnn trained on digits at 16 px for 3 epochs (about 0.9 top-1):
+    a real model for tests that start from weights (distillation's teacher, export, int8, bench)."""
+    from cnnkit import Classifier
+
+    out = tmp_path_factory.mktemp("digits_classifier") / "run"
+    Classifier("tiny_cnn", imgsz=16).train("digits", epochs=3, imgsz=16, batch=64, lr=0.003, fliplr=0.0, workers=0, out=str(out))
+    return out / "weights" / "best.safetensors"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny tensors gain nothing from more threads, and spinning OpenMP threads slow to a crawl when
@@ -38,22 +49,37 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
+def run_cli(args, monkeypatch=None, capsys=None) -> tuple[int, str, str]:
     """Run `cnnkit ARGS` in this process: (exit code, stdout, stderr)."""
-    import cnnkit.cli
-
-    monkeypatch.setattr(sys, "argv", ["cnnkit", *map(str, args)])
-    capsys.readouterr()  # drop anything printed before
-    code = 0
-    try:
-        cnnkit.cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+    done = run_cnnkit_here(*map(str, args))
+    return done.returncode, done.stdout, done.stderr
 
 
 def run_cnnkit(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m cnnkit ARGS` (or LAUNCHER -m cnnkit ARGS, e.g. torchrun) and capture its output."""
     command = [*(launcher or [sys.executable]), "-m", "cnnkit", *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def run_cnnkit_here(*args: str) -> subprocess.CompletedProcess:
+    """`cnnkit ARGS` through the real CLI entry point, in this process: the same parsing, error mapping
+    and exit codes as run_cnnkit without a new interpreter importing torch (seconds per call), for
+    checks of bad input that fail before any training."""
+    import contextlib
+    import io
+
+    from cnnkit import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["cnnkit", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(["cnnkit", *args], code, out.getvalue(), err.getvalue())

@@ -15,13 +15,8 @@ from cnnkit.errors import CnnkitError
 
 
 @pytest.fixture(scope="module")
-def trained(digits_root, tmp_path_factory):
-    from cnnkit import Classifier
-
-    out = tmp_path_factory.mktemp("compress") / "run"
-    clf = Classifier("tiny_cnn", imgsz=16)
-    clf.train("digits", epochs=3, imgsz=16, batch=64, lr=0.003, fliplr=0.0, workers=0, out=str(out))
-    return out / "weights" / "best.safetensors"
+def trained(digits_classifier):
+    return digits_classifier
 
 
 @pytest.mark.parametrize("fmt,suffix,dynamic", [("onnx", ".onnx", True), ("pt2", ".pt2", False), ("torchscript", ".ts", True)])
@@ -149,3 +144,19 @@ def test_bench_measures_what_it_says(trained, tmp_path):
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert {"format", "batch", "latency_ms_p50", "latency_ms_p90", "throughput", "size_mb", "params", "metric"} <= set(saved[0])
     assert "| int8 | 4 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_commands_through_the_cli(trained, tmp_path):
+    from conftest import run_cli
+
+    code, out, err = run_cli(["export", "--weights", trained, "--format", "onnx", "--dynamic-batch", "--out", tmp_path / "m.onnx"])
+    assert code == 0 and out.strip() == str(tmp_path / "m.onnx") and "top-1 agreement 100.0%" in err
+    code, out, err = run_cli(["classify", "val", "--weights", tmp_path / "m.onnx", "--data", "digits", "--workers", "0",
+                              "--out", tmp_path / "val"])
+    assert code == 0 and json.loads((tmp_path / "val" / "metrics.json").read_text())["top1"] > 0.5
+    code, out, err = run_cli(["quantize", "--weights", trained, "--method", "ptq"])
+    assert code == 2 and err.count("\n") == 1 and "needs calibration images" in err
+    code, out, err = run_cli(["bench", "--weights", trained, "--formats", "eager,int9"])
+    assert code == 2 and "'int9' is not one of" in err
+    code, out, err = run_cli(["distill", "--student", "tiny_cnn", "--data", "digits"])
+    assert code == 2 and "distill needs --teacher" in err

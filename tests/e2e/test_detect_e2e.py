@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cnnkit
+from conftest import run_cnnkit, run_cnnkit_here
 
 
 @pytest.fixture(scope="module")
@@ -195,18 +195,18 @@ def test_dataset_without_boxes_is_one_line(tmp_path):
         Image.new("RGB", (64, 64)).save(root / f"images/train/{i}.png")
         (root / f"labels/train/{i}.txt").write_text("")
     (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [a, b]\n")
-    done = run_cnnkit("detect", "train", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "run"))
+    done = run_cnnkit_here("detect", "train", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "run"))
     assert done.returncode == 2
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     assert len(lines) <= 2 and "without a single box" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_bad_detect_options_are_one_line(shapes, tmp_path):
-    done = run_cnnkit("detect", "train", "--data", str(shapes), "--model", "fasterrcn", "--out", str(tmp_path / "r"))
+    done = run_cnnkit_here("detect", "train", "--data", str(shapes), "--model", "fasterrcn", "--out", str(tmp_path / "r"))
     assert done.returncode == 2 and "did you mean 'fasterrcnn'" in done.stderr and "Traceback" not in done.stderr
-    done = run_cnnkit("detect", "train", "--data", str(shapes), "--classes", "hexagon", "--epochs", "1", "--out", str(tmp_path / "r2"))
+    done = run_cnnkit_here("detect", "train", "--data", str(shapes), "--classes", "hexagon", "--epochs", "1", "--out", str(tmp_path / "r2"))
     assert done.returncode == 2 and "hexagon" in done.stderr and "Traceback" not in done.stderr
-    done = run_cnnkit("detect", "train", "--data", str(shapes), "--label-smoothing", "0.1")
+    done = run_cnnkit_here("detect", "train", "--data", str(shapes), "--label-smoothing", "0.1")
     assert done.returncode == 2 and "label-smoothing" in done.stderr
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cnnkit
+from conftest import run_cnnkit, run_cnnkit_here
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +116,17 @@ def test_bad_instance_data_is_one_line(shapes, tmp_path):
         for annotation in coco["annotations"]:
             annotation.pop("segmentation")
         (boxes_only / f"annotations/{split}.json").write_text(json.dumps(coco))
-    done = run_cnnkit("segment", "train", "--data", str(boxes_only), "--model", "maskrcnn", "--epochs", "1",
+    done = run_cnnkit_here("segment", "train", "--data", str(boxes_only), "--model", "maskrcnn", "--epochs", "1",
                       "--out", str(tmp_path / "r1"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "no 'segmentation'" in done.stderr and "polygons" in done.stderr
 
     semantic = tmp_path / "semantic"
     (semantic / "images/train").mkdir(parents=True)
-    done = run_cnnkit("segment", "train", "--data", str(semantic), "--model", "maskrcnn", "--epochs", "1",
+    done = run_cnnkit_here("segment", "train", "--data", str(semantic), "--model", "maskrcnn", "--epochs", "1",
                       "--out", str(tmp_path / "r2"))
     assert done.returncode == 2 and "COCO instances" in done.stderr and "Traceback" not in done.stderr
 
-    done = run_cnnkit("segment", "train", "--data", str(shapes), "--model", "unet", "--max-det", "5",
+    done = run_cnnkit_here("segment", "train", "--data", str(shapes), "--model", "unet", "--max-det", "5",
                       "--out", str(tmp_path / "r3"))
     assert done.returncode == 2 and "--max-det applies to instance segmentation" in done.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cnnkit
+from conftest import run_cnnkit, run_cnnkit_here
 
 
 @pytest.fixture(scope="module")
@@ -164,21 +164,21 @@ def test_bad_segmentation_data_is_one_line(shapes, tmp_path):
     shutil.copytree(shapes, root)
     victim = sorted((root / "masks/train").glob("*.png"))[0]
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(victim)
-    done = run_cnnkit("segment", "train", "--data", str(root), "--epochs", "1", "--imgsz", "64", "--out", str(tmp_path / "r1"))
+    done = run_cnnkit_here("segment", "train", "--data", str(root), "--epochs", "1", "--imgsz", "64", "--out", str(tmp_path / "r1"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert victim.name in done.stderr and "30x20" in done.stderr and "96x96" in done.stderr
 
     Image.fromarray(np.full((96, 96), 9, np.uint8)).save(victim)
-    done = run_cnnkit("segment", "train", "--data", str(root), "--epochs", "1", "--imgsz", "64", "--out", str(tmp_path / "r2"))
+    done = run_cnnkit_here("segment", "train", "--data", str(root), "--epochs", "1", "--imgsz", "64", "--out", str(tmp_path / "r2"))
     assert done.returncode == 2 and "class index 9" in done.stderr and "Traceback" not in done.stderr
 
     empty = tmp_path / "empty"
     (empty / "images/train").mkdir(parents=True)
     (empty / "masks/train").mkdir(parents=True)
-    done = run_cnnkit("segment", "train", "--data", str(empty), "--epochs", "1", "--out", str(tmp_path / "r3"))
+    done = run_cnnkit_here("segment", "train", "--data", str(empty), "--epochs", "1", "--out", str(tmp_path / "r3"))
     assert done.returncode == 2 and "no images" in done.stderr and "Traceback" not in done.stderr
 
-    done = run_cnnkit("segment", "train", "--data", str(shapes), "--imgsz", "100", "--out", str(tmp_path / "r4"))
+    done = run_cnnkit_here("segment", "train", "--data", str(shapes), "--imgsz", "100", "--out", str(tmp_path / "r4"))
     assert done.returncode == 2 and "multiple of 32" in done.stderr
 
 

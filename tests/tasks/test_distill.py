@@ -100,13 +100,10 @@ def test_hint_regressor_is_trained_but_not_deployed():
 
 
 @pytest.mark.slow
-def test_distill_on_digits_writes_a_plain_classifier(digits_root, tmp_path):
+def test_distill_on_digits_writes_a_plain_classifier(digits_classifier, tmp_path):
     from cnnkit import Classifier, distill
 
-    teacher = Classifier("tiny_cnn", imgsz=16)
-    teacher.train("digits", epochs=3, imgsz=16, batch=64, lr=0.003, fliplr=0.0, workers=0, out=str(tmp_path / "teacher"))
-    weights = tmp_path / "teacher" / "weights" / "best.safetensors"
-    run = distill(weights, student="tiny_cnn", data="digits", epochs=3, imgsz=12, batch=64, lr=0.003, fliplr=0.0,
+    run = distill(digits_classifier, student="tiny_cnn", data="digits", epochs=3, imgsz=12, batch=64, lr=0.003, fliplr=0.0,
                   workers=0, temperature=4.0, alpha=0.7, hint_layer="features.3", student_layer="features.3",
                   out=str(tmp_path / "student"))
     assert run.metrics["top1"] > 0.5  # ten classes: chance is 0.1
