@@ -199,7 +199,7 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> "DistillConfig":
         super().validate()
-        if not self.teacher:
+        if not self.teacher and not self.resume:  # a resumed run reads its teacher from the saved config.yaml
             raise CnnkitError("distill needs --teacher WEIGHTS", "train one with `cnnkit classify train --model resnet18 …`")
         if self.temperature <= 0:
             raise CnnkitError(f"--temperature must be positive, got {self.temperature}")

@@ -18,12 +18,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnkit.api import CLASSIFY, Classifier, Run, train
+from cnnkit.api import CLASSIFY, Classifier, Run, resolve_run, train
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.config import DistillConfig
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.distill import DistillTask, Hint, TeacherInput
+
+RUNS_UNDER = "distill"  # runs/distill/NAME
 
 
 def distill(teacher: str | Path, student: str = "tiny_cnn", data: str = "digits", **options: Any) -> Run:
@@ -37,6 +39,8 @@ def distill(teacher: str | Path, student: str = "tiny_cnn", data: str = "digits"
 
 
 def run_distillation(cfg: DistillConfig, explicit: set[str]) -> Run:
+    if cfg.resume:  # the teacher and every other option come from the interrupted run's config.yaml
+        cfg, _ = resolve_run(cfg, explicit, RUNS_UNDER)
     teacher = load_teacher(cfg.teacher)
     made: dict[str, DistillTask] = {}
 
@@ -58,7 +62,7 @@ def run_distillation(cfg: DistillConfig, explicit: set[str]) -> Run:
                                    "student_layer": cfg.student_layer}}
 
     recipe = replace(CLASSIFY, build_model=build_model, make_task=lambda cfg, dataset: made["task"], metadata=metadata,
-                     train_on_features=None, runs_under="distill")
+                     train_on_features=None, runs_under=RUNS_UNDER)
     return train(cfg, explicit, recipe)
 
 

@@ -18,6 +18,26 @@ ARGS = ["classify", "train", "--data", "digits", "--model", "tiny_cnn", "--epoch
         "--workers", "1", "--fliplr", "0.5", "--ema", "--seed", "3"]
 
 
+def _kill_after_first_checkpoint(args: list[str], run_dir) -> int:
+    """Start `cnnkit ARGS --out RUN_DIR`, SIGKILL it once its first checkpoint is on disk; the saved epoch."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", *args, "--out", str(run_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the hardest kind of interruption
+    proc.wait()
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
+
+
+def _same_weights(full, cut, epochs: int) -> None:
+    a, b = load_file(str(full / "weights/last.safetensors")), load_file(str(cut / "weights/last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert (full / "history.csv").read_text().count("\n") == (cut / "history.csv").read_text().count("\n") == epochs + 1
+
+
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(digits_root, tmp_path):
     full = tmp_path / "full"
@@ -25,22 +45,28 @@ def test_resume_after_kill_matches_uninterrupted_run(digits_root, tmp_path):
     assert done.returncode == 0, done.stderr
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", *ARGS, "--out", str(cut)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    while not (cut / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the hardest kind of interruption
-    proc.wait()
-    saved_epoch = torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"]
+    saved_epoch = _kill_after_first_checkpoint(ARGS, cut)
     assert 1 <= saved_epoch < 4, f"the run was not interrupted mid-way (checkpoint at epoch {saved_epoch})"
 
     resumed = run_cnnkit("classify", "train", "--resume", "--out", str(cut))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
+    _same_weights(full, cut, 4)
 
-    a, b = load_file(str(full / "weights/last.safetensors")), load_file(str(cut / "weights/last.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-    assert (full / "history.csv").read_text().count("\n") == (cut / "history.csv").read_text().count("\n") == 5
+
+@pytest.mark.slow
+def test_distillation_with_a_hint_resumes_exactly(digits_classifier, tmp_path):
+    # the teacher, the hint regressor (checkpointed, not in the weights) and the student all come back
+    args = ["distill", "--teacher", str(digits_classifier), "--student", "tiny_cnn", "--data", "digits", "--epochs", "3",
+            "--imgsz", "16", "--batch", "64", "--workers", "0", "--fliplr", "0", "--seed", "1",
+            "--hint-layer", "features.3", "--student-layer", "features.3"]
+    full = tmp_path / "full"
+    done = run_cnnkit(*args, "--out", str(full))
+    assert done.returncode == 0, done.stderr
+    cut = tmp_path / "cut"
+    saved_epoch = _kill_after_first_checkpoint(args, cut)
+    assert 1 <= saved_epoch < 3, f"the run was not interrupted mid-way (checkpoint at epoch {saved_epoch})"
+    resumed = run_cnnkit("distill", "--resume", "--out", str(cut))
+    assert resumed.returncode == 0, resumed.stderr
+    _same_weights(full, cut, 3)
+    assert "cnnkit_hint" in " ".join(torch.load(cut / "checkpoint.pt", weights_only=True)["model"])
