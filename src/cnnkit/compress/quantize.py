@@ -177,11 +177,6 @@ def _set_onnx_metadata(model: Any, meta: dict[str, Any]) -> None:
     entry.key, entry.value = META_FILE, json.dumps(meta)
 
 
-def describe(method: str) -> str:
-    return {"ptq": "static post-training int8 (FX, x86)", "qat": "quantization-aware training, then int8 (FX, x86)",
-            "dynamic": "dynamic int8 of the Linear layers"}[method]
-
-
 
 def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq", backend: str = "torch", calib_images: int = 256,
                      epochs: int = 1, out: str | Path | None = None, lr: float = 1e-4, batch: int = 32, workers: int = 2,

@@ -171,6 +171,3 @@ def _read_quantized(path: Path) -> dict[str, Any]:
         raise CnnkitError(f"{path}: not a cnnkit int8 file", "write one with `cnnkit quantize --weights W --data ROOT`")
     return saved
 
-
-def file_size_mb(path: str | Path) -> float:
-    return Path(path).stat().st_size / 1e6

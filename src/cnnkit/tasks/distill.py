@@ -66,7 +66,7 @@ class FeatureTap:
         self.layer = layer
         self.value: torch.Tensor | None = None
         self.module = find_layer(model, layer, owner)
-        self.module.register_forward_hook(self._keep)
+        self.handle = self.module.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: Any, output: Any) -> None:
         self.value = output[0] if isinstance(output, (tuple, list)) else output
@@ -100,7 +100,7 @@ def feature_channels(model: nn.Module, layer: str, owner: str, imgsz: int) -> tu
         c, h, w = tap.take().shape[1:]
     finally:
         model.train(was_training)
-        tap.module._forward_hooks.clear()
+        tap.handle.remove()  # only this probe's hook: the module may carry others
     return int(c), int(h), int(w)
 
 
