@@ -814,7 +814,8 @@ def robustness(
 
 @app.command("export")
 def export_command(
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify, embed or segment (semantic) run"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify, embed, detect or segment "
+                                 "(semantic) run"),
     format: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime, any ONNX runtime), torchscript (.ts) or pt2 (torch.export)"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="output file (default: beside the weights, "
                                        "NAME.onnx / NAME.ts / NAME.pt2)"),
@@ -824,15 +825,19 @@ def export_command(
                                        "(default: photos shipped with scikit-learn and scikit-image)"),
     images: Optional[list[Path]] = typer.Option(None, "--images", help="image files for the parity check (repeatable)"),
     rtol: float = typer.Option(1e-3, "--rtol", help="parity tolerance: largest output difference allowed, relative to the largest output"),
+    iou: float = typer.Option(0.5, "--iou", help="detectors: IoU threshold of the NMS inside the exported graph"),
+    max_det: int = typer.Option(100, "--max-det", min=1, help="detectors: detection slots per image in the exported graph's outputs"),
 ) -> None:
     """Export a trained model to ONNX, TorchScript or a torch.export program, then run it beside eager PyTorch
-    on real images: prints the largest output difference (and top-1 agreement for classifiers); a mismatch
-    beyond --rtol fails. The file carries the model's metadata, so `val`, `predict` and `bench` load it directly."""
+    on real images: prints the largest output difference (and top-1 agreement for classifiers, matched
+    detections for detectors); a mismatch beyond --rtol fails. Detectors export with their decoding and
+    NMS inside the graph. The file carries the model's metadata, so `val`, `predict` and `bench` load it directly."""
     from cnnkit.compress.export import FORMATS, export_weights
 
     if format not in FORMATS:
         raise CnnkitError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
-    path, _ = export_weights(weights, format, out, dynamic_batch, opset, data, [str(p) for p in images or []], rtol)
+    path, _ = export_weights(weights, format, out, dynamic_batch, opset, data, [str(p) for p in images or []], rtol,
+                             iou=iou, max_det=max_det)
     typer.echo(str(path))
 
 

@@ -77,7 +77,12 @@ class Detector:
 
     @classmethod
     def load(cls, weights: str | Path) -> "Detector":
-        """Rebuild the detector from a cnnkit weights file alone (architecture, anchors, classes, size)."""
+        """Rebuild the detector from a cnnkit weights file alone (architecture, anchors, classes, size), or
+        load a file of `cnnkit export` / `cnnkit quantize` (.onnx, .pt2, .ts, .int8.pt) to run as it is."""
+        from cnnkit.compress.runtime import is_deployed
+
+        if is_deployed(weights):
+            return cls._load_deployed(weights)
         state, meta = load_weights(weights, task=TASK)
         anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
         det = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"], backbone=meta.get("backbone"),
@@ -86,6 +91,21 @@ class Detector:
         det.cost = (meta.get("params"), meta.get("gflops"))  # counted when the run built the model
         det.model.load_state_dict(state)
         det.weights_path = Path(weights)
+        return det
+
+    @classmethod
+    def _load_deployed(cls, path: str | Path) -> "Detector":
+        from cnnkit.compress.detect_graph import DeployedDetector
+        from cnnkit.compress.runtime import load_deployed_for
+
+        graph, meta = load_deployed_for(path, TASK)
+        det = cls(meta["model"], imgsz=meta["imgsz"], backbone=meta.get("backbone"), category_ids=meta.get("category_ids"),
+                  yolo=YoloOptions.from_dict(meta.get("yolo")))
+        det.class_names = meta["class_names"]
+        det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
+        det.cost = (meta.get("params"), meta.get("gflops"))
+        det.model = DeployedDetector(graph, meta)
+        det.weights_path = Path(path)
         return det
 
     # ---------------------------------------------------------------- train

@@ -154,6 +154,17 @@ def test_yolo_overfits_a_handful_of_images_then_predicts(shapes, tmp_path):
     assert matched >= 0.8 * total, (matched, total)
     assert (tmp_path / "annotated/clip.mp4").is_file()
 
+    # deployed: ONNX with decoding and NMS inside the graph scores what eager scores (issue 8)
+    onnx = tmp_path / "yolo.onnx"
+    exported = run_cnnkit_here("export", "--weights", weights, "--format", "onnx", "--dynamic-batch", "--data", str(data),
+                               "--out", str(onnx))
+    assert exported.returncode == 0, exported.stderr
+    assert "detections matched 100.0%" in " ".join(exported.stderr.split())
+    val = run_cnnkit_here("detect", "val", "--weights", str(onnx), "--data", str(data), "--out", str(tmp_path / "val_onnx"),
+                          "--workers", "0")
+    assert val.returncode == 0, val.stderr
+    assert json.loads((tmp_path / "val_onnx/metrics.json").read_text())["map"] == pytest.approx(metrics["map"], abs=0.01)
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout,model", [("yolo", "ssdlite"), ("voc", "yolo_n")])

@@ -1,7 +1,8 @@
 """`cnnkit bench`: every deployment variant of one model measured the same way, in one table.
 
 For each format (eager fp32, eager under bf16 autocast, PyTorch int8, ONNX Runtime fp32 and int8,
-torch.export, TorchScript) and each batch size: the file size, latency p50/p90 over --runs timed
+torch.export, TorchScript) and each batch size (a detector is timed as its export graph: letterboxed
+batch in, detections after NMS out): the file size, latency p50/p90 over --runs timed
 calls after --warmup untimed ones (the same real images every call), throughput (images per second at
 the p50), and the task metric on --data's val split through the same `val` as everywhere else.
 Variants that need files (int8, onnx, …) are written into --out first, calibrated on --data.
@@ -47,9 +48,14 @@ class Autocast(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any) -> Any:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.inner(x).float()
+            out = self.inner(x)
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        if isinstance(out, tuple):  # a detection graph's (boxes, scores, labels)
+            return tuple(t.float() if t.is_floating_point() else t for t in out)
+        return [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in out]  # a detector's dicts
 
 
 @torch.inference_mode()
@@ -88,6 +94,7 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
           runs: int = 30, warmup: int = 5, threads: int | None = None, calib_images: int = 256,
           metric: bool = True) -> list[BenchRow]:
     """Measure ``formats`` of ``weights`` at each batch size; bench.json and bench.md into ``out``."""
+    from cnnkit.compress.detect_graph import exports_any_batch
     from cnnkit.compress.export import load_float, parity_images, write_export
     from cnnkit.compress.quantize import quantize_weights
     from cnnkit.compress.runtime import load_deployed
@@ -115,7 +122,7 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
             model = load_deployed(path, threads).model
         else:
             suffix = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}[fmt]
-            path = write_export(eager, metadata, fmt, out / f"{stem}{suffix}", dynamic_batch=True)
+            path = write_export(eager, metadata, fmt, out / f"{stem}{suffix}", dynamic_batch=exports_any_batch(metadata))
             model = load_deployed(path, threads).model
         name, value = (_metric(weights, path, fmt, data) if metric and data else (None, None))
         for batch in batches:
@@ -147,8 +154,12 @@ def _metric(weights: Path, path: Path, fmt: str, data: str) -> tuple[str, float]
         from cnnkit.segmentation_api import Segmenter as Owner
 
         name = "miou"
+    elif task == "detect":
+        from cnnkit.detection_api import Detector as Owner
+
+        name = "map"
     else:
-        raise CnnkitError(f"bench measures classify and segment metrics, not {task}")
+        raise CnnkitError(f"bench measures classify, segment and detect metrics, not {task}")
     owner = Owner.load(path)
     if fmt == "bf16":
         owner.model = Autocast(owner.model)

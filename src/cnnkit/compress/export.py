@@ -3,7 +3,9 @@ PyTorch on real images before the command succeeds.
 
 Every exported file takes the normalised float image batch [B, 3, imgsz, imgsz] (mean/std, class names
 and the rest of the weights' metadata travel inside the file) and returns the eager model's output:
-class logits [B, C] for classifiers, per-pixel logits [B, C, H, W] for semantic segmenters.
+class logits [B, C] for classifiers, per-pixel logits [B, C, H, W] for semantic segmenters. Detectors
+take the letterboxed 0..1 batch and return their post-processed detections (boxes, scores, labels),
+NMS included: see cnnkit.compress.detect_graph.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cnnkit.compress.detect_graph import OUTPUT_NAMES, is_traced_family
 from cnnkit.compress.runtime import META_FILE, load_deployed
 from cnnkit.console import console
 from cnnkit.engine.rundir import atomic_path
@@ -38,14 +41,16 @@ class Parity:
     output_scale: float  # the largest |eager output|, which the tolerance is relative to
     top1_agreement: float | None
     ok: bool
+    agreement_name: str = "top-1 agreement"
 
     def line(self) -> str:
-        agree = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
+        agree = f", {self.agreement_name} {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
         return f"parity on {self.images} images: largest output difference {self.max_abs_diff:.2e} (outputs up to {self.output_scale:.3g}){agree}"
 
 
-def load_float(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(eval-mode float model on the CPU, metadata) of a cnnkit weights file of any exportable task."""
+def load_float(weights: str | Path, iou: float = 0.5, max_det: int = 100) -> tuple[nn.Module, dict[str, Any]]:
+    """(eval-mode float model on the CPU, metadata) of a cnnkit weights file of any exportable task; a
+    detector as its export graph, with NMS at ``iou`` and ``max_det`` detection slots per image."""
     from cnnkit.engine.checkpoint import read_metadata
 
     metadata = read_metadata(weights)
@@ -62,9 +67,16 @@ def load_float(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         from cnnkit.api import Embedder
 
         owner = Embedder.load(weights)
+    elif task == "detect":
+        from cnnkit.compress.detect_graph import detection_graph
+        from cnnkit.detection_api import Detector
+
+        if not 0.0 < iou <= 1.0:
+            raise CnnkitError(f"--iou must be in (0, 1], got {iou}")
+        return detection_graph(Detector.load(weights).model, metadata, max_det, iou), metadata
     else:
         raise CnnkitError(f"{weights}: exporting a {task} '{metadata.get('model')}' is not supported yet",
-                          "classifiers, embedders and semantic segmenters export today; detectors and Mask R-CNN come next")
+                          "classifiers, embedders, semantic segmenters and detectors export; run Mask R-CNN from its weights")
     return owner.model.eval().cpu(), metadata
 
 
@@ -74,13 +86,25 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
     if fmt not in FORMATS:
         raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     imgsz = int(metadata["imgsz"])
+    detector = metadata.get("task") == "detect"
+    traced = detector and is_traced_family(str(metadata.get("model")))
+    if traced and (dynamic_batch or fmt == "pt2"):
+        raise CnnkitError(f"{metadata.get('model')}: torchvision's detection post-processing branches on how many boxes it "
+                          f"found, which torch.export cannot follow: {'--format pt2' if fmt == 'pt2' else '--dynamic-batch'} "
+                          "is not possible for it", "export it with --format onnx or torchscript, batch 1 (val, predict "
+                          "and bench run any batch through it an image at a time)")
     example = torch.rand(2 if dynamic_batch else 1, 3, imgsz, imgsz)
+    described = "0..1 RGB, letterboxed" if detector else "normalised with mean/std"
     meta = {**metadata, "deployed": {"format": fmt, "batch": None if dynamic_batch else 1, "opset": opset if fmt == "onnx" else None,
-                                     "input": f"float32 [{'N' if dynamic_batch else 1}, 3, {imgsz}, {imgsz}], normalised with mean/std"}}
+                                     "input": f"float32 [{'N' if dynamic_batch else 1}, 3, {imgsz}, {imgsz}], {described}"}}
+    if detector:
+        meta["deployed"].update(outputs=OUTPUT_NAMES, max_det=model.max_det, iou=float(model.iou))
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
     try:
         with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-            if fmt == "onnx":
+            if fmt == "onnx" and traced:
+                _export_onnx_traced(model, example, tmp, opset, meta)
+            elif fmt == "onnx":
                 _export_onnx(model, example, tmp, opset, dynamic_batch, meta)
             elif fmt == "pt2":
                 program = torch.export.export(model, (example,), dynamic_shapes=({0: batch_dim},) if dynamic_batch else None)
@@ -89,6 +113,9 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
                 tmp.write_bytes(buffer.getvalue())
             else:
                 warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated.*")  # said in the docs
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # the fixed batch, checked by parity
+                if traced:  # torchvision's detection code copies size tensors while being traced
+                    warnings.filterwarnings("ignore", message=".*copy construct from a tensor.*")
                 traced = torch.jit.trace(model, example, check_trace=False)
                 torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta)})
     except CnnkitError:
@@ -104,6 +131,17 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool, meta: dict) -> None:
     import contextlib
 
+    _check_opset(opset)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # the exporter reports its steps on stdout, which is for results
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["images"],
+                                    output_names=_output_names(meta), dynamic_shapes=({0: batch},) if dynamic_batch else None,
+                                    verbose=False)
+    _save_onnx(program.model_proto, path, meta)
+
+
+def _check_opset(opset: int) -> None:
     import onnx
 
     if opset < MIN_OPSET:
@@ -112,13 +150,27 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int
     newest = onnx.defs.onnx_opset_version()
     if opset > newest:
         raise CnnkitError(f"--opset {opset} is newer than this onnx package knows ({newest})", f"use --opset {newest} or below")
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    # the exporter reports its steps on stdout, which is for results
-    with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-                                    output_names=["output"], dynamic_shapes=({0: batch},) if dynamic_batch else None,
-                                    verbose=False)
-    proto = program.model_proto
+
+
+def _export_onnx_traced(model: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict) -> None:
+    """torch.onnx's TorchScript-based exporter, the one torchvision's detection models support."""
+    import onnx
+
+    _check_opset(opset)
+    buffer = io.BytesIO()
+    warnings.filterwarnings("ignore")  # tracer warnings about Python values frozen in the graph (the fixed batch)
+    torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, input_names=["images"],
+                      output_names=_output_names(meta))
+    _save_onnx(onnx.load_from_string(buffer.getvalue()), path, meta)
+
+
+def _output_names(meta: dict) -> list[str]:
+    return list(meta["deployed"].get("outputs") or ["output"])
+
+
+def _save_onnx(proto: Any, path: Path, meta: dict) -> None:
+    import onnx
+
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_FILE, json.dumps(meta)
     onnx.save(proto, str(path))
@@ -150,9 +202,12 @@ def _export_hint(fmt: str) -> str:
 def check_parity(eager: nn.Module, exported: nn.Module, images: torch.Tensor, metadata: dict[str, Any],
                  rtol: float = 1e-3, atol: float = 1e-4) -> Parity:
     """Eager against exported outputs on ``images``: the largest absolute difference must stay within
-    ``atol + rtol * max|eager|``; classifiers also report how often their top-1 classes agree."""
-    reference = eager(images).float()
-    got = exported(images).float()
+    ``atol + rtol * max|eager|``; classifiers also report how often their top-1 classes agree, detectors
+    how often their detection slots hold the same class (at least 99% of the filled ones)."""
+    reference, got = eager(images), exported(images)
+    if isinstance(reference, (tuple, list)):
+        return _detection_parity(reference, got, len(images), rtol, atol)
+    reference, got = reference.float(), got.float()
     if got.shape != reference.shape:
         return Parity(len(images), float("inf"), float(reference.abs().max()), None, False)
     diff = float((reference - got).abs().max())
@@ -161,6 +216,36 @@ def check_parity(eager: nn.Module, exported: nn.Module, images: torch.Tensor, me
     if metadata.get("task") == "classify":
         agreement = float((reference.argmax(1) == got.argmax(1)).float().mean())
     return Parity(len(images), diff, scale, agreement, diff <= atol + rtol * scale)
+
+
+def _detection_parity(reference: tuple, got: tuple, images: int, rtol: float, atol: float) -> Parity:
+    """Each image's detections matched as sets: an eager detection is found when the exported output
+    has one of its class overlapping it (IoU 0.9 or more, or corners within half a pixel; near-tied scores
+may order slots differently);
+    at least 99% must be found both ways, and matched boxes and scores must agree within tolerance."""
+    from torchvision.ops import box_iou
+
+    found = total = 0
+    diff = 0.0
+    for ref_boxes, ref_scores, ref_labels, boxes, scores, labels in zip(*reference, *got):
+        ref_keep, keep = ref_labels > 0, labels > 0
+        ref_boxes, ref_scores, ref_labels = ref_boxes[ref_keep].float(), ref_scores[ref_keep].float(), ref_labels[ref_keep]
+        boxes, scores, labels = boxes[keep].float(), scores[keep].float(), labels[keep].long()
+        total += max(len(ref_boxes), len(boxes))
+        if not len(ref_boxes) or not len(boxes):
+            continue
+        # degenerate (zero-area) boxes at the image border have no IoU: coinciding corners count as a match
+        same_place = (ref_boxes[:, None, :] - boxes[None, :, :]).abs().amax(-1) <= 0.5
+        overlap = torch.where(same_place, 1.0, box_iou(ref_boxes, boxes).nan_to_num(0.0)) * (ref_labels[:, None] == labels[None, :])
+        best, match = overlap.max(1)
+        hit = best >= 0.9
+        found += int(hit.sum())
+        if hit.any():
+            diff = max(diff, float((ref_boxes[hit] - boxes[match[hit]]).abs().max()),
+                       float((ref_scores[hit] - scores[match[hit]]).abs().max()))
+    agreement = found / total if total else 1.0
+    scale = max((float(r.abs().max()) for r in reference[0:1] if r.numel()), default=1.0)
+    return Parity(images, diff, scale, agreement, diff <= atol + rtol * scale and agreement >= 0.99, "detections matched")
 
 
 def parity_images(metadata: dict[str, Any], data: str | None = None, images: list[str] | None = None, limit: int = 16) -> torch.Tensor:
@@ -182,6 +267,13 @@ def model_inputs(metadata: dict[str, Any], images: list) -> torch.Tensor:
     from cnnkit.augment.presets import classify_transforms
     from cnnkit.data.images import load_image
 
+    if metadata.get("task") == "detect":
+        from cnnkit.compress.detect_graph import letterbox
+
+        pictures = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
+        size, stretch = int(metadata["imgsz"]), metadata.get("model") in ("ssd", "ssdlite")
+        return torch.stack([letterbox(torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1),
+                                      size, stretch)[0] for p in pictures])
     transform = classify_transforms(int(metadata["imgsz"]), train=False, mean=tuple(metadata["mean"]), std=tuple(metadata["std"]))
     return torch.stack([transform(image if isinstance(image, Image.Image) else load_image(image)) for image in images])
 
@@ -222,11 +314,11 @@ def bundled_photos() -> list[np.ndarray]:
 
 def export_weights(weights: str | Path, fmt: str, out: str | Path | None = None, dynamic_batch: bool = False,
                    opset: int = DEFAULT_OPSET, data: str | None = None, images: list[str] | None = None,
-                   rtol: float = 1e-3) -> tuple[Path, Parity]:
+                   rtol: float = 1e-3, iou: float = 0.5, max_det: int = 100) -> tuple[Path, Parity]:
     """`cnnkit export`: write the file, load it back, compare with eager on real images; a mismatch
     beyond tolerance removes the file and is a one-line error."""
     weights = Path(weights)
-    model, metadata = load_float(weights)
+    model, metadata = load_float(weights, iou, max_det)
     if fmt not in FORMATS:
         raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     path = Path(out) if out else weights.with_suffix(SUFFIX[fmt])

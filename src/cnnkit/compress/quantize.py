@@ -33,6 +33,7 @@ import torch.nn as nn
 from cnnkit.compress.runtime import META_FILE, QUANTIZED_FORMAT
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
+from cnnkit.models.detectors import YoloOptions
 
 METHODS = ("ptq", "qat", "dynamic")
 
@@ -62,8 +63,26 @@ def float_model(metadata: dict[str, Any]) -> nn.Module:
         from cnnkit.models.segmenters import build_segmenter
 
         return build_segmenter(metadata["model"], metadata.get("encoder"), len(metadata["class_names"]))
-    raise CnnkitError(f"int8 quantization covers classifiers and semantic segmenters, not a {task} '{metadata.get('model')}'",
-                      "export the model to ONNX (`cnnkit export --format onnx`) and use --backend onnx")
+    if task == "detect" and str(metadata.get("model")).startswith("yolo"):
+        from cnnkit.compress.detect_graph import detection_graph
+        from cnnkit.models.detectors import Anchors, build_detector
+
+        net = build_detector(metadata["model"], len(metadata["class_names"]), int(metadata["imgsz"]), metadata.get("backbone"),
+                             Anchors.from_dict(metadata["anchors"]) if metadata.get("anchors") else None,
+                             yolo=YoloOptions.from_dict(metadata.get("yolo")))
+        deployed = metadata.get("deployed", {})
+        return detection_graph(net, metadata, int(deployed.get("max_det", 100)), float(deployed.get("iou", 0.5)))
+    raise CnnkitError(f"PyTorch int8 covers classifiers, semantic segmenters and the YOLO-style detectors, not a {task} "
+                      f"'{metadata.get('model')}'", "use --backend onnx (ONNX Runtime int8 of the exported model) instead")
+
+
+def _fx_part(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """(the module FX quantizes, its attribute on ``model`` or None for the whole model): a detector's
+    network without its decoding and NMS, which stay in float."""
+    features = getattr(model, "features", None)
+    from cnnkit.compress.detect_graph import YoloFeatures
+
+    return (features, "features") if isinstance(features, YoloFeatures) else (model, None)
 
 
 def _example(metadata: dict[str, Any], batch: int = 1) -> torch.Tensor:
@@ -75,25 +94,41 @@ def prepare(model: nn.Module, metadata: dict[str, Any], method: str) -> nn.Modul
     from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
+    part, name = _fx_part(model)
     with _fx_api():
         try:
             if method == "qat":
-                return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (_example(metadata, 2),))
-            return prepare_fx(model.eval(), get_default_qconfig_mapping("x86"), (_example(metadata),))
+                prepared = prepare_qat_fx(part.train(), get_default_qat_qconfig_mapping("x86"), (_example(metadata, 2),))
+            else:
+                prepared = prepare_fx(part.eval(), get_default_qconfig_mapping("x86"), (_example(metadata),))
         except Exception as exc:  # FX cannot trace data-dependent Python control flow
             raise CnnkitError(f"{metadata.get('model')}: FX cannot trace this network for int8 ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]})", "use --backend onnx (ONNX Runtime int8) instead") from None
+    if name is None:
+        return prepared
+    setattr(model, name, prepared)
+    model.cnnkit_fx_part = name
+    return model
 
 
 def convert(prepared: nn.Module) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx
 
+    name = getattr(prepared, "cnnkit_fx_part", None)
+    part = getattr(prepared, name) if name else prepared
     with _fx_api():
-        return convert_fx(prepared.eval())
+        converted = convert_fx(part.eval())
+    if name is None:
+        return converted
+    setattr(prepared, name, converted)
+    return prepared.eval()
 
 
 def dynamic(model: nn.Module) -> nn.Module:
     from torch.ao.quantization import quantize_dynamic
+
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise CnnkitError("--method dynamic quantizes Linear layers, and this network has none", "use --method ptq")
 
     with _fx_api():
         return quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8)
@@ -112,6 +147,8 @@ def rebuild_quantized(metadata: dict[str, Any], method: str, state: dict[str, to
 def save_quantized(model: nn.Module, metadata: dict[str, Any], method: str, path: Path) -> Path:
     """``.int8.pt``: the quantized state dict and the metadata, for ``torch.load(weights_only=True)``."""
     meta = {**metadata, "deployed": {"format": "int8", "method": method, "backend": "torch-x86", "batch": None}}
+    if hasattr(model, "max_det"):  # a detector's NMS settings, which the rebuilt graph needs
+        meta["deployed"].update(max_det=model.max_det, iou=float(model.iou))
     with atomic_path(path) as tmp:
         torch.save({"format": QUANTIZED_FORMAT, "method": method, "metadata": json.dumps(meta),
                     "state_dict": model.state_dict()}, tmp)
@@ -126,8 +163,11 @@ def calibrate(prepared: nn.Module, batches: list[torch.Tensor]) -> None:
             prepared(batch)
 
 
-def quantize_onnx(float_onnx: Path, out: Path, batches: list[torch.Tensor], per_channel: bool = True) -> Path:
-    """ONNX Runtime static QDQ int8 of an exported float model, calibrated on ``batches``."""
+def quantize_onnx(float_onnx: Path, out: Path, batches: list[torch.Tensor], per_channel: bool = True,
+                  only_convolutions: bool = False) -> Path:
+    """ONNX Runtime static QDQ int8 of an exported float model, calibrated on ``batches``. A detector's
+    graph ends in box decoding and NMS, whose coordinates int8 would ruin: only its convolutions are
+    quantized then."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -145,7 +185,8 @@ def quantize_onnx(float_onnx: Path, out: Path, batches: list[torch.Tensor], per_
 
     with atomic_path(out) as tmp, _quiet_onnxruntime():
         quantize_static(str(float_onnx), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv"] if only_convolutions else None)
         quantized = onnx.load(str(tmp))
         meta = json.loads({p.key: p.value for p in source.metadata_props}[META_FILE])
         meta["deployed"] = {**meta.get("deployed", {}), "format": "onnx-int8", "method": "ptq", "backend": "onnxruntime-qdq"}
@@ -209,9 +250,13 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         path = Path(out) if out else weights.parent / f"{stem}.int8.onnx"
         if not path.name.endswith(".onnx"):
             raise CnnkitError(f"--out {path}: an ONNX Runtime int8 file must end with .onnx")
-        float_onnx = write_export(model, metadata, "onnx", path.parent / f"{stem}.fp32-for-int8.onnx", dynamic_batch=True)
+        from cnnkit.compress.detect_graph import exports_any_batch
+
+        detector = metadata.get("task") == "detect"
+        float_onnx = write_export(model, metadata, "onnx", path.parent / f"{stem}.fp32-for-int8.onnx",
+                                  dynamic_batch=exports_any_batch(metadata))
         try:
-            quantize_onnx(float_onnx, path, batches)
+            quantize_onnx(float_onnx, path, batches, only_convolutions=detector)
         finally:
             float_onnx.unlink(missing_ok=True)
     else:
@@ -267,7 +312,7 @@ def _train_qat(model: nn.Module, metadata: dict[str, Any], data: str, epochs: in
 
 
 def compare_metric(weights: str | Path, deployed: str | Path, data: str, split: str = "val") -> dict[str, Any]:
-    """The task metric (classify top1, segment miou) of the fp32 weights and of a deployed file, on the
+    """The task metric (classify top1, segment miou, detect map) of the fp32 weights and of a deployed file, on the
     same split of ``data``. In-process loading (workers=0): forking loader workers after ONNX Runtime or
     the exporter have started their thread pools can deadlock the children."""
     import tempfile
@@ -282,6 +327,12 @@ def compare_metric(weights: str | Path, deployed: str | Path, data: str, split: 
             name = "top1"
             fp32 = Classifier.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0)[name]
             int8 = Classifier.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0)[name]
+        elif task == "detect":
+            from cnnkit.detection_api import Detector
+
+            name = "map"
+            fp32 = Detector.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0)[name]
+            int8 = Detector.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0)[name]
         else:
             from cnnkit.segmentation_api import Segmenter
 

@@ -49,13 +49,16 @@ class FixedBatch(nn.Module):
         super().__init__()
         self.inner, self.batch = inner, batch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         if x.shape[0] == self.batch:
             return self.inner(x)
         if self.batch != 1:
             raise CnnkitError(f"this model was exported for batch {self.batch}, got {x.shape[0]}",
                               "export it again with --dynamic-batch")
-        return torch.cat([self.inner(x[i:i + 1]) for i in range(x.shape[0])])
+        parts = [self.inner(x[i:i + 1]) for i in range(x.shape[0])]
+        if isinstance(parts[0], (tuple, list)):  # a detector's (boxes, scores, labels)
+            return tuple(torch.cat(column) for column in zip(*parts))
+        return torch.cat(parts)
 
 
 class ExportedProgram(nn.Module):
@@ -71,7 +74,8 @@ class ExportedProgram(nn.Module):
 
 
 class OnnxModule(nn.Module):
-    """An ONNX Runtime session as a module: float tensor in, the first output as a float tensor out."""
+    """An ONNX Runtime session as a module: float tensor in, its output as a tensor out (a tuple of
+    tensors when the model has several, as a detector does)."""
 
     def __init__(self, path: Path, threads: int | None = None):
         super().__init__()
@@ -87,9 +91,10 @@ class OnnxModule(nn.Module):
             raise CnnkitError(f"{path}: ONNX Runtime cannot load this model ({str(exc).splitlines()[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(np.ascontiguousarray(out))
+    def forward(self, x: torch.Tensor) -> Any:
+        outputs = [torch.from_numpy(np.ascontiguousarray(out))
+                   for out in self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -86,7 +86,8 @@ class CSPBlock(nn.Module):
         self.fuse = ConvBnAct((2 + n) * self.hidden, c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = list(self.split(x).chunk(2, dim=1))
+        halves = self.split(x)
+        parts = [halves[:, : self.hidden], halves[:, self.hidden:]]  # slices, not chunk(): FX (int8) traces them
         for block in self.blocks:
             parts.append(block(parts[-1]))
         return self.fuse(torch.cat(parts, dim=1))

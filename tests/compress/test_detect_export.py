@@ -1,0 +1,128 @@
+"""Detectors exported with their post-processing: the tensor-only YOLO graph decodes and suppresses
+exactly as the eager detector does, a deployed file detects what eager detects on images of any shape,
+torchvision's detectors export through the tracer, and the parity check fails on a real mismatch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnkit.errors import CnnkitError
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+def _weights(tmp_path: Path, model: str, imgsz: int = 64, seed: int = 0) -> Path:
+    """A detector's weights file as a run writes it; a random network whose outputs still vary with the
+    image (its class biases raised, so that many cells pass the score threshold)."""
+    from cnnkit.detection_api import Detector
+    from cnnkit.engine.checkpoint import save_state_dict
+
+    torch.manual_seed(seed)
+    det = Detector(model, class_names=CLASSES, imgsz=imgsz)
+    if model.startswith("yolo"):
+        for branch in det.model.head.cls:
+            torch.nn.init.normal_(branch[-1].bias, 0.0, 1.0)
+    meta = {"task": "detect", "model": det.model_name, "backbone": det.backbone, "class_names": CLASSES, "num_classes": 3,
+            "category_ids": [0, 1, 2], "imgsz": imgsz, "anchors": None, "yolo": det.yolo.to_dict() if model.startswith("yolo") else None,
+            "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    return save_state_dict(det.model.state_dict(), tmp_path / f"{model}.safetensors", meta)
+
+
+def _images(sizes: list[tuple[int, int]], seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=generator) for h, w in sizes]
+
+
+def test_yolo_graph_matches_the_eager_detector_per_image_and_over_a_batch(tmp_path):
+    from cnnkit.compress.export import load_float
+    from cnnkit.detection_api import Detector
+    from cnnkit.models.detectors import set_postprocess
+    from cnnkit.models.yolo import fuse_batchnorm
+
+    weights = _weights(tmp_path, "yolo_n")
+    graph, _ = load_float(weights, iou=0.6, max_det=30)
+    eager = fuse_batchnorm(Detector.load(weights).model)
+    set_postprocess(eager, 0.001, 0.6, 30)
+    images = _images([(64, 64)] * 3)
+    with torch.no_grad():
+        boxes, scores, labels = graph(torch.stack(images))
+        expected = eager(images)
+    assert boxes.shape == (3, 30, 4) and labels.dtype == torch.int64
+    for i, found in enumerate(expected):
+        n = len(found["scores"])
+        assert 0 < n <= 30 and int((labels[i] > 0).sum()) == n
+        torch.testing.assert_close(boxes[i, :n], found["boxes"], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(scores[i, :n], found["scores"])
+        assert torch.equal(labels[i, :n], found["labels"])
+        assert labels[i, n:].eq(0).all() and scores[i, n:].eq(0).all()
+        with torch.no_grad():  # one NMS over the batch: an image's detections do not depend on its neighbours
+            alone = graph(images[i][None])
+        assert torch.equal(alone[2][0], labels[i]) and torch.allclose(alone[0][0], boxes[i], atol=1e-4)
+
+
+def test_deployed_yolo_detects_what_eager_detects_on_any_image_shape(tmp_path):
+    from cnnkit.compress.export import export_weights
+    from cnnkit.compress.runtime import read_metadata
+    from cnnkit.detection_api import Detector
+
+    weights = _weights(tmp_path, "yolo_n")
+    path, parity = export_weights(weights, "pt2", tmp_path / "yolo.pt2", dynamic_batch=True)
+    assert parity.ok and parity.top1_agreement == 1.0 and parity.max_abs_diff < 1e-3
+    meta = read_metadata(path)
+    assert meta["deployed"]["outputs"] == ["boxes", "scores", "labels"] and meta["deployed"]["max_det"] == 100
+    eager, deployed = Detector.load(weights), Detector.load(path)
+    for det in (eager, deployed):
+        from cnnkit.models.detectors import set_postprocess
+
+        set_postprocess(det.model, 0.05, 0.5, 100)
+    # letterboxing (deployed) and padding to a multiple of 32 (eager) give the same cells: same detections
+    images = _images([(48, 64), (64, 40), (100, 70)])
+    with torch.no_grad():
+        want, got = eager.model.eval()(images), deployed.model(images)
+    for w, g in zip(want, got):
+        assert len(w["boxes"]) > 0
+        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-3, rtol=1e-4)
+        assert torch.equal(g["labels"], w["labels"])
+    with pytest.raises(CnnkitError, match="exported with IoU 0.5"):
+        set_postprocess(deployed.model, 0.05, 0.7, 100)
+        deployed.model(images)
+
+
+def test_torchvision_detector_exports_through_the_tracer(tmp_path):
+    from cnnkit.compress.export import export_weights
+    from cnnkit.detection_api import Detector
+
+    weights = _weights(tmp_path, "ssdlite", imgsz=96)
+    path, parity = export_weights(weights, "torchscript", tmp_path / "ssd.ts")
+    assert parity.ok and parity.top1_agreement == 1.0
+    deployed = Detector.load(path)
+    images = _images([(96, 96), (80, 120)])
+    eager = Detector.load(weights)
+    with torch.no_grad():
+        want, got = eager.model.eval()(images), deployed.model(images)  # SSD stretches to the square in both
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-3, rtol=1e-4)
+    for fmt, dynamic, message in (("pt2", False, "--format pt2 is not possible"), ("onnx", True, "--dynamic-batch is not possible")):
+        with pytest.raises(CnnkitError, match=message):
+            export_weights(weights, fmt, tmp_path / f"x.{fmt}", dynamic_batch=dynamic)
+
+
+def test_detection_parity_fails_on_moved_or_missing_boxes():
+    from cnnkit.compress.export import check_parity
+
+    boxes = torch.tensor([[[10.0, 10, 30, 30], [40, 40, 60, 62], [0, 64, 5, 64], [0, 0, 0, 0]]])
+    scores, labels = torch.tensor([[0.9, 0.8, 0.1, 0.0]]), torch.tensor([[1, 2, 2, 0]])
+    reference = lambda x: (boxes, scores, labels)  # noqa: E731
+    swapped = lambda x: (boxes[:, [1, 0, 2, 3]], scores[:, [1, 0, 2, 3]], labels[:, [1, 0, 2, 3]])  # noqa: E731
+    moved = lambda x: (boxes + torch.tensor([0.0, 0, 3, 0]), scores, labels)  # noqa: E731
+    missing = lambda x: (boxes, scores, torch.tensor([[1, 0, 2, 0]]))  # noqa: E731
+    meta = {"task": "detect"}
+    x = torch.zeros(1, 3, 64, 64)
+    same = check_parity(reference, swapped, x, meta)
+    assert same.ok and same.top1_agreement == 1.0  # order within an image does not matter; a zero-area box matches itself
+    assert not check_parity(reference, moved, x, meta).ok
+    lost = check_parity(reference, missing, x, meta)
+    assert not lost.ok and lost.top1_agreement == pytest.approx(2 / 3)
