@@ -93,12 +93,15 @@ def pad_by_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
     above ``conf`` scattered into fixed [batch, max_det] slots: no data-dependent Python branch."""
     from torchvision.ops import nms
 
+    # NMS compares every pair of boxes it is given, so the batch's candidates under ``conf`` leave first
+    chosen = torch.nonzero(scores > conf).squeeze(1)
+    boxes, scores, labels, image = boxes[chosen], scores[chosen], labels[chosen], image[chosen]
     shift = (image * (num_labels + 1) + labels).to(boxes.dtype).unsqueeze(1) * (extent + 1)
     keep = nms(boxes + shift, scores, iou)  # sorted by score
     kept_image = image[keep]
     one_hot = (kept_image.unsqueeze(1) == torch.arange(batch, device=boxes.device).unsqueeze(0)).to(torch.int64)
     rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # place of each kept box within its image
-    wanted = (rank < max_det) & (scores[keep] > conf)
+    wanted = rank < max_det
     spare = batch * max_det  # one slot past the end takes everything unwanted
     slot = torch.where(wanted, kept_image * max_det + rank, torch.full_like(rank, spare))
     out_boxes = boxes.new_zeros(spare + 1, 4).index_copy(0, slot, boxes[keep])

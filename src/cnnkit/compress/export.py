@@ -130,14 +130,22 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool, meta: dict) -> None:
     import contextlib
+    import logging
 
     _check_opset(opset)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    # the exporter reports its steps on stdout, which is for results
-    with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-                                    output_names=_output_names(meta), dynamic_shapes=({0: batch},) if dynamic_batch else None,
-                                    verbose=False)
+    # the exporter reports its steps on stdout, which is for results; onnx_ir logs a harmless default
+    # (an empty attribute list of NonMaxSuppression's translation taken as ints) as a warning
+    quiet = logging.getLogger("onnx_ir")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["images"],
+                                        output_names=_output_names(meta), dynamic_shapes=({0: batch},) if dynamic_batch else None,
+                                        verbose=False)
+    finally:
+        quiet.setLevel(level)
     _save_onnx(program.model_proto, path, meta)
 
 
