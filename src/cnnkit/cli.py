@@ -843,7 +843,7 @@ def export_command(
 
 @app.command("quantize")
 def quantize_command(
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify or segment (semantic) run"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify, segment (semantic) or YOLO-style detect run (Faster R-CNN, SSD: --backend onnx)"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset root or built-in name: calibration images (its train split) "
                                        "and the fp32-vs-int8 comparison (its val split)"),
     method: str = typer.Option("ptq", "--method", help="ptq: static post-training int8; qat: quantization-aware fine-tuning "
@@ -874,7 +874,7 @@ def quantize_command(
 
 @app.command("bench")
 def bench_command(
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify or segment (semantic) run"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify, segment (semantic) or detect run"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset root or built-in name: the task metric on its val split "
                                        "and the int8 calibration (its train split)"),
     formats: str = typer.Option("eager,bf16,int8,onnx,onnx-int8", "--formats", metavar="A,B",

@@ -45,9 +45,9 @@ def test_export_bad_input_is_one_line(trained, tmp_path):
         export_weights(trained, "torchscript", tmp_path / "m.onnx")
     with pytest.raises(CnnkitError, match="is not one of onnx, torchscript, pt2"):
         export_weights(trained, "tflite")
-    det = save_state_dict({"w": torch.zeros(1)}, tmp_path / "det.safetensors", {"task": "detect", "model": "yolo_n"})
-    with pytest.raises(CnnkitError, match="exporting a detect 'yolo_n' is not supported yet"):
-        export_weights(det, "onnx")
+    masks = save_state_dict({"w": torch.zeros(1)}, tmp_path / "mrcnn.safetensors", {"task": "segment", "model": "maskrcnn"})
+    with pytest.raises(CnnkitError, match="exporting a segment 'maskrcnn' is not supported yet"):
+        export_weights(masks, "onnx")
 
     class Gate(nn.Module):
         def forward(self, x):

@@ -159,7 +159,11 @@ def test_yolo_overfits_a_handful_of_images_then_predicts(shapes, tmp_path):
     exported = run_cnnkit_here("export", "--weights", weights, "--format", "onnx", "--dynamic-batch", "--data", str(data),
                                "--out", str(onnx))
     assert exported.returncode == 0, exported.stderr
-    assert "detections matched 100.0%" in " ".join(exported.stderr.split())
+    import re
+
+    matched_share = re.search(r"detections matched ([\d.]+)%", " ".join(exported.stderr.split()))
+    assert matched_share and float(matched_share.group(1)) >= 99.0, exported.stderr
+    assert "Warning" not in exported.stderr, exported.stderr
     val = run_cnnkit_here("detect", "val", "--weights", str(onnx), "--data", str(data), "--out", str(tmp_path / "val_onnx"),
                           "--workers", "0")
     assert val.returncode == 0, val.stderr

@@ -102,6 +102,8 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
     try:
         with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            # torchvision's nms registration still calls a torch API renamed in 2.14
+            warnings.filterwarnings("ignore", message=".*create_unbacked_symint.*")
             if fmt == "onnx" and traced:
                 _export_onnx_traced(model, example, tmp, opset, meta)
             elif fmt == "onnx":
