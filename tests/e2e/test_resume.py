@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,19 +39,23 @@ def _same_weights(full, cut, epochs: int) -> None:
     assert (full / "history.csv").read_text().count("\n") == (cut / "history.csv").read_text().count("\n") == epochs + 1
 
 
+def _run_killed_and_resumed(args: list[str], resume: list[str], epochs: int, tmp_path: Path) -> tuple[Path, Path, str]:
+    """(the uninterrupted run, the run killed after its first checkpoint and resumed, the resume's stderr)."""
+    full = tmp_path / "full"
+    done = run_cnnkit(*args, "--out", str(full))
+    assert done.returncode == 0, done.stderr
+    cut = tmp_path / "cut"
+    saved_epoch = _kill_after_first_checkpoint(args, cut)
+    assert 1 <= saved_epoch < epochs, f"the run was not interrupted mid-way (checkpoint at epoch {saved_epoch})"
+    resumed = run_cnnkit(*resume, "--resume", "--out", str(cut))
+    assert resumed.returncode == 0, resumed.stderr
+    return full, cut, resumed.stderr
+
+
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(digits_root, tmp_path):
-    full = tmp_path / "full"
-    done = run_cnnkit(*ARGS, "--out", str(full))
-    assert done.returncode == 0, done.stderr
-
-    cut = tmp_path / "cut"
-    saved_epoch = _kill_after_first_checkpoint(ARGS, cut)
-    assert 1 <= saved_epoch < 4, f"the run was not interrupted mid-way (checkpoint at epoch {saved_epoch})"
-
-    resumed = run_cnnkit("classify", "train", "--resume", "--out", str(cut))
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr
+    full, cut, log = _run_killed_and_resumed(ARGS, ["classify", "train"], 4, tmp_path)
+    assert "resuming" in log
     _same_weights(full, cut, 4)
 
 
@@ -60,13 +65,6 @@ def test_distillation_with_a_hint_resumes_exactly(digits_classifier, tmp_path):
     args = ["distill", "--teacher", str(digits_classifier), "--student", "tiny_cnn", "--data", "digits", "--epochs", "3",
             "--imgsz", "16", "--batch", "64", "--workers", "0", "--fliplr", "0", "--seed", "1",
             "--hint-layer", "features.3", "--student-layer", "features.3"]
-    full = tmp_path / "full"
-    done = run_cnnkit(*args, "--out", str(full))
-    assert done.returncode == 0, done.stderr
-    cut = tmp_path / "cut"
-    saved_epoch = _kill_after_first_checkpoint(args, cut)
-    assert 1 <= saved_epoch < 3, f"the run was not interrupted mid-way (checkpoint at epoch {saved_epoch})"
-    resumed = run_cnnkit("distill", "--resume", "--out", str(cut))
-    assert resumed.returncode == 0, resumed.stderr
+    full, cut, _ = _run_killed_and_resumed(args, ["distill"], 3, tmp_path)
     _same_weights(full, cut, 3)
     assert "cnnkit_hint" in " ".join(torch.load(cut / "checkpoint.pt", weights_only=True)["model"])

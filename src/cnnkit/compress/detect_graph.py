@@ -88,9 +88,10 @@ class YoloGraph(nn.Module):
 
 def pad_by_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image: torch.Tensor, batch: int,
                  num_labels: int, max_det: int, iou: float, conf: float, extent: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One NMS over every image's candidates (boxes, at most ``extent`` apart, shifted apart per image
-    and label 1..num_labels, so that only boxes of the same image and class suppress each other), then the best ``max_det`` of each image
-    above ``conf`` scattered into fixed [batch, max_det] slots: no data-dependent Python branch."""
+    """One NMS over every image's candidates above ``conf`` (boxes within ``extent`` of the origin,
+    shifted apart per image and label 1..num_labels, so that only boxes of the same image and class
+    suppress each other), then the best ``max_det`` of each image scattered into fixed [batch, max_det]
+    slots: no data-dependent Python branch."""
     from torchvision.ops import nms
 
     # NMS compares every pair of boxes it is given, so the batch's candidates under ``conf`` leave first
@@ -190,7 +191,7 @@ class DeployedDetector(nn.Module):
         boxes, scores, labels = self.graph(torch.stack([b[0] for b in boxed]))
         found = []
         for (_, sx, sy), image, b, s, k in zip(boxed, images, boxes, scores, labels):
-            keep = (k > 0) & (s >= self.score_thresh)
+            keep = (k > 0) & (s > self.score_thresh)  # as torchvision's and the eager YOLO's post-processing
             b = b[keep][: self.detections_per_img] / torch.tensor([sx, sy, sx, sy])
             h, w = image.shape[-2:]
             b = torch.minimum(b.clamp(min=0), torch.tensor([w, h, w, h], dtype=b.dtype))
