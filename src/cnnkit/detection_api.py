@@ -84,13 +84,22 @@ class Detector:
         if is_deployed(weights):
             return cls._load_deployed(weights)
         state, meta = load_weights(weights, task=TASK)
-        anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
-        det = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"], backbone=meta.get("backbone"),
-                  anchors=anchors, category_ids=meta.get("category_ids"), yolo=YoloOptions.from_dict(meta.get("yolo")))
-        det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        det.cost = (meta.get("params"), meta.get("gflops"))  # counted when the run built the model
+        det = cls.from_metadata(meta)
         det.model.load_state_dict(state)
         det.weights_path = Path(weights)
+        return det
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], build: bool = True) -> "Detector":
+        """The detector a weights file's metadata describes: architecture, anchors, classes, size, split;
+        its network freshly built (weights not loaded) unless ``build`` is False."""
+        anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
+        det = cls(meta["model"], class_names=meta["class_names"] if build else None, imgsz=meta["imgsz"],
+                  backbone=meta.get("backbone"), anchors=anchors, category_ids=meta.get("category_ids"),
+                  yolo=YoloOptions.from_dict(meta.get("yolo")))
+        det.class_names = meta["class_names"]
+        det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
+        det.cost = (meta.get("params"), meta.get("gflops"))  # counted when the run built the model
         return det
 
     @classmethod
@@ -99,11 +108,7 @@ class Detector:
         from cnnkit.compress.runtime import load_deployed_for
 
         graph, meta = load_deployed_for(path, TASK)
-        det = cls(meta["model"], imgsz=meta["imgsz"], backbone=meta.get("backbone"), category_ids=meta.get("category_ids"),
-                  yolo=YoloOptions.from_dict(meta.get("yolo")))
-        det.class_names = meta["class_names"]
-        det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        det.cost = (meta.get("params"), meta.get("gflops"))
+        det = cls.from_metadata(meta, build=False)
         det.model = DeployedDetector(graph, meta)
         det.weights_path = Path(path)
         return det

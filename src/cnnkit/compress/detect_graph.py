@@ -133,16 +133,13 @@ class TorchvisionGraph(nn.Module):
         return torch.stack(boxes), torch.stack(scores), torch.stack(labels)
 
 
-def detection_graph(net: nn.Module, metadata: dict[str, Any], max_det: int = 100, iou: float = 0.5) -> nn.Module:
+def detection_graph(net: nn.Module, max_det: int = 100, iou: float = 0.5) -> nn.Module:
     """The export graph of a built detector (eval mode, CPU)."""
     from cnnkit.models.yolo import YoloDetector, fuse_batchnorm
 
     net = net.eval().cpu()
     if isinstance(net, YoloDetector):
         return YoloGraph(fuse_batchnorm(net), max_det, iou).eval()  # what `detect predict` runs
-    if hasattr(net, "roi_heads") and getattr(net.roi_heads, "mask_predictor", None) is not None:
-        raise CnnkitError(f"{metadata.get('model')}: exporting Mask R-CNN is not supported yet",
-                          "export the semantic segmenters, classifiers and detectors; run Mask R-CNN from its weights")
     return TorchvisionGraph(net, max_det, iou).eval()
 
 

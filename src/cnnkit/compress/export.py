@@ -73,7 +73,7 @@ def load_float(weights: str | Path, iou: float = 0.5, max_det: int = 100) -> tup
 
         if not 0.0 < iou <= 1.0:
             raise CnnkitError(f"--iou must be in (0, 1], got {iou}")
-        return detection_graph(Detector.load(weights).model, metadata, max_det, iou), metadata
+        return detection_graph(Detector.load(weights).model, max_det, iou), metadata
     else:
         raise CnnkitError(f"{weights}: exporting a {task} '{metadata.get('model')}' is not supported yet",
                           "classifiers, embedders, semantic segmenters and detectors export; run Mask R-CNN from its weights")

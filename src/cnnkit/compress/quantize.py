@@ -33,7 +33,6 @@ import torch.nn as nn
 from cnnkit.compress.runtime import META_FILE, QUANTIZED_FORMAT
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
-from cnnkit.models.detectors import YoloOptions
 
 METHODS = ("ptq", "qat", "dynamic")
 
@@ -65,13 +64,11 @@ def float_model(metadata: dict[str, Any]) -> nn.Module:
         return build_segmenter(metadata["model"], metadata.get("encoder"), len(metadata["class_names"]))
     if task == "detect" and str(metadata.get("model")).startswith("yolo"):
         from cnnkit.compress.detect_graph import detection_graph
-        from cnnkit.models.detectors import Anchors, build_detector
+        from cnnkit.detection_api import Detector
 
-        net = build_detector(metadata["model"], len(metadata["class_names"]), int(metadata["imgsz"]), metadata.get("backbone"),
-                             Anchors.from_dict(metadata["anchors"]) if metadata.get("anchors") else None,
-                             yolo=YoloOptions.from_dict(metadata.get("yolo")))
         deployed = metadata.get("deployed", {})
-        return detection_graph(net, metadata, int(deployed.get("max_det", 100)), float(deployed.get("iou", 0.5)))
+        return detection_graph(Detector.from_metadata(metadata).model, int(deployed.get("max_det", 100)),
+                               float(deployed.get("iou", 0.5)))
     raise CnnkitError(f"PyTorch int8 covers classifiers, semantic segmenters and the YOLO-style detectors, not a {task} "
                       f"'{metadata.get('model')}'", "use --backend onnx (ONNX Runtime int8 of the exported model) instead")
 
