@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional, get_args, get_type_hints
 import typer
 
 from cnnkit import __version__
-from cnnkit.config import DetectConfig, DistillConfig, EmbedConfig, PreviewConfig, SegmentConfig, TrainConfig, read_yaml_options
+from cnnkit.config import (DetectConfig, DistillConfig, EmbedConfig, PreviewConfig, SegmentConfig, SegmentDistillConfig,
+                            TrainConfig, read_yaml_options)
 from cnnkit.errors import CnnkitError
 
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
@@ -347,6 +348,18 @@ def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
     from cnnkit.segmentation_api import SEGMENT
 
     train(cfg, explicit, recipe=SEGMENT)
+
+
+@config_command(segment_app, "distill", SegmentDistillConfig,
+                "Knowledge distillation for semantic segmentation: train a --student segmenter from a frozen --teacher "
+                "segmenter's per-pixel soft targets (KL at --temperature over the classes at every pixel, the teacher's "
+                "class map resized to the student's; --ignore-index pixels left out; weighted --alpha, plus the student's "
+                "--loss on the masks) and optionally one teacher layer's features. Every segment train option applies; "
+                "the result is an ordinary segmenter's weights under runs/distill/.")
+def segment_distill(cfg, explicit: set[str]) -> None:
+    from cnnkit.distill_api import run_segment_distillation
+
+    run_segment_distillation(cfg, explicit)
 
 
 TILE_HELP = "sliding-window inference at the images' own resolution (default: as the model was trained)"
@@ -756,7 +769,8 @@ def _severity_list(text: str) -> list[int]:
 @config_command(app, "distill", DistillConfig,
                 "Knowledge distillation: train a --student classifier from a frozen --teacher's soft targets (KL at "
                 "--temperature, weighted --alpha, plus the labels) and optionally one teacher layer's features. Every "
-                "training option applies; the result is an ordinary classifier's weights under runs/distill/.")
+                "training option applies; the result is an ordinary classifier's weights under runs/distill/. Segmenters: "
+                "`cnnkit segment distill`.")
 def distill_command(cfg: DistillConfig, explicit: set[str]) -> None:
     from cnnkit.distill_api import run_distillation
 

@@ -199,20 +199,25 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> "DistillConfig":
         super().validate()
-        if not self.teacher and not self.resume:  # a resumed run reads its teacher from the saved config.yaml
-            raise CnnkitError("distill needs --teacher WEIGHTS", "train one with `cnnkit classify train --model resnet18 …`")
-        if self.temperature <= 0:
-            raise CnnkitError(f"--temperature must be positive, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise CnnkitError(f"--alpha must be between 0 and 1, got {self.alpha}")
-        if bool(self.hint_layer) != bool(self.student_layer):
-            raise CnnkitError("feature distillation needs both --hint-layer (teacher) and --student-layer")
-        if self.hint_weight < 0:
-            raise CnnkitError(f"--hint-weight must be 0 or more, got {self.hint_weight}")
+        check_distill_options(self, "cnnkit classify train --model resnet18 …")
         if self.balance == "smote":
             raise CnnkitError("--balance smote trains a head on cached features, which a teacher cannot distil into",
                               "use --balance weights or oversample")
         return self
+
+
+def check_distill_options(cfg: Any, teacher_command: str) -> None:
+    """The distillation options' checks, shared by the classifier's and the segmenter's configs."""
+    if not cfg.teacher and not cfg.resume:  # a resumed run reads its teacher from the saved config.yaml
+        raise CnnkitError("distill needs --teacher WEIGHTS", f"train one with `{teacher_command}`")
+    if cfg.temperature <= 0:
+        raise CnnkitError(f"--temperature must be positive, got {cfg.temperature}")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise CnnkitError(f"--alpha must be between 0 and 1, got {cfg.alpha}")
+    if bool(cfg.hint_layer) != bool(cfg.student_layer):
+        raise CnnkitError("feature distillation needs both --hint-layer (teacher) and --student-layer")
+    if cfg.hint_weight < 0:
+        raise CnnkitError(f"--hint-weight must be 0 or more, got {cfg.hint_weight}")
 
 
 class _DetectOptions(_Options):
@@ -387,11 +392,11 @@ class _SegmentOptions(_Options):
         parse_segmenter(self.model, self.encoder)
         instance = self.model == "maskrcnn"
         others = SEMANTIC_ONLY if instance else INSTANCE_ONLY
-        wrong = [name for name, default in others.items() if getattr(self, name) != default]
+        wrong = [name for name, default in others.items() if getattr(self, name, default) != default]
         if wrong:
             kind = "semantic models" if instance else "instance segmentation (--model maskrcnn)"
             raise CnnkitError(f"--{_flag(wrong[0])} applies to {kind}, not to {self.model}")
-        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0 or self.max_det < 1:
+        if instance and (not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0 or self.max_det < 1):
             raise CnnkitError(f"--conf must be in [0, 1], --iou in (0, 1] and --max-det at least 1; got {self.conf}, {self.iou}, "
                               f"{self.max_det}")
         if not instance:
@@ -465,3 +470,31 @@ SegmentConfig = dataclasses.make_dataclass(
     bases=(_SegmentOptions,))
 SegmentConfig.__module__ = __name__
 SegmentConfig.__doc__ = "`segment train`: the shared training options plus the segmenter's."
+
+
+class _SegmentDistillOptions(_SegmentOptions):
+    def validate(self) -> "SegmentDistillConfig":
+        if self.model == "maskrcnn":
+            raise CnnkitError("segment distill trains a semantic student (unet, fpn, pan, deeplabv3plus, fcn), not maskrcnn",
+                              "Mask R-CNN's outputs are per detected instance, with no per-pixel logits to match")
+        super().validate()
+        check_distill_options(self, "cnnkit segment train --model unet --encoder resnet34 …")
+        return self
+
+
+_DISTILL_FIELDS = [(f.name, f.type, option(None, "the teacher: weights/best.safetensors of a `cnnkit segment train` run of a "
+                                             "semantic model on the same classes") if f.name == "teacher"
+                    else option(0.9, "weight of the soft-target (per-pixel KL) term; the student's --loss on the masks gets "
+                                "1 - alpha") if f.name == "alpha"
+                    else field(default=f.default, metadata=f.metadata))
+                   for f in fields(DistillConfig) if f.name in ("teacher", "temperature", "alpha", "hint_layer", "student_layer",
+                                                                "hint_weight")]
+_SEGMENT_STUDENT = option("unet", "the student: unet, fpn, pan, deeplabv3plus, fcn, with --encoder (--model and --student are "
+                          "one option)", aliases=("--student",))
+SegmentDistillConfig = dataclasses.make_dataclass(
+    "SegmentDistillConfig",
+    [(f.name, f.type, _SEGMENT_STUDENT if f.name == "model" else field(default=f.default, metadata=f.metadata))
+     for f in fields(SegmentConfig) if f.name not in INSTANCE_ONLY] + _DISTILL_FIELDS,
+    bases=(_SegmentDistillOptions,))
+SegmentDistillConfig.__module__ = __name__
+SegmentDistillConfig.__doc__ = "`segment distill`: a semantic student segmenter trained from a frozen teacher segmenter."

@@ -63,15 +63,23 @@ def _handful(shapes: Path, root: Path, count: int) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_unet_fits_a_handful_of_scenes_then_val_and_predict(shapes, tmp_path):
-    # a U-Net from scratch needs tens of epochs of 800 scenes to tell the five shapes apart (docs/segmentation.md);
-    # fitting 8 scenes in 40 short epochs shows the whole loop learns, in under a minute
-    data = _handful(shapes, tmp_path / "few", 8)
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def handful_unet(shapes, tmp_path_factory) -> tuple[Path, Path]:
+    """(data, run dir) of a U-Net fitted to 8 scenes: a U-Net from scratch needs tens of epochs of 800 scenes
+    to tell the five shapes apart (docs/segmentation.md); fitting 8 scenes in 40 short epochs shows the whole
+    loop learns, in under a minute."""
+    root = tmp_path_factory.mktemp("handful")
+    data = _handful(shapes, root / "few", 8)
+    run_dir = root / "run"
     done = run_cnnkit("segment", "train", "--data", str(data), "--model", "unet", "--encoder", "resnet18", "--imgsz", "96",
                       "--epochs", "40", "--batch", "4", "--lr", "0.003", "--augment", "none", "--workers", "0", "--out", str(run_dir))
     assert done.returncode == 0, done.stderr
+    return data, run_dir
+
+
+@pytest.mark.slow
+def test_unet_fits_a_handful_of_scenes_then_val_and_predict(handful_unet, tmp_path):
+    data, run_dir = handful_unet
     for name in ("config.yaml", "weights/best.safetensors", "checkpoint.pt", "history.csv", "metrics.json", "report.html",
                  "plots/history.png", "plots/val_confusion_matrix.png", "plots/val_samples.png"):
         assert (run_dir / name).is_file(), name
@@ -105,6 +113,39 @@ def test_unet_fits_a_handful_of_scenes_then_val_and_predict(shapes, tmp_path):
         assert (out / "overlays" / f"{image.stem}.png").is_file()
         agree.append((mask == truth)[truth != 255].mean())
     assert np.mean(agree) == pytest.approx(metrics["pixel_accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_segment_distill_learns_from_the_teachers_pixels(handful_unet, tmp_path):
+    # an FPN student at 64 px from the 96-px U-Net: the teacher sees the images at its own side and its class
+    # map is resized to the student's; the result is an ordinary segmenter's weights
+    from safetensors import safe_open
+
+    from cnnkit.segmentation_api import Segmenter
+
+    data, teacher_dir = handful_unet
+    out = tmp_path / "student"
+    done = run_cnnkit("segment", "distill", "--teacher", str(teacher_dir / "weights/best.safetensors"), "--student", "fpn",
+                      "--encoder", "resnet18", "--data", str(data), "--imgsz", "64", "--epochs", "12", "--batch", "4",
+                      "--lr", "0.003", "--augment", "none", "--no-hd95", "--workers", "0", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = (out / "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"train_kd", "train_hard", "train_ce", "train_dice"} <= set(header), header
+    kd = [float(row.split(",")[header.index("train_kd")]) for row in rows[1:]]
+    assert kd[-1] < 0.5 * kd[0], kd  # the student's pixels came to agree with the teacher's
+    weights = out / "weights/best.safetensors"
+    with safe_open(str(weights), "pt") as handle:
+        provenance = json.loads(handle.metadata()["distilled_from"])
+    assert provenance["teacher_model"] == "unet (resnet18)" and provenance["temperature"] == 4.0
+    student = Segmenter.load(weights)
+    assert (student.model_name, student.imgsz) == ("fpn", 64)
+    metrics = json.loads((out / "metrics.json").read_text())
+    untrained = _untrained(weights, data)
+    assert metrics["miou"] >= untrained["miou"] + 0.1, (metrics["miou"], untrained["miou"])  # measured: 0.009 -> 0.20
+
+    classifier = run_cnnkit_here("distill", "--teacher", str(teacher_dir / "weights/best.safetensors"), "--data", str(data))
+    assert classifier.returncode == 2 and "cnnkit segment distill" in classifier.stderr
 
 
 @pytest.mark.slow

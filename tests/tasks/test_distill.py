@@ -33,7 +33,7 @@ def test_distillation_loss_matches_a_hand_computation(temperature, alpha):
     expected = alpha * kl + (1 - alpha) * ce
     got = distillation_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(labels), temperature, alpha)
     assert got["loss"].item() == pytest.approx(expected, rel=1e-5)
-    assert got["kd"].item() == pytest.approx(kl, rel=1e-5) and got["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert got["kd"].item() == pytest.approx(kl, rel=1e-5) and got["hard"].item() == pytest.approx(ce, rel=1e-5)
 
 
 def test_soft_targets_pull_the_student_towards_the_teacher():
@@ -89,7 +89,7 @@ def test_hint_regressor_is_trained_but_not_deployed():
     assert regressor[0].in_channels == 4 and regressor[0].out_channels == 16
     batch = (torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1]))
     losses = task.train_loss(student, batch)
-    assert {"loss", "kd", "ce", "hint"} <= set(losses) and losses["hint"] > 0
+    assert {"loss", "kd", "hard", "hint"} <= set(losses) and losses["hint"] > 0
     losses["loss"].backward()
     assert regressor[0].weight.grad is not None and regressor[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
@@ -108,7 +108,7 @@ def test_distill_on_digits_writes_a_plain_classifier(digits_classifier, tmp_path
                   amp=True, out=str(tmp_path / "student"))  # bf16 autocast on the CPU: teacher, student and hint under it
     assert run.metrics["top1"] > 0.5  # ten classes: chance is 0.1
     history = (run.dir / "history.csv").read_text().splitlines()[0].split(",")
-    assert {"train_kd", "train_ce", "train_hint"} <= set(history), history
+    assert {"train_kd", "train_hard", "train_hint"} <= set(history), history
     with safe_open(str(run.dir / "weights" / "best.safetensors"), "pt") as handle:
         assert not any(HINT_MODULE in k for k in handle.keys())
         assert json.loads(handle.metadata()["distilled_from"])["teacher_model"] == "tiny_cnn"
@@ -122,3 +122,73 @@ def test_distill_refuses_a_teacher_of_another_task(tmp_path):
     path = save_state_dict({"w": torch.zeros(1)}, tmp_path / "det.safetensors", {"task": "detect", "model": "yolo_n"})
     with pytest.raises(CnnkitError, match="weights of a 'detect' model; --teacher needs a classifier's"):
         load_teacher(path)
+
+
+def test_pixel_distillation_loss_matches_a_hand_computation_and_skips_ignored_pixels():
+    rng = np.random.default_rng(3)
+    student, teacher = rng.normal(size=(2, 4, 3, 5)) * 2, rng.normal(size=(2, 4, 3, 5)) * 2
+    masks = rng.integers(0, 4, size=(2, 3, 5))
+    masks[0, 1, :] = 255
+    scored = masks != 255
+    t, alpha = 3.0, 0.8
+    p_teacher, p_student = _softmax(teacher / t), _softmax(student / t)  # over dim 1, the classes
+    kl_per_pixel = (p_teacher * (np.log(p_teacher) - np.log(p_student))).sum(axis=1)
+    kl = kl_per_pixel[scored].mean() * t * t
+    got = distillation_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(masks), t, alpha,
+                            torch.tensor(0.5), torch.tensor(scored))
+    assert got["kd"].item() == pytest.approx(kl, rel=1e-5)
+    assert got["loss"].item() == pytest.approx(alpha * kl + (1 - alpha) * 0.5, rel=1e-5)
+    nothing = distillation_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(masks), t, alpha,
+                                torch.tensor(0.5), torch.zeros(2, 3, 5, dtype=torch.bool))
+    assert nothing["kd"].item() == 0.0
+
+
+class _PixelNet(nn.Module):
+    """[B, 3, H, W] -> [B, C, H / stride, W / stride] class logits."""
+
+    def __init__(self, num_classes=3, width=4, stride=1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, num_classes, stride, stride=stride))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_segment_distill_task_resizes_the_teachers_map_and_ignores_unlabelled_pixels():
+    from cnnkit.tasks.segment import Inference, SegmentTask, segmentation_loss
+
+    torch.manual_seed(0)
+    # the teacher sees the 16-px batch at its own 32 px and answers at half resolution: a 16x16 map again
+    teacher, student = _PixelNet(width=8, stride=2).eval(), _PixelNet()
+    task = DistillTask(SegmentTask(["bg", "a", "b"], segmentation_loss("ce_dice", 3, 255), Inference(16)), teacher,
+                       TeacherInput((0,) * 3, (1,) * 3, 16, (0,) * 3, (1,) * 3, 32), 2.0, 0.5)
+    images, masks = torch.rand(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    masks[:, :4] = 255
+    losses = task.train_loss(student, (images, masks, torch.arange(2)))
+    assert {"loss", "kd", "hard", "ce", "dice"} <= set(losses)
+    # the KL against the teacher's map, taken only where the mask is labelled
+    expected = distillation_loss(student(images), teacher(nn.functional.interpolate(images, size=32, mode="bilinear", antialias=True)),
+                                 masks, 2.0, 0.5, torch.tensor(0.0), masks != 255)["kd"]
+    assert losses["kd"].item() == pytest.approx(expected.item(), rel=1e-4)
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in student.parameters()) and all(p.grad is None for p in teacher.parameters())
+
+
+def test_segment_distill_refuses_other_teachers(tmp_path):
+    from cnnkit.distill_api import load_teacher
+
+    classifier = save_state_dict({"w": torch.zeros(1)}, tmp_path / "cls.safetensors", {"task": "classify", "model": "tiny_cnn"})
+    with pytest.raises(CnnkitError, match="weights of a 'classify' model; --teacher needs a semantic segmenter's"):
+        load_teacher(classifier, "segment")
+    instance = save_state_dict({"w": torch.zeros(1)}, tmp_path / "mrcnn.safetensors", {"task": "segment", "model": "maskrcnn"})
+    with pytest.raises(CnnkitError, match="Mask R-CNN .* cannot teach a semantic student"):
+        load_teacher(instance, "segment")
+    segmenter = save_state_dict({"w": torch.zeros(1)}, tmp_path / "unet.safetensors", {"task": "segment", "model": "unet"})
+    with pytest.raises(CnnkitError, match="distil a segmenter with `cnnkit segment distill`"):
+        load_teacher(segmenter, "classify")
+    with pytest.raises(CnnkitError, match="an exported or quantized model"):
+        load_teacher(tmp_path / "unet.onnx", "segment")
+    from cnnkit.config import SegmentDistillConfig
+
+    with pytest.raises(CnnkitError, match="not maskrcnn"):
+        SegmentDistillConfig(teacher=str(segmenter), model="maskrcnn").validate()

@@ -31,10 +31,17 @@ class ClassifyTask:
     head: nn.Module | None = None
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        images, labels, _ = self.training_batch(batch)
+        return self.hard_loss(model(images) if self.head is None else self.head(images), labels)
+
+    def training_batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """(inputs, labels, None) as the loss sees them, MixUp/CutMix applied; None: every sample is scored."""
         images, labels = batch[0], batch[1]
         if self.mix is not None and self.head is None:  # image mixing: nothing to mix in cached features
             images, labels = self.mix(images, labels)
-        logits = model(images) if self.head is None else self.head(images)
+        return images, labels, None
+
+    def hard_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": classification_loss(logits.float(), labels, self.class_weights, self.label_smoothing, self.focal_gamma)}
 
     def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,9 @@
 The student learns from the teacher's temperature-softened class probabilities (Hinton et al., 2015:
 KL divergence scaled by T², so its gradients keep their size as T grows) plus the true labels, and
 optionally from one of the teacher's feature maps through a 1x1-convolution regressor ("hints",
-FitNets, Romero et al., 2015). The engine sees an ordinary task: validation and metrics are the
+FitNets, Romero et al., 2015). For semantic segmentation the same KL is taken at every pixel, with
+the teacher's class map resized to the student's (pixel-wise distillation, as in Liu et al., 2019,
+"Structured Knowledge Distillation for Semantic Segmentation"). The engine sees an ordinary task: validation and metrics are the
 student task's own, so every engine feature (AMP, DDP, resume, EMA, reports) applies unchanged.
 """
 
@@ -25,17 +27,24 @@ HINT_MODULE = "cnnkit_hint"
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float, alpha: float, hard_loss: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """alpha * T² * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels).
+                      temperature: float, alpha: float, hard_loss: torch.Tensor | None = None,
+                      scored: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """alpha * T² * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * hard loss.
 
-    The KL term is averaged over the batch (``batchmean``: the true KL per sample); ``hard_loss``
-    replaces the plain cross-entropy when the student task has its own (class weights, focal, MixUp)."""
+    Logits are [B, C] (one prediction per image) or [B, C, H, W] (one per pixel); the KL is taken over
+    the classes (dim 1) and averaged over the images, or over the pixels that ``scored`` marks (the
+    segmentation mask's pixels other than the ignore index). For [B, C] that is ``batchmean``, the true
+    KL per sample. ``hard_loss`` is the student task's own loss on the labels (class weights, focal,
+    MixUp, Dice); without it, plain cross-entropy."""
     t = float(temperature)
     soft_student = F.log_softmax(student_logits.float() / t, dim=1)
     soft_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
-    kd = F.kl_div(soft_student, soft_teacher, reduction="batchmean", log_target=True) * (t * t)
-    ce = hard_loss if hard_loss is not None else F.cross_entropy(student_logits.float(), labels)
-    return {"loss": alpha * kd + (1.0 - alpha) * ce, "kd": kd.detach(), "ce": ce.detach()}
+    per_prediction = F.kl_div(soft_student, soft_teacher, reduction="none", log_target=True).sum(1)
+    if scored is not None:
+        per_prediction = per_prediction[scored]
+    kd = per_prediction.sum() / max(per_prediction.numel(), 1) * (t * t)
+    hard = hard_loss if hard_loss is not None else F.cross_entropy(student_logits.float(), labels)
+    return {"loss": alpha * kd + (1.0 - alpha) * hard, "kd": kd.detach(), "hard": hard.detach()}
 
 
 class TeacherInput(nn.Module):
@@ -115,8 +124,9 @@ class Hint:
 
 @dataclass
 class DistillTask:
-    """The engine's task for distillation: ``student_task`` (a ClassifyTask) gives validation and
-    metrics; training adds the frozen ``teacher``'s soft targets (and hint) to the student's loss.
+    """The engine's task for distillation: ``student_task`` (a ClassifyTask or a SegmentTask) gives
+    the training batch, its own loss on the labels, validation and metrics; training adds the frozen
+    ``teacher``'s soft targets (per image, or per pixel for segmentation) and the hint to that loss.
     ``teacher_columns[k]`` is the teacher's output column for the student's class k."""
 
     student_task: Any
@@ -146,20 +156,19 @@ class DistillTask:
         self._taps = (FeatureTap(student, self.hint.student_layer, "student"), FeatureTap(self.teacher, self.hint.teacher_layer, "teacher"))
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        images, labels = batch[0], batch[1]
-        task = self.student_task
-        if task.mix is not None:
-            images, labels = task.mix(images, labels)
+        images, targets, scored = self.student_task.training_batch(batch)
         teacher = self.teacher.to(images.device)
         with torch.no_grad():
             teacher_logits = teacher(self.teacher_input.to(images.device)(images)).float()
         if self.teacher_columns is not None:
             teacher_logits = teacher_logits[:, self.teacher_columns.to(images.device)]
         student_logits = model(images).float()
-        from cnnkit.tasks.classify import classification_loss
-
-        hard = classification_loss(student_logits, labels, task.class_weights, task.label_smoothing, task.focal_gamma)
-        losses = distillation_loss(student_logits, teacher_logits, labels, self.temperature, self.alpha, hard)
+        if teacher_logits.dim() == 4 and teacher_logits.shape[-2:] != student_logits.shape[-2:]:
+            # a teacher that saw the image at its own training side: its class map at the student's pixels
+            teacher_logits = F.interpolate(teacher_logits, size=student_logits.shape[-2:], mode="bilinear", align_corners=False)
+        hard = self.student_task.hard_loss(student_logits, targets)
+        losses = distillation_loss(student_logits, teacher_logits, targets, self.temperature, self.alpha, hard["loss"], scored)
+        losses.update({name: value.detach() for name, value in hard.items() if name != "loss"})
         if self._taps is not None:
             student_feature, teacher_feature = (tap.take() for tap in self._taps)
             regressor = getattr(unwrap(model), HINT_MODULE)

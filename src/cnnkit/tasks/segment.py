@@ -250,10 +250,18 @@ class SegmentTask:
     background: int | None = 0
 
     def train_loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        images, masks, _ = self.training_batch(batch)
+        return self.hard_loss(model(images), masks)
+
+    def training_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, masks, the pixels that are scored: not --ignore-index)."""
         images, masks = batch[0], batch[1]
         if isinstance(images, list):
             images, masks = torch.stack(images), torch.stack(masks)
-        return self.loss(model(images), masks)
+        return images, masks, masks != self.ignore_index
+
+    def hard_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.loss(logits, masks)
 
     def eval_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
         images, masks = batch[0], batch[1]
