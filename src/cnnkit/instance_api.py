@@ -73,16 +73,31 @@ class InstanceSegmenter:
 
     @classmethod
     def load(cls, weights: str | Path) -> "InstanceSegmenter":
-        """Rebuild the model from a cnnkit weights file alone (backbone, anchors, mask head, classes, size)."""
-        state, meta = load_weights(weights, task=TASK)
+        """Rebuild the model from a cnnkit weights file alone (backbone, anchors, mask head, classes, size), or
+        load a file of `cnnkit export` / `cnnkit quantize --backend onnx` (.onnx, .ts) to run as it is."""
+        from cnnkit.compress.runtime import is_deployed, load_deployed_for
+
+        graph = None
+        if is_deployed(weights):
+            graph, meta = load_deployed_for(weights, TASK)
+        else:
+            state, meta = load_weights(weights, task=TASK)
         if meta.get("model") not in INSTANCE_MODELS:
             raise CnnkitError(f"{weights}: weights of a semantic segmenter ({meta.get('model')})", "load them with Segmenter")
         anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
-        seg = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"], backbone=meta.get("backbone"),
-                  anchors=anchors, category_ids=meta.get("category_ids"), mask_layers=meta.get("mask_layers"))
+        seg = cls(meta["model"], class_names=None if graph is not None else meta["class_names"], imgsz=meta["imgsz"],
+                  backbone=meta.get("backbone"), anchors=anchors, category_ids=meta.get("category_ids"),
+                  mask_layers=meta.get("mask_layers"))
+        seg.class_names = meta["class_names"]
+        seg.category_ids = meta.get("category_ids") or list(range(1, len(seg.class_names) + 1))
         seg.val_split, seg.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         seg.cost = (meta.get("params"), meta.get("gflops"))
-        seg.model.load_state_dict(state)
+        if graph is not None:
+            from cnnkit.compress.detect_graph import DeployedDetector
+
+            seg.model = DeployedDetector(graph, meta)
+        else:
+            seg.model.load_state_dict(state)
         seg.weights_path = Path(weights)
         return seg
 
@@ -198,7 +213,10 @@ class InstanceSegmenter:
 
 def load_segmenter(weights: str | Path):
     """The Segmenter or InstanceSegmenter that a `segment` weights file holds, by the model its metadata records."""
-    if recorded_model(weights) in INSTANCE_MODELS:
+    from cnnkit.compress.runtime import is_deployed, read_metadata as deployed_metadata
+
+    model = deployed_metadata(weights).get("model") if is_deployed(weights) else recorded_model(weights)
+    if model in INSTANCE_MODELS:
         return InstanceSegmenter.load(weights)
     from cnnkit.segmentation_api import Segmenter
 

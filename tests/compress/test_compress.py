@@ -37,7 +37,6 @@ def test_export_matches_eager_and_loads_for_predict(trained, digits_root, tmp_pa
 
 def test_export_bad_input_is_one_line(trained, tmp_path):
     from cnnkit.compress.export import export_weights, write_export
-    from cnnkit.engine.checkpoint import save_state_dict
 
     with pytest.raises(CnnkitError, match="--opset 11 is too old"):
         export_weights(trained, "onnx", tmp_path / "m.onnx", opset=11)
@@ -45,9 +44,6 @@ def test_export_bad_input_is_one_line(trained, tmp_path):
         export_weights(trained, "torchscript", tmp_path / "m.onnx")
     with pytest.raises(CnnkitError, match="is not one of onnx, torchscript, pt2"):
         export_weights(trained, "tflite")
-    masks = save_state_dict({"w": torch.zeros(1)}, tmp_path / "mrcnn.safetensors", {"task": "segment", "model": "maskrcnn"})
-    with pytest.raises(CnnkitError, match="exporting a segment 'maskrcnn' is not supported yet"):
-        export_weights(masks, "onnx")
 
     class Gate(nn.Module):
         def forward(self, x):

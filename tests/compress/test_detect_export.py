@@ -126,3 +126,42 @@ def test_detection_parity_fails_on_moved_or_missing_boxes():
     assert not check_parity(reference, moved, x, meta).ok
     lost = check_parity(reference, missing, x, meta)
     assert not lost.ok and lost.top1_agreement == pytest.approx(2 / 3)
+
+
+def test_maskrcnn_exports_with_its_masks_and_runs_like_eager(tmp_path):
+    from cnnkit.compress.export import export_weights
+    from cnnkit.compress.runtime import read_metadata
+    from cnnkit.engine.checkpoint import save_state_dict
+    from cnnkit.instance_api import InstanceSegmenter, load_segmenter
+    from cnnkit.models.detectors import set_postprocess
+    from cnnkit.tasks.instance import detect_unpasted
+
+    torch.manual_seed(0)
+    seg = InstanceSegmenter("maskrcnn", CLASSES, imgsz=64, backbone="resnet18")
+    torch.nn.init.normal_(seg.model.roi_heads.box_predictor.cls_score.bias, 0.0, 2.0)  # random, yet some boxes pass
+    meta = {"task": "segment", "model": "maskrcnn", "backbone": seg.backbone, "class_names": CLASSES, "num_classes": 3,
+            "category_ids": [1, 2, 3], "imgsz": 64, "anchors": None, "mask_layers": None}
+    weights = save_state_dict(seg.model.state_dict(), tmp_path / "mrcnn.safetensors", meta)
+    path, parity = export_weights(weights, "onnx", tmp_path / "mrcnn.onnx", max_det=20)
+    assert parity.ok and parity.top1_agreement >= 0.99, parity.line()
+    assert read_metadata(path)["deployed"]["outputs"] == ["boxes", "scores", "labels", "masks"]
+    deployed = load_segmenter(path)
+    assert isinstance(deployed, InstanceSegmenter) and deployed.class_names == CLASSES
+    eager = InstanceSegmenter.load(weights).model.eval()
+    set_postprocess(eager, 0.05, 0.5, 20)
+    set_postprocess(deployed.model, 0.05, 0.5, 20)
+    # a square image: letterboxing changes nothing, so deployed and eager see the same pixels
+    images = _images([(64, 64), (64, 64)])
+    with torch.no_grad():
+        want, got = detect_unpasted(eager, images), detect_unpasted(deployed.model, images)
+    assert sum(len(w["boxes"]) for w in want) > 0
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(g["masks"], w["masks"], atol=1e-3, rtol=1e-3)
+        assert torch.equal(g["labels"], w["labels"])
+    with pytest.raises(CnnkitError, match="--format pt2 is not possible"):
+        export_weights(weights, "pt2", tmp_path / "mrcnn.pt2")
+    from cnnkit.compress.quantize import quantize_weights
+
+    with pytest.raises(CnnkitError, match="FX cannot trace for int8.*--backend onnx"):
+        quantize_weights(weights, "unused", method="ptq")

@@ -142,29 +142,14 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
 
 def _metric(weights: Path, path: Path, fmt: str, data: str) -> tuple[str, float]:
     """The task metric of one variant on ``data``'s val split, through the task's own `val`."""
-    from cnnkit.compress.runtime import read_metadata as deployed_metadata
+    from cnnkit.compress.runtime import metric_owner, read_metadata as deployed_metadata
     from cnnkit.engine.checkpoint import read_metadata
 
-    task = (read_metadata(weights) if path == weights else deployed_metadata(path)).get("task")
-    if task == "classify":
-        from cnnkit.api import Classifier as Owner
-
-        name = "top1"
-    elif task == "segment":
-        from cnnkit.segmentation_api import Segmenter as Owner
-
-        name = "miou"
-    elif task == "detect":
-        from cnnkit.detection_api import Detector as Owner
-
-        name = "map"
-    else:
-        raise CnnkitError(f"bench measures classify, segment and detect metrics, not {task}")
+    Owner, name, extra = metric_owner(read_metadata(weights) if path == weights else deployed_metadata(path))
     owner = Owner.load(path)
     if fmt == "bf16":
         owner.model = Autocast(owner.model)
     with tempfile.TemporaryDirectory(prefix="cnnkit_bench_") as tmp:
-        extra: dict[str, Any] = {"hd95": False} if task == "segment" else {}
         # in-process loading: forked workers can deadlock once ONNX Runtime's thread pools exist
         return name, float(owner.val(data, "val", out=tmp, device="cpu", workers=0, **extra)[name])
 

@@ -8,12 +8,16 @@ and returns the post-processed detections padded to ``max_det`` per image:
 
 - ``boxes`` [B, max_det, 4] (x1, y1, x2, y2 in the S x S input's pixels),
 - ``scores`` [B, max_det],
-- ``labels`` [B, max_det] (int64; 1..C the classes, 0 an empty slot).
+- ``labels`` [B, max_det] (int64; 1..C the classes, 0 an empty slot),
+- ``masks`` [B, max_det, M, M] for Mask R-CNN: each detection's mask probabilities inside its box, as
+  the mask head gives them (pasting them into the image, at its own size, is left to the caller, as
+  the eager `segment val|predict` does: full-size masks would make the output as large as the image
+  times max_det).
 
 The YOLO-style detector's decoding and class-aware NMS are written with tensor operations only (one
 NMS over the whole batch, boxes offset per image and class), so the graph exports through torch.export
 to ONNX (NonMaxSuppression), torch.export and TorchScript, with a dynamic batch. torchvision's Faster
-R-CNN and SSD branch on data-dependent sizes inside their post-processing, which torch.export cannot
+R-CNN, Mask R-CNN and SSD branch on data-dependent sizes inside their post-processing, which torch.export cannot
 follow: they export through the TorchScript tracer (ONNX via torch.onnx's TorchScript-based exporter,
 which torchvision's detection models are written for, and TorchScript), for a fixed batch.
 """
@@ -37,9 +41,19 @@ def is_traced_family(model: str) -> bool:
     return not model.startswith("yolo")
 
 
+def is_detection_graph(metadata: dict[str, Any]) -> bool:
+    """Whether these weights export as a detection graph (letterboxed 0..1 input, padded detections
+    out): the detectors, and Mask R-CNN (with its masks)."""
+    return metadata.get("task") == "detect" or metadata.get("model") == "maskrcnn"
+
+
+def output_names(metadata: dict[str, Any]) -> list[str]:
+    return OUTPUT_NAMES + ["masks"] if metadata.get("model") == "maskrcnn" else list(OUTPUT_NAMES)
+
+
 def exports_any_batch(metadata: dict[str, Any]) -> bool:
     """Whether the model of these weights can be exported with --dynamic-batch."""
-    return not (metadata.get("task") == "detect" and is_traced_family(str(metadata.get("model"))))
+    return not (is_detection_graph(metadata) and is_traced_family(str(metadata.get("model"))))
 
 
 class YoloFeatures(nn.Module):
@@ -113,8 +127,9 @@ def pad_by_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
 
 
 class TorchvisionGraph(nn.Module):
-    """A torchvision detector (Faster R-CNN, SSD) on a tensor batch, each image's detections (sorted by
-    score) padded to ``max_det`` by concatenation: shape-generic under the TorchScript tracer."""
+    """A torchvision detector (Faster R-CNN, Mask R-CNN, SSD) on a tensor batch, each image's detections
+    (sorted by score) padded to ``max_det`` by concatenation: shape-generic under the TorchScript tracer.
+    Mask R-CNN's masks leave as the mask head gives them, [max_det, M, M] per image."""
 
     def __init__(self, net: nn.Module, max_det: int, iou: float, conf: float = GRAPH_CONF):
         super().__init__()
@@ -122,15 +137,23 @@ class TorchvisionGraph(nn.Module):
 
         set_postprocess(net, conf, iou, max_det)
         self.net, self.max_det, self.iou = net, max_det, iou
+        self.with_masks = getattr(getattr(net, "roi_heads", None), "mask_predictor", None) is not None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        found = self.net(list(x.unbind(0)))
-        boxes, scores, labels = [], [], []
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from cnnkit.tasks.instance import detect_unpasted
+
+        images = list(x.unbind(0))
+        found = detect_unpasted(self.net, images) if self.with_masks else self.net(images)
+        boxes, scores, labels, masks = [], [], [], []
         for image in found:
             boxes.append(torch.cat([image["boxes"], x.new_zeros(self.max_det, 4)])[: self.max_det])
             scores.append(torch.cat([image["scores"], x.new_zeros(self.max_det)])[: self.max_det])
             labels.append(torch.cat([image["labels"], image["labels"].new_zeros(self.max_det)])[: self.max_det])
-        return torch.stack(boxes), torch.stack(scores), torch.stack(labels)
+            if self.with_masks:
+                mask = image["masks"][:, 0]
+                masks.append(torch.cat([mask, mask.new_zeros(self.max_det, *mask.shape[1:])])[: self.max_det])
+        outputs = (torch.stack(boxes), torch.stack(scores), torch.stack(labels))
+        return (*outputs, torch.stack(masks)) if self.with_masks else outputs
 
 
 def detection_graph(net: nn.Module, max_det: int = 100, iou: float = 0.5) -> nn.Module:
@@ -165,7 +188,8 @@ def letterbox(image: torch.Tensor, size: int, stretch: bool = False) -> tuple[to
 class DeployedDetector(nn.Module):
     """A deployed detection graph (ONNX, torch.export, TorchScript, int8) called like torchvision's
     detectors: a list of 0..1 images [3, H, W] in, per-image dicts of boxes (the image's pixels),
-    scores and labels out, at the ``score_thresh`` and ``detections_per_img`` set on it."""
+    scores and labels out, at the ``score_thresh`` and ``detections_per_img`` set on it; a Mask R-CNN
+    graph's dicts also hold "masks" [N, 1, M, M], un-pasted (as tasks.instance.detect_unpasted gives)."""
 
     def __init__(self, graph: nn.Module, metadata: dict[str, Any]):
         super().__init__()
@@ -185,13 +209,16 @@ class DeployedDetector(nn.Module):
             raise CnnkitError(f"--max-det {self.detections_per_img}: this file was exported with at most {self.max_det} "
                               "detections per image", f"use --max-det {self.max_det} or less, or export again")
         boxed = [letterbox(image.cpu(), self.imgsz, self.stretch) for image in images]
-        boxes, scores, labels = self.graph(torch.stack([b[0] for b in boxed]))
+        outputs = self.graph(torch.stack([b[0] for b in boxed]))
+        masks = outputs[3] if len(outputs) > 3 else [None] * len(images)
         found = []
-        for (_, sx, sy), image, b, s, k in zip(boxed, images, boxes, scores, labels):
+        for (_, sx, sy), image, b, s, k, m in zip(boxed, images, *outputs[:3], masks):
             keep = (k > 0) & (s > self.score_thresh)  # as torchvision's and the eager YOLO's post-processing
             b = b[keep][: self.detections_per_img] / torch.tensor([sx, sy, sx, sy])
             h, w = image.shape[-2:]
             b = torch.minimum(b.clamp(min=0), torch.tensor([w, h, w, h], dtype=b.dtype))
             found.append({"boxes": b, "scores": s[keep][: self.detections_per_img],
                           "labels": k[keep][: self.detections_per_img].long()})
+            if m is not None:  # inside its box: the box's scaling back to the image carries it along
+                found[-1]["masks"] = m[keep][: self.detections_per_img].float().unsqueeze(1)
         return found

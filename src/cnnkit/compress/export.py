@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.compress.detect_graph import OUTPUT_NAMES, is_traced_family
+from cnnkit.compress.detect_graph import is_detection_graph, is_traced_family, output_names
 from cnnkit.compress.runtime import META_FILE, load_deployed
 from cnnkit.console import console
 from cnnkit.engine.rundir import atomic_path
@@ -63,20 +63,23 @@ def load_float(weights: str | Path, iou: float = 0.5, max_det: int = 100) -> tup
         from cnnkit.segmentation_api import Segmenter
 
         owner = Segmenter.load(weights)
+    elif is_detection_graph(metadata):  # the detectors, and Mask R-CNN
+        from cnnkit.compress.detect_graph import detection_graph
+
+        if not 0.0 < iou <= 1.0:
+            raise CnnkitError(f"--iou must be in (0, 1], got {iou}")
+        if task == "detect":
+            from cnnkit.detection_api import Detector as Owner
+        else:
+            from cnnkit.instance_api import InstanceSegmenter as Owner
+        return detection_graph(Owner.load(weights).model, max_det, iou), metadata
     elif task == "embed":
         from cnnkit.api import Embedder
 
         owner = Embedder.load(weights)
-    elif task == "detect":
-        from cnnkit.compress.detect_graph import detection_graph
-        from cnnkit.detection_api import Detector
-
-        if not 0.0 < iou <= 1.0:
-            raise CnnkitError(f"--iou must be in (0, 1], got {iou}")
-        return detection_graph(Detector.load(weights).model, max_det, iou), metadata
     else:
-        raise CnnkitError(f"{weights}: exporting a {task} '{metadata.get('model')}' is not supported yet",
-                          "classifiers, embedders, semantic segmenters and detectors export; run Mask R-CNN from its weights")
+        raise CnnkitError(f"{weights}: exporting a {task} '{metadata.get('model')}' is not supported",
+                          "classifiers, embedders, segmenters and detectors export")
     return owner.model.eval().cpu(), metadata
 
 
@@ -86,7 +89,7 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
     if fmt not in FORMATS:
         raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     imgsz = int(metadata["imgsz"])
-    detector = metadata.get("task") == "detect"
+    detector = is_detection_graph(metadata)
     traced = detector and is_traced_family(str(metadata.get("model")))
     if traced and (dynamic_batch or fmt == "pt2"):
         raise CnnkitError(f"{metadata.get('model')}: torchvision's detection post-processing branches on how many boxes it "
@@ -98,7 +101,7 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
     meta = {**metadata, "deployed": {"format": fmt, "batch": None if dynamic_batch else 1, "opset": opset if fmt == "onnx" else None,
                                      "input": f"float32 [{'N' if dynamic_batch else 1}, 3, {imgsz}, {imgsz}], {described}"}}
     if detector:
-        meta["deployed"].update(outputs=OUTPUT_NAMES, max_det=model.max_det, iou=float(model.iou))
+        meta["deployed"].update(outputs=output_names(metadata), max_det=model.max_det, iou=float(model.iou))
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
     try:
         with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
@@ -237,7 +240,9 @@ may order slots differently);
 
     found = total = 0
     diff = 0.0
-    for ref_boxes, ref_scores, ref_labels, boxes, scores, labels in zip(*reference, *got):
+    no_masks = [None] * images
+    for ref_boxes, ref_scores, ref_labels, ref_masks, boxes, scores, labels, masks in zip(
+            *reference[:3], reference[3] if len(reference) > 3 else no_masks, *got[:3], got[3] if len(got) > 3 else no_masks):
         ref_keep, keep = ref_labels > 0, labels > 0
         ref_boxes, ref_scores, ref_labels = ref_boxes[ref_keep].float(), ref_scores[ref_keep].float(), ref_labels[ref_keep]
         boxes, scores, labels = boxes[keep].float(), scores[keep].float(), labels[keep].long()
@@ -253,6 +258,8 @@ may order slots differently);
         if hit.any():
             diff = max(diff, float((ref_boxes[hit] - boxes[match[hit]]).abs().max()),
                        float((ref_scores[hit] - scores[match[hit]]).abs().max()))
+            if ref_masks is not None:  # mask probabilities, 0..1
+                diff = max(diff, float((ref_masks[ref_keep][hit].float() - masks[keep][match[hit]].float()).abs().max()))
     agreement = found / total if total else 1.0
     scale = max((float(r.abs().max()) for r in reference[0:1] if r.numel()), default=1.0)
     return Parity(images, diff, scale, agreement, diff <= atol + rtol * scale and agreement >= 0.99, "detections matched")
@@ -277,7 +284,7 @@ def model_inputs(metadata: dict[str, Any], images: list) -> torch.Tensor:
     from cnnkit.augment.presets import classify_transforms
     from cnnkit.data.images import load_image
 
-    if metadata.get("task") == "detect":
+    if is_detection_graph(metadata):
         from cnnkit.compress.detect_graph import letterbox
 
         pictures = [image if isinstance(image, Image.Image) else load_image(image) for image in images]

@@ -231,6 +231,12 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         raise CnnkitError(f"--backend onnx quantizes after training (ptq), not by --method {method}", "use --backend torch for qat or dynamic")
     weights = Path(weights)
     model, metadata = load_float(weights)
+    from cnnkit.compress.detect_graph import is_detection_graph, is_traced_family
+
+    if backend == "torch" and method != "dynamic" and is_detection_graph(metadata) and is_traced_family(str(metadata.get("model"))):
+        raise CnnkitError(f"{metadata.get('model')}: torchvision's detection code (proposals, RoI pooling, per-image "
+                          "post-processing) is Python control flow that FX cannot trace for int8",
+                          "use --backend onnx: ONNX Runtime int8 of the exported model")
     needs_data = method != "dynamic"
     if needs_data and not data:
         raise CnnkitError(f"--method {method} needs calibration images: pass --data ROOT (its train split is used)",
@@ -247,9 +253,9 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         path = Path(out) if out else weights.parent / f"{stem}.int8.onnx"
         if not path.name.endswith(".onnx"):
             raise CnnkitError(f"--out {path}: an ONNX Runtime int8 file must end with .onnx")
-        from cnnkit.compress.detect_graph import exports_any_batch
+        from cnnkit.compress.detect_graph import exports_any_batch, is_detection_graph
 
-        detector = metadata.get("task") == "detect"
+        detector = is_detection_graph(metadata)
         float_onnx = write_export(model, metadata, "onnx", path.parent / f"{stem}.fp32-for-int8.onnx",
                                   dynamic_batch=exports_any_batch(metadata))
         try:
@@ -309,31 +315,15 @@ def _train_qat(model: nn.Module, metadata: dict[str, Any], data: str, epochs: in
 
 
 def compare_metric(weights: str | Path, deployed: str | Path, data: str, split: str = "val") -> dict[str, Any]:
-    """The task metric (classify top1, segment miou, detect map) of the fp32 weights and of a deployed file, on the
+    """The task metric (classify top1, detect map, segment miou or Mask R-CNN's mask_map) of the fp32 weights and of a deployed file, on the
     same split of ``data``. In-process loading (workers=0): forking loader workers after ONNX Runtime or
     the exporter have started their thread pools can deadlock the children."""
     import tempfile
 
-    from cnnkit.compress.runtime import read_metadata as read_deployed
+    from cnnkit.compress.runtime import metric_owner, read_metadata as read_deployed
 
-    task = read_deployed(deployed).get("task")
+    Owner, name, extra = metric_owner(read_deployed(deployed))
     with tempfile.TemporaryDirectory(prefix="cnnkit_val_") as tmp:
-        if task == "classify":
-            from cnnkit.api import Classifier
-
-            name = "top1"
-            fp32 = Classifier.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0)[name]
-            int8 = Classifier.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0)[name]
-        elif task == "detect":
-            from cnnkit.detection_api import Detector
-
-            name = "map"
-            fp32 = Detector.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0)[name]
-            int8 = Detector.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0)[name]
-        else:
-            from cnnkit.segmentation_api import Segmenter
-
-            name = "miou"
-            fp32 = Segmenter.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0, hd95=False)[name]
-            int8 = Segmenter.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0, hd95=False)[name]
+        fp32 = Owner.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0, **extra)[name]
+        int8 = Owner.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0, **extra)[name]
     return {"metric": name, "split": split, "fp32": fp32, "int8": int8, "change_points": (int8 - fp32) * 100}

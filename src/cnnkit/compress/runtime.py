@@ -176,3 +176,26 @@ def _read_quantized(path: Path) -> dict[str, Any]:
         raise CnnkitError(f"{path}: not a cnnkit int8 file", "write one with `cnnkit quantize --weights W --data ROOT`")
     return saved
 
+
+
+def metric_owner(metadata: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """(the class whose ``load`` and ``val`` measure a model of this metadata, its headline metric, extra
+    ``val`` options): what `quantize` and `bench` report beside each variant."""
+    task, model = metadata.get("task"), metadata.get("model")
+    if task == "classify":
+        from cnnkit.api import Classifier
+
+        return Classifier, "top1", {}
+    if task == "detect":
+        from cnnkit.detection_api import Detector
+
+        return Detector, "map", {}
+    if task == "segment" and model == "maskrcnn":
+        from cnnkit.instance_api import InstanceSegmenter
+
+        return InstanceSegmenter, "mask_map", {}
+    if task == "segment":
+        from cnnkit.segmentation_api import Segmenter
+
+        return Segmenter, "miou", {"hd95": False}
+    raise CnnkitError(f"bench and quantize measure classify, detect and segment metrics, not {task}")

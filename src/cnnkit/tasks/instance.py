@@ -135,7 +135,10 @@ def detect_unpasted(model: nn.Module, images: list[torch.Tensor]) -> list[dict[s
     """``model(images)`` of a torchvision Mask R-CNN in eval mode, with every mask left as the mask head
     gives it ([N, 1, M, M] probabilities of the detection's class) instead of pasted into a full-size
     image: the steps of GeneralizedRCNN.forward, and the transform's postprocess for the boxes alone
-    (back in each input's pixels). Pasting is what makes masks as large as the image."""
+    (back in each input's pixels). Pasting is what makes masks as large as the image. A deployed Mask
+    R-CNN (compress.detect_graph.DeployedDetector) already answers so."""
+    if not hasattr(model, "transform"):
+        return model(images)
     original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
     batch, _ = model.transform(images)
     features = model.backbone(batch.tensors)
