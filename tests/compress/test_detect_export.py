@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cnnkit.errors import CnnkitError
 
@@ -142,8 +144,12 @@ def test_maskrcnn_exports_with_its_masks_and_runs_like_eager(tmp_path):
     meta = {"task": "segment", "model": "maskrcnn", "backbone": seg.backbone, "class_names": CLASSES, "num_classes": 3,
             "category_ids": [1, 2, 3], "imgsz": 64, "anchors": None, "mask_layers": None}
     weights = save_state_dict(seg.model.state_dict(), tmp_path / "mrcnn.safetensors", meta)
-    path, parity = export_weights(weights, "onnx", tmp_path / "mrcnn.onnx", max_det=20)
-    assert parity.ok and parity.top1_agreement >= 0.99, parity.line()
+    photos = []
+    for i, picture in enumerate(_images([(64, 64), (48, 80), (90, 60)], seed=4)):
+        photos.append(str(tmp_path / f"photo{i}.png"))
+        Image.fromarray((picture.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(photos[-1])
+    path, parity = export_weights(weights, "onnx", tmp_path / "mrcnn.onnx", max_det=20, images=photos)
+    assert parity.ok and parity.top1_agreement >= 0.99 and parity.images == 3, parity.line()
     assert read_metadata(path)["deployed"]["outputs"] == ["boxes", "scores", "labels", "masks"]
     deployed = load_segmenter(path)
     assert isinstance(deployed, InstanceSegmenter) and deployed.class_names == CLASSES
