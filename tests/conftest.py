@@ -64,7 +64,8 @@ def run_cnnkit(*args: str, cwd: Path | None = None, launcher: list[str] | None =
 def run_cnnkit_here(*args: str) -> subprocess.CompletedProcess:
     """`cnnkit ARGS` through the real CLI entry point, in this process: the same parsing, error mapping
     and exit codes as run_cnnkit without a new interpreter importing torch (seconds per call), for
-    checks of bad input that fail before any training."""
+    checks of bad input that fail before any training and for short commands (a conversion, a few
+    predictions): with the session's one torch thread, a long evaluation gains nothing in-process."""
     import contextlib
     import io
 

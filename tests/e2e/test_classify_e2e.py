@@ -7,7 +7,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from conftest import run_cnnkit
+from conftest import run_cnnkit, run_cnnkit_here
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_train_val_predict_on_digits(digits_root, tmp_path):
     assert val_metrics["top1"] == pytest.approx(metrics["test"]["top1"], abs=1e-6)
 
     out = tmp_path / "pred.json"
-    pred = run_cnnkit("classify", "predict", str(digits_root / "test" / "7"), str(digits_root / "test" / "1" / "*.png"),
+    pred = run_cnnkit_here("classify", "predict", str(digits_root / "test" / "7"), str(digits_root / "test" / "1" / "*.png"),
                       "--weights", weights, "--topk", "3", "--save-json", str(out))
     assert pred.returncode == 0, pred.stderr
     results = json.loads(out.read_text())

@@ -175,7 +175,7 @@ def test_yolo_overfits_a_handful_of_images_then_predicts(shapes, tmp_path):
 def test_other_layouts_train_val_predict(shapes, tmp_path, layout, model):
     """The same pipeline on the YOLO and VOC layouts (converted from the COCO data), one short run each."""
     data = tmp_path / layout
-    converted = run_cnnkit("data", "convert", str(shapes), "--to", layout, "--out", str(data))
+    converted = run_cnnkit_here("data", "convert", str(shapes), "--to", layout, "--out", str(data))
     assert converted.returncode == 0, converted.stderr
     run_dir = tmp_path / "run"
     extra = ["--backbone", "resnet18"] if model == "fasterrcnn" else []
@@ -194,7 +194,7 @@ def test_other_layouts_train_val_predict(shapes, tmp_path, layout, model):
     assert results and all(r["category_id"] in ids for r in results)
     if layout == "yolo":  # YOLO images are known by their file stem
         assert all(isinstance(r["image_id"], str) for r in results)
-    pred = run_cnnkit("detect", "predict", str(next((data).rglob("*.png"))), "--weights", weights, "--no-save",
+    pred = run_cnnkit_here("detect", "predict", str(next((data).rglob("*.png"))), "--weights", weights, "--no-save",
                       "--save-json", str(tmp_path / "p.json"))
     assert pred.returncode == 0, pred.stderr
     assert len(json.loads((tmp_path / "p.json").read_text())) == 1

@@ -86,7 +86,7 @@ def test_maskrcnn_fits_shapes_then_val_and_predict(shapes, tmp_path):
     assert again["box_map50"] == pytest.approx(metrics["box_map50"], abs=1e-6) and (tmp_path / "val/report.html").is_file()
 
     out = tmp_path / "pred"
-    pred = run_cnnkit("segment", "predict", str(data / "images/val"), "--weights", weights, "--conf", "0.01", "--out", str(out))
+    pred = run_cnnkit_here("segment", "predict", str(data / "images/val"), "--weights", weights, "--conf", "0.01", "--out", str(out))
     assert pred.returncode == 0, pred.stderr
     found = json.loads((out / "instances.json").read_text())
     images = sorted((data / "images/val").glob("*.png"))

@@ -99,7 +99,7 @@ def test_unet_fits_a_handful_of_scenes_then_val_and_predict(handful_unet, tmp_pa
     assert again["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
 
     out = tmp_path / "pred"
-    pred = run_cnnkit("segment", "predict", str(shapes / "images/val"), "--weights", weights, "--out", str(out),
+    pred = run_cnnkit_here("segment", "predict", str(shapes / "images/val"), "--weights", weights, "--out", str(out),
                       "--save-json", str(tmp_path / "pred.json"))
     assert pred.returncode == 0, pred.stderr
     results = json.loads((tmp_path / "pred.json").read_text())
@@ -235,7 +235,7 @@ def test_dicom_without_pixels_is_one_line_at_predict(shapes, tmp_path):
     ds.Modality = "OT"
     ds.save_as(str(tmp_path / "empty.dcm"), enforce_file_format=True)
     weights = _tiny_weights(shapes, tmp_path)
-    done = run_cnnkit("segment", "predict", str(tmp_path / "empty.dcm"), "--weights", str(weights), "--out", str(tmp_path / "p"))
+    done = run_cnnkit_here("segment", "predict", str(tmp_path / "empty.dcm"), "--weights", str(weights), "--out", str(tmp_path / "p"))
     assert done.returncode == 2 and "no pixel data" in done.stderr and "empty.dcm" in done.stderr
     assert "Traceback" not in done.stderr
 
