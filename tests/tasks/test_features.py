@@ -1,10 +1,9 @@
 """`cnnkit classify features`: pooled features, files and labels in the .npz, layer outputs, layer
 listing, unknown layers, corrupt images and torchvision models. Nothing is trained; the CLI runs
-in-process (``cnnkit.cli.main()`` with a patched ``sys.argv``)."""
+in-process (conftest.run_cli)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-import cnnkit.cli
 from conftest import run_cli
 from cnnkit.augment.presets import classify_transforms
 from cnnkit.data.images import load_image
