@@ -166,20 +166,34 @@ def detection_graph(net: nn.Module, max_det: int = 100, iou: float = 0.5) -> nn.
     return TorchvisionGraph(net, max_det, iou).eval()
 
 
-def letterbox(image: torch.Tensor, size: int, stretch: bool = False) -> tuple[torch.Tensor, float, float]:
+def letterbox(image: torch.Tensor, size: int, stretch: bool = False, like_torchvision: bool = False) -> tuple[torch.Tensor, float, float]:
     """(image [3, size, size], x scale, y scale): the longer side resized to ``size`` and the rest padded
-    with the ImageNet mean colour, or with ``stretch`` both sides resized to ``size``."""
+    with the ImageNet mean colour, or with ``stretch`` both sides resized to ``size``. Downscaling is
+    antialiased, as the YOLO-style detectors' own loader does; ``like_torchvision`` resizes exactly as
+    torchvision's GeneralizedRCNNTransform does instead (bilinear without antialiasing, the scale
+    computed in float32 and the size floored), so that a deployed Faster R-CNN, Mask R-CNN or SSD sees
+    the pixels its eager model sees."""
     from cnnkit.models.yolo import IMAGENET_MEAN
 
     h, w = image.shape[-2:]
-    if stretch:
-        new_h, new_w = size, size
+    if like_torchvision:
+        if stretch:
+            image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+        else:
+            sides = torch.tensor([h, w], dtype=torch.float32)
+            scale = float(torch.min(size / sides.min(), size / sides.max()))
+            image = F.interpolate(image[None].float(), scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                                  align_corners=False)[0]
+        new_h, new_w = image.shape[-2:]
     else:
-        factor = size / max(h, w)
-        new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
-    if (new_h, new_w) != (h, w):
-        image = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
-                              antialias=new_h < h or new_w < w)[0]
+        if stretch:
+            new_h, new_w = size, size
+        else:
+            factor = size / max(h, w)
+            new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
+        if (new_h, new_w) != (h, w):
+            image = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                  antialias=new_h < h or new_w < w)[0]
     canvas = torch.tensor(IMAGENET_MEAN, dtype=image.dtype).view(3, 1, 1).repeat(1, size, size)
     canvas[:, :new_h, :new_w] = image
     return canvas, new_w / w, new_h / h
@@ -197,6 +211,7 @@ class DeployedDetector(nn.Module):
         deployed = metadata.get("deployed", {})
         self.imgsz = int(metadata["imgsz"])
         self.stretch = metadata.get("model") in ("ssd", "ssdlite")
+        self.like_torchvision = is_traced_family(str(metadata.get("model")))
         self.max_det, self.iou = int(deployed.get("max_det", 100)), float(deployed.get("iou", 0.5))
         self.nms_thresh = self.iou
         self.score_thresh, self.detections_per_img = GRAPH_CONF, self.max_det
@@ -208,7 +223,7 @@ class DeployedDetector(nn.Module):
         if self.detections_per_img > self.max_det:
             raise CnnkitError(f"--max-det {self.detections_per_img}: this file was exported with at most {self.max_det} "
                               "detections per image", f"use --max-det {self.max_det} or less, or export again")
-        boxed = [letterbox(image.cpu(), self.imgsz, self.stretch) for image in images]
+        boxed = [letterbox(image.cpu(), self.imgsz, self.stretch, self.like_torchvision) for image in images]
         outputs = self.graph(torch.stack([b[0] for b in boxed]))
         masks = outputs[3] if len(outputs) > 3 else [None] * len(images)
         found = []

@@ -289,8 +289,9 @@ def model_inputs(metadata: dict[str, Any], images: list) -> torch.Tensor:
 
         pictures = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
         size, stretch = int(metadata["imgsz"]), metadata.get("model") in ("ssd", "ssdlite")
+        like_torchvision = is_traced_family(str(metadata.get("model")))
         return torch.stack([letterbox(torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1),
-                                      size, stretch)[0] for p in pictures])
+                                      size, stretch, like_torchvision)[0] for p in pictures])
     transform = classify_transforms(int(metadata["imgsz"]), train=False, mean=tuple(metadata["mean"]), std=tuple(metadata["std"]))
     return torch.stack([transform(image if isinstance(image, Image.Image) else load_image(image)) for image in images])
 
