@@ -171,3 +171,18 @@ def test_maskrcnn_exports_with_its_masks_and_runs_like_eager(tmp_path):
 
     with pytest.raises(CnnkitError, match="FX cannot trace for int8.*--backend onnx"):
         quantize_weights(weights, "unused", method="ptq")
+
+
+@pytest.mark.parametrize("shape", [(320, 320), (240, 320), (333, 200), (50, 70)])
+def test_letterbox_resizes_torchvision_detectors_as_their_own_transform_does(shape):
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from cnnkit.compress.detect_graph import letterbox
+
+    image = _images([shape], seed=7)[0]
+    # the reference: what Faster R-CNN / Mask R-CNN do to an image before their backbone (here without normalising)
+    transform = GeneralizedRCNNTransform(min_size=256, max_size=256, image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    expected, _ = transform.resize(image, None)
+    boxed, sx, sy = letterbox(image, 256, like_torchvision=True)
+    h, w = expected.shape[-2:]
+    assert torch.equal(boxed[:, :h, :w], expected) and (sx, sy) == (w / shape[1], h / shape[0])
