@@ -230,13 +230,15 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
     if backend == "onnx" and method != "ptq":
         raise CnnkitError(f"--backend onnx quantizes after training (ptq), not by --method {method}", "use --backend torch for qat or dynamic")
     weights = Path(weights)
-    model, metadata = load_float(weights)
     from cnnkit.compress.detect_graph import is_detection_graph, is_traced_family
+    from cnnkit.engine.checkpoint import read_metadata
 
-    if backend == "torch" and method != "dynamic" and is_detection_graph(metadata) and is_traced_family(str(metadata.get("model"))):
-        raise CnnkitError(f"{metadata.get('model')}: torchvision's detection code (proposals, RoI pooling, per-image "
+    recorded = read_metadata(weights)
+    if backend == "torch" and method != "dynamic" and is_detection_graph(recorded) and is_traced_family(str(recorded.get("model"))):
+        raise CnnkitError(f"{recorded.get('model')}: torchvision's detection code (proposals, RoI pooling, per-image "
                           "post-processing) is Python control flow that FX cannot trace for int8",
                           "use --backend onnx: ONNX Runtime int8 of the exported model")
+    model, metadata = load_float(weights)
     needs_data = method != "dynamic"
     if needs_data and not data:
         raise CnnkitError(f"--method {method} needs calibration images: pass --data ROOT (its train split is used)",
@@ -253,7 +255,7 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         path = Path(out) if out else weights.parent / f"{stem}.int8.onnx"
         if not path.name.endswith(".onnx"):
             raise CnnkitError(f"--out {path}: an ONNX Runtime int8 file must end with .onnx")
-        from cnnkit.compress.detect_graph import exports_any_batch, is_detection_graph
+        from cnnkit.compress.detect_graph import exports_any_batch
 
         detector = is_detection_graph(metadata)
         float_onnx = write_export(model, metadata, "onnx", path.parent / f"{stem}.fp32-for-int8.onnx",
@@ -315,8 +317,8 @@ def _train_qat(model: nn.Module, metadata: dict[str, Any], data: str, epochs: in
 
 
 def compare_metric(weights: str | Path, deployed: str | Path, data: str, split: str = "val") -> dict[str, Any]:
-    """The task metric (classify top1, detect map, segment miou or Mask R-CNN's mask_map) of the fp32 weights and of a deployed file, on the
-    same split of ``data``. In-process loading (workers=0): forking loader workers after ONNX Runtime or
+    """The task metric (classify top1, detect map, segment miou or Mask R-CNN's mask_map) of the fp32
+    weights and of a deployed file, on the same split of ``data``. In-process loading (workers=0): forking loader workers after ONNX Runtime or
     the exporter have started their thread pools can deadlock the children."""
     import tempfile
 
