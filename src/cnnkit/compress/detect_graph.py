@@ -166,6 +166,13 @@ def detection_graph(net: nn.Module, max_det: int = 100, iou: float = 0.5) -> nn.
     return TorchvisionGraph(net, max_det, iou).eval()
 
 
+def letterbox_options(metadata: dict[str, Any]) -> tuple[bool, bool]:
+    """(stretch, like_torchvision) of letterbox() for the model these metadata describe: what its eager
+    model does to an image, for deployment and for parity and calibration batches alike."""
+    model = str(metadata.get("model"))
+    return model in ("ssd", "ssdlite"), is_traced_family(model)
+
+
 def letterbox(image: torch.Tensor, size: int, stretch: bool = False, like_torchvision: bool = False) -> tuple[torch.Tensor, float, float]:
     """(image [3, size, size], x scale, y scale): the longer side resized to ``size`` and the rest padded
     with the ImageNet mean colour, or with ``stretch`` both sides resized to ``size``. Downscaling is
@@ -210,8 +217,7 @@ class DeployedDetector(nn.Module):
         self.graph = graph
         deployed = metadata.get("deployed", {})
         self.imgsz = int(metadata["imgsz"])
-        self.stretch = metadata.get("model") in ("ssd", "ssdlite")
-        self.like_torchvision = is_traced_family(str(metadata.get("model")))
+        self.stretch, self.like_torchvision = letterbox_options(metadata)
         self.max_det, self.iou = int(deployed.get("max_det", 100)), float(deployed.get("iou", 0.5))
         self.nms_thresh = self.iou
         self.score_thresh, self.detections_per_img = GRAPH_CONF, self.max_det

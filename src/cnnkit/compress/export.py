@@ -285,11 +285,10 @@ def model_inputs(metadata: dict[str, Any], images: list) -> torch.Tensor:
     from cnnkit.data.images import load_image
 
     if is_detection_graph(metadata):
-        from cnnkit.compress.detect_graph import letterbox
+        from cnnkit.compress.detect_graph import letterbox, letterbox_options
 
         pictures = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
-        size, stretch = int(metadata["imgsz"]), metadata.get("model") in ("ssd", "ssdlite")
-        like_torchvision = is_traced_family(str(metadata.get("model")))
+        size, (stretch, like_torchvision) = int(metadata["imgsz"]), letterbox_options(metadata)
         return torch.stack([letterbox(torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1),
                                       size, stretch, like_torchvision)[0] for p in pictures])
     transform = classify_transforms(int(metadata["imgsz"]), train=False, mean=tuple(metadata["mean"]), std=tuple(metadata["std"]))
