@@ -8,7 +8,8 @@
   ``torch.load(weights_only=True)``; the network is rebuilt from the metadata and quantized the same way,
   so no code ever comes out of the file.
 
-None of these formats runs Python code stored in the file.
+None of these formats runs Python code stored in the file: ``.pt2`` and ``.ts`` archives are checked
+member by member before torch opens them (compress/archives.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cnnkit.compress.archives import check_onnx_external_data, check_pt2, check_torchscript, weights_only_loading
 from cnnkit.errors import CnnkitError
 
 META_FILE = "cnnkit.json"  # extra file of .ts/.pt2, metadata_props key of .onnx
@@ -108,10 +110,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             import onnx
 
             model = onnx.load(str(path), load_external_data=False)
+            check_onnx_external_data(path, model)
             text = {p.key: p.value for p in model.metadata_props}.get(META_FILE)
         elif path.suffix == ".pt2":
             extra = {META_FILE: ""}
-            torch.export.load(str(path), extra_files=extra)
+            _load_program(path, extra)
             text = extra[META_FILE] or None
         elif path.suffix == ".ts":
             extra = {META_FILE: ""}
@@ -125,7 +128,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CnnkitError(f"{path}: not a readable {path.suffix} model ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     if not text:
         raise CnnkitError(f"{path}: no cnnkit metadata in this file", "use a file written by `cnnkit export` or `cnnkit quantize`")
-    return json.loads(text.decode() if isinstance(text, bytes) else text)
+    return parse_metadata(path, text.decode(errors="replace") if isinstance(text, bytes) else text)
+
+
+def parse_metadata(path: Path, text: str) -> dict[str, Any]:
+    """The JSON object a file's cnnkit metadata holds; CnnkitError naming the file when it is broken."""
+    try:
+        metadata = json.loads(text)
+    except ValueError as exc:
+        raise CnnkitError(f"{path}: broken cnnkit metadata ({exc})", "export or save the model again") from None
+    if not isinstance(metadata, dict):
+        raise CnnkitError(f"{path}: broken cnnkit metadata (a JSON {type(metadata).__name__}, not an object)",
+                          "export or save the model again")
+    return metadata
 
 
 def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
@@ -137,7 +152,7 @@ def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
         model: nn.Module = OnnxModule(path, threads)
         kind = "onnx"
     elif path.suffix == ".pt2":
-        model, kind = ExportedProgram(torch.export.load(str(path)).module()), "pt2"
+        model, kind = ExportedProgram(_load_program(path, {}).module()), "pt2"
     elif path.suffix == ".ts":
         model, kind = _load_torchscript(path, {}).eval(), "torchscript"
     else:
@@ -159,7 +174,14 @@ def load_deployed_for(path: str | Path, task: str) -> tuple[nn.Module, dict[str,
     return deployed.model, deployed.metadata
 
 
+def _load_program(path: Path, extra: dict[str, Any]) -> Any:
+    check_pt2(path)
+    with weights_only_loading():
+        return torch.export.load(str(path), extra_files=extra)
+
+
 def _load_torchscript(path: Path, extra: dict[str, Any]) -> Any:
+    check_torchscript(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated.*")  # the format the issue asks for
         return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)

@@ -74,7 +74,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         ) from None
     if raw.get("format") != FORMAT:
         raise CnnkitError(f"{path}: safetensors file without cnnkit metadata", "pass weights written by cnnkit train")
-    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    try:
+        return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    except ValueError as exc:
+        raise CnnkitError(f"{path}: broken cnnkit metadata ({exc})", "save or train the model again") from None
 
 
 def recorded_model(path: str | Path) -> str | None:
