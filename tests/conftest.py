@@ -4,6 +4,7 @@ helper that runs the real `cnnkit` command in a subprocess."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,14 @@ def run_cnnkit_here(*args: str) -> subprocess.CompletedProcess:
     finally:
         sys.argv = argv
     return subprocess.CompletedProcess(["cnnkit", *args], code, out.getvalue(), err.getvalue())
+
+
+def assert_resumed_from(log: str, saved_epoch: int, epochs: int) -> None:
+    """The resumed run says it goes on from the epoch after the saved one and trains only the epochs left:
+    seeded runs are deterministic, so a --resume that silently started again from epoch 1 would end with
+    the same weights; only the epochs it ran tell the two apart."""
+    flat = " ".join(log.split())  # rich wraps long lines (the run directory) on a narrow terminal
+    assert re.search(rf"resuming .+? from epoch {saved_epoch + 1}/{epochs}\b", flat), log
+    # the row each finished epoch prints: "epoch N/E  train_loss …" (not the wrapped tail of the line above)
+    ran = [int(n) for n in re.findall(rf"^epoch (\d+)/{epochs}  \S", log, flags=re.MULTILINE)]
+    assert ran == list(range(saved_epoch + 1, epochs + 1)), (ran, log)

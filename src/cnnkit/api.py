@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,13 +19,15 @@ import torch.nn as nn
 from cnnkit import __version__
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, batch_mixer, classify_transforms, spec_from_config
 from cnnkit.config import TrainConfig, read_yaml_options, write_yaml
-from cnnkit.console import console, warn
+from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
-from cnnkit.data.images import is_image_file, load_image
+from cnnkit.data.images import is_image_file, load_image, pixel_limit
 from cnnkit.data.imagefolder import load_imagefolder
+from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec, spec_of
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
+from cnnkit.data.sources import expand_source_files, output_names
 from cnnkit.engine import distributed as dist_utils
-from cnnkit.engine.callbacks import read_history
+from cnnkit.engine.callbacks import progress_bar, read_history
 from cnnkit.engine.checkpoint import load_matching, load_weights, read_state_dict, recorded_model
 from cnnkit.engine.transfer import load_backbone, plan_transfer
 from cnnkit.engine.rundir import latest_run_dir, next_run_dir, write_json
@@ -58,6 +59,7 @@ class Classifier:
         self.imgsz = imgsz
         self.pretrained = pretrained
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.intensity = IntensitySpec()  # how images deeper than 8 bits become inputs (data/intensity.py)
         self.model: nn.Module | None = None
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
@@ -79,6 +81,7 @@ class Classifier:
             clf = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"])
             clf.model.load_state_dict(state)
         clf.mean, clf.std = tuple(meta["mean"]), tuple(meta["std"])
+        clf.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
         # how the training run cut val from train, so `val` on such a dataset sees the same held-out images
         clf.val_split, clf.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         clf.weights_path = Path(weights)
@@ -87,7 +90,8 @@ class Classifier:
     # ---------------------------------------------------------------- train
     def train(self, data: str = "digits", **options: Any) -> Run:
         """Train on an ImageFolder dataset (or 'digits'); options are TrainConfig fields."""
-        defaults = {"model": self.model_name, "pretrained": self.pretrained, "imgsz": self.imgsz}
+        defaults = {"model": self.model_name, "pretrained": self.pretrained, "imgsz": self.imgsz,
+                    **_intensity_options(self.intensity)}
         if self.weights_path is not None:
             defaults["weights"] = str(self.weights_path)  # fine-tune from the loaded weights
         return _train_and_reload(self, TrainConfig, CLASSIFY, data, defaults, options)
@@ -122,22 +126,23 @@ class Classifier:
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
         k = min(topk, len(self.class_names))
         results: list[dict[str, Any]] = []
-        for start in range(0, len(files), batch):
-            chunk = []
-            for path, named in files[start:start + batch]:
-                try:
-                    chunk.append((path, transform(load_image(path))))
-                except CnnkitError as exc:
-                    if named:
-                        raise
-                    warn(f"{exc.message} (skipped)")
-            if not chunk:
-                continue
-            probs = torch.softmax(model(torch.stack([t for _, t in chunk]).to(dev)).float(), dim=1).cpu()
-            scores, indices = probs.topk(k, dim=1)
-            for (path, _), s, idx in zip(chunk, scores.tolist(), indices.tolist()):
-                results.append({"file": str(path), "label": self.class_names[idx[0]], "score": s[0],
-                                "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]})
+        skips = Skips()
+        with progress_bar() as bar:
+            task = bar.add_task("classify", total=len(files), info="", rate="")
+            for start in range(0, len(files), batch):
+                chunk = []
+                for path, named in files[start:start + batch]:
+                    image = skips.read(path, named, lambda: load_image(path, self.intensity))
+                    if image is not None:
+                        chunk.append((path, transform(image)))
+                if chunk:
+                    probs = torch.softmax(model(torch.stack([t for _, t in chunk]).to(dev)).float(), dim=1).cpu()
+                    scores, indices = probs.topk(k, dim=1)
+                    for (path, _), s, idx in zip(chunk, scores.tolist(), indices.tolist()):
+                        results.append({"file": str(path), "label": self.class_names[idx[0]], "score": s[0],
+                                        "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]})
+                bar.update(task, advance=len(files[start:start + batch]))
+        skips.report(len(files))
         return results
 
     def features(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None,
@@ -153,7 +158,8 @@ class Classifier:
         files = [path for path, _ in expand_sources(source_list)]
         labels = feat.folder_labels(files, [str(s) for s in source_list], self.class_names)
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
-        arrays = feat.extract_features(model, files, labels, transform, batch, workers, dist_utils.select_device(device), names)
+        arrays = feat.extract_features(model, files, labels, transform, batch, workers, dist_utils.select_device(device), names,
+                                       intensity=self.intensity)
         if "labels" in arrays:
             arrays["class_names"] = np.array(self.class_names)
         if out is not None:
@@ -171,23 +177,21 @@ class Classifier:
 
         model = self._require_model()
         target_index = ex.resolve_target(target, self.class_names, self.weights_path)
-        files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
-        for path, named in files:  # a bad file named on the command line fails before any PNG is written
+        files = expand_source_files([sources] if isinstance(sources, (str, Path)) else list(sources), is_image_file)
+        for path, named, _ in files:  # a bad file named on the command line fails before any PNG is written
             if named:
-                load_image(path)
+                load_image(path, self.intensity)
         model.to(dist_utils.select_device(device)).eval()
         stages = ex.pick_layers(model, self.imgsz)
         names = ex.check_map_layers(model, layers, self.imgsz) if layers else stages
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
         out_dir = Path(out) if out is not None else Path("runs") / TASK / "explain"
         results: list[dict[str, Any]] = []
-        for (path, named), png in zip(files, ex.png_names([p for p, _ in files])):
-            try:
-                image = load_image(path)
-            except CnnkitError as exc:
-                if named:
-                    raise
-                warn(f"{exc.message} (skipped)")
+        # OUT/REL.png: each input's path below its folder or glob root, so a repeated name overwrites nothing
+        skips = Skips()
+        for (path, named, _), png in zip(files, output_names([f.relative for f in files], ".png")):
+            image = skips.read(path, named, lambda: load_image(path, self.intensity))
+            if image is None:
                 continue
             result = ex.explain_image(model, image, transform, self.class_names, out_dir / png, layers=names,
                                       cam_layer=stages[-1], target=target_index, mean=self.mean, std=self.std,
@@ -214,7 +218,7 @@ class Classifier:
         out_dir = self._beside_run(out, "robustness")
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
         target = rb.engine_target(classify.ClassifyTask(self.class_names), model, samples, transform, batch, workers,
-                                  dist_utils.select_device(device))
+                                  dist_utils.select_device(device), self.intensity)
         result = rb.evaluate_robustness(target, chosen, severities, seed)
         result.update({"weights": str(self.weights_path), "data": str(data), "split": split})
         rb.write_robustness(result, target, out_dir, f"cnnkit robustness: {self.model_name} on {data} ({split})",
@@ -238,7 +242,7 @@ class Classifier:
 
         model = self._require_model()
         target_index = resolve_target(target, self.class_names, self.weights_path)
-        x = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)(load_image(image))
+        x = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)(load_image(image, self.intensity))
         result = occlusion_map(model.to(dist_utils.select_device(device)), x, target_index, patch, stride, batch)
         out_dir, name = self._beside_run(out, "robustness"), Path(image).stem
         seen = (x * torch.tensor(self.std).view(3, 1, 1) + torch.tensor(self.mean).view(3, 1, 1)).clamp(0, 1)
@@ -273,25 +277,14 @@ class Classifier:
 def expand_sources(sources: list[str | Path], accept: Callable[[Path], bool] = is_image_file, what: str = "images",
                    expected: str = "expected .jpg/.png/… files") -> list[tuple[Path, bool]]:
     """(path, named directly) for files, folders (recursive) and glob patterns, in order; folders and
-    globs contribute the files ``accept`` takes (images by default)."""
-    files: list[tuple[Path, bool]] = []
-    for source in sources:
-        text = str(source)
-        path = Path(text)
-        if path.is_dir():
-            files += [(p, False) for p in sorted(path.rglob("*")) if p.is_file() and accept(p)]
-        elif path.is_file():
-            files.append((path, True))
-        elif any(ch in text for ch in "*?["):
-            matched = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            files += [(p, False) for p in matched if p.is_file() and accept(p)]
-            if not matched:
-                raise CnnkitError(f"{text}: the pattern matches no files")
-        else:
-            raise CnnkitError(f"{text}: no such file or folder")
-    if not files:
-        raise CnnkitError(f"no {what} found in {', '.join(map(str, sources))}", expected)
-    return files
+    globs contribute the files ``accept`` takes (images by default). Verbs that write a file per input
+    use data.sources.expand_source_files, which also gives each file's path below its source."""
+    return [(f.path, f.named) for f in expand_source_files(sources, accept, what, expected)]
+
+
+def _intensity_options(spec: IntensitySpec) -> dict[str, Any]:
+    """--normalize and --window of a training run that reads images as ``spec`` does (a loaded model fine-tuned)."""
+    return {"normalize": spec.normalize, "window": ",".join(f"{v:g}" for v in spec.window) if spec.window else None}
 
 
 def report_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -313,7 +306,7 @@ def _remap_labels(samples, data_classes: list[str], model_classes: list[str], da
 
 
 def _evaluate_split(model, clf: Classifier, samples, batch: int, workers: int, device: torch.device):
-    dataset = ImageDataset(samples, classify_transforms(clf.imgsz, train=False, mean=clf.mean, std=clf.std))
+    dataset = ImageDataset(samples, classify_transforms(clf.imgsz, train=False, mean=clf.mean, std=clf.std), clf.intensity)
     loader = make_loader(dataset, batch, workers, False, 0, collate_skipping_none, device)
     task = classify.ClassifyTask(clf.class_names)
     return evaluate(task, model.to(device), loader, device)
@@ -352,8 +345,8 @@ class Recipe:
     load_data: Callable[[Any, Path], Any] = lambda cfg, root: load_imagefolder(root, cfg.val_split, cfg.seed)
     # (cfg, dataset) -> (train set, val set) for the engine, and the collate function of their batches
     make_sets: Callable[[Any, Any], tuple[Any, Any]] = lambda cfg, dataset: (
-        ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, spec_from_config(cfg))),
-        ImageDataset(dataset.splits["val"], classify_transforms(cfg.imgsz, False)))
+        ImageDataset(dataset.splits["train"], classify_transforms(cfg.imgsz, True, spec_from_config(cfg)), spec_of(cfg)),
+        ImageDataset(dataset.splits["val"], classify_transforms(cfg.imgsz, False), spec_of(cfg)))
     collate: Callable[[list], Any] = collate_skipping_none
     # --backbone-from checks that the file's recorded model has this name (None: only the tensor shapes)
     backbone_name: Callable[[Any], str | None] = lambda cfg: cfg.model
@@ -362,14 +355,14 @@ class Recipe:
 
 def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = TASK) -> tuple[TrainConfig, Path]:
     """The run directory and, for --resume, the saved configuration of the interrupted run
-    (``explicit``: the options the user typed; of these only device and workers may change)."""
+    (``explicit``: the options the user typed; of these only device, workers and max_pixels may change)."""
     if cfg.resume:
         run_dir = Path(cfg.out) if cfg.out else (Path("runs") / task / cfg.name if cfg.name else latest_run_dir(task))
         if run_dir is None or not (run_dir / "checkpoint.pt").is_file():
             raise CnnkitError(f"{run_dir or 'runs/' + task}: no checkpoint.pt to resume", "pass --out RUN_DIR of an interrupted run")
         saved = read_yaml_options(run_dir / "config.yaml", type(cfg))
-        # a resumed run keeps its math; only where and how fast it runs may change
-        keep = {k: getattr(cfg, k) for k in ("device", "workers") if k in explicit}
+        # a resumed run keeps its math; only where and how fast it runs, and which images it may open, may change
+        keep = {k: getattr(cfg, k) for k in ("device", "workers", "max_pixels") if k in explicit}
         cfg = replace(type(cfg)(**saved), **keep, resume=True, out=str(run_dir))
         return cfg.validate(), run_dir
     run_dir = Path(cfg.out) if cfg.out else next_run_dir(task, cfg.name)
@@ -384,6 +377,12 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     defaults), which matters for --resume."""
     recipe = recipe or CLASSIFY
     cfg, run_dir = resolve_run(cfg, explicit, recipe.runs_under or recipe.task)
+    # --max-pixels holds for every image the run reads, here and in its data-loader workers
+    with pixel_limit(getattr(cfg, "max_pixels", None)):
+        return _train_run(cfg, run_dir, recipe)
+
+
+def _train_run(cfg: TrainConfig, run_dir: Path, recipe: "Recipe") -> Run:
     device = dist_utils.select_device(cfg.device)
     dist_utils.setup(device)
     # ranks may have picked different free names (exp, exp2) before joining: rank 0's wins
@@ -412,6 +411,7 @@ def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: "Recipe | 
     transfer = "linear" if getattr(cfg, "balance", "none") == "smote" else cfg.transfer
     plan = plan_transfer(model, transfer, bool(cfg.pretrained or cfg.weights or cfg.backbone_from), cfg.backbone_lr_mult)
     metadata = {"task": recipe.task, "model": cfg.model, "imgsz": cfg.imgsz, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "intensity": spec_of(cfg).to_dict(),  # how predict and val read images deeper than 8 bits, as training did
                 "cnnkit_version": __version__, "val_split": cfg.val_split, "split_seed": cfg.seed,
                 **recipe.metadata(cfg, dataset, model)}
     train_set, val_set = recipe.make_sets(cfg, dataset)
@@ -512,7 +512,7 @@ def _smote_training(cfg: TrainConfig, dataset, model: nn.Module, task, device: t
     if cfg.resume:  # the run's own frozen backbone (the source is not re-read): the features it trained on
         model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     train_set = smote_features(model, dataset.splits["train"], dataset.classes, classify_transforms(cfg.imgsz, False),
-                               cfg.batch, cfg.workers, device, cfg.seed)
+                               cfg.batch, cfg.workers, device, cfg.seed, spec_of(cfg))
     return replace(task, head=classifier(model)), train_set
 
 
@@ -540,6 +540,7 @@ class Embedder:
     def __init__(self, model: str = "tiny_cnn", dim: int = 128, imgsz: int = 224, pretrained: bool = False):
         self.model_name, self.dim, self.imgsz, self.pretrained = model, dim, imgsz, pretrained
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.intensity = IntensitySpec()  # as Classifier's
         self.model: nn.Module | None = None
         self.weights_path: Path | None = None
         self.sha256 = ""
@@ -563,6 +564,7 @@ class Embedder:
             emb.model = build_embedder(meta["model"], int(meta["dim"]))
             emb.model.load_state_dict(state)
         emb.mean, emb.std = tuple(meta["mean"]), tuple(meta["std"])
+        emb.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
         emb.val_split, emb.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         emb.weights_path, emb.sha256 = Path(weights), file_sha256(weights)
         emb.model.eval()
@@ -572,7 +574,8 @@ class Embedder:
         """Metric learning on an ImageFolder whose classes are identities; options are EmbedConfig fields."""
         from cnnkit.config import EmbedConfig
 
-        defaults = {"model": self.model_name, "pretrained": self.pretrained, "imgsz": self.imgsz, "dim": self.dim}
+        defaults = {"model": self.model_name, "pretrained": self.pretrained, "imgsz": self.imgsz, "dim": self.dim,
+                    **_intensity_options(self.intensity)}
         return _train_and_reload(self, EmbedConfig, EMBED_RECIPE, data, defaults, options)
 
     def embed(self, sources: Iterable[str | Path] | str | Path, batch: int = 64, device: str = "auto", workers: int = 2,
@@ -586,7 +589,8 @@ class Embedder:
         # the same image reached twice (overlapping folders, a glob and a file) is embedded once
         files = list(dict.fromkeys(path.resolve() for path, _ in expand_sources(source_list)))
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
-        arrays = extract_features(model, files, None, transform, batch, workers, dist_utils.select_device(device), progress=progress)
+        arrays = extract_features(model, files, None, transform, batch, workers, dist_utils.select_device(device),
+                                  progress=progress, intensity=self.intensity)
         return {"vectors": normalize(arrays["features"]), "files": arrays["files"]}
 
     def val(self, data: str, query_split: str | None = None, gallery_split: str = "train", out: str | Path | None = None,
@@ -622,7 +626,7 @@ class Embedder:
 
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
         arrays = extract_features(self._require_model(), [p for p, _ in samples], [label for _, label in samples], transform,
-                                  batch, workers, dist_utils.select_device(device))
+                                  batch, workers, dist_utils.select_device(device), intensity=self.intensity)
         return {"vectors": normalize(arrays["features"]), "files": arrays["files"], "labels": arrays["labels"]}
 
     def _require_model(self) -> nn.Module:

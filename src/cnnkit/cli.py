@@ -17,17 +17,20 @@ from typing import Any, Callable, Optional, get_args, get_type_hints
 import typer
 
 from cnnkit import __version__
-from cnnkit.config import (DetectConfig, DistillConfig, EmbedConfig, PreviewConfig, SegmentConfig, SegmentDistillConfig,
-                            TrainConfig, read_yaml_options)
+from cnnkit.config import (MAX_PIXELS, DetectConfig, DistillConfig, EmbedConfig, PreviewConfig, SegmentConfig,
+                            SegmentDistillConfig, TrainConfig, read_yaml_options)
 from cnnkit.errors import CnnkitError
+from cnnkit.libwarnings import routed_warnings
 
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None)
 classify_app = typer.Typer(help="Image classification: train, val, predict.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: check, convert, synth.", no_args_is_help=True)
 embed_app = typer.Typer(help="Image embeddings and visual search: train, val, index, search, dedup, cluster.", no_args_is_help=True)
-detect_app = typer.Typer(help="Object detection (Faster R-CNN, SSD, SSDlite): train, val, predict on images and videos.",
-                         no_args_is_help=True)
+DETECTORS = "cnnkit's YOLO-style yolo_n/yolo_s/yolo_m, Faster R-CNN, SSD, SSDlite"
+# short_help: click cuts a group's help to ~45 characters in `cnnkit --help`, which dropped the detectors after the first
+detect_app = typer.Typer(help=f"Object detection ({DETECTORS}): train, val, predict on images and videos.",
+                         short_help=f"Object detection: train, val, predict ({DETECTORS}).", no_args_is_help=True)
 app.add_typer(classify_app, name="classify")
 app.add_typer(detect_app, name="detect")
 segment_app = typer.Typer(help="Segmentation, semantic (U-Net, FPN, PAN, DeepLabV3+, FCN) and medical (16-bit, DICOM, NIfTI, "
@@ -58,6 +61,28 @@ def _typed(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     # compared by name: typer may carry its own copy of click, whose enum is not click.core's
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+MAX_PIXELS_HELP = ("refuse images with more pixels than this, a guard against decompression bombs (files found in "
+                   "folders are skipped with a warning); default Pillow's own limit; 0 = no limit, for genuine large scans")
+
+
+def pixel_limited(command: Callable) -> Callable:
+    """Give a command --max-pixels N: the pixel limit of every image it reads (cnnkit.data.images.pixel_limit).
+    Training commands have it as a config field instead, recorded in config.yaml."""
+    signature = inspect.signature(command, eval_str=True)
+    option = typer.Option(MAX_PIXELS, "--max-pixels", min=0, help=MAX_PIXELS_HELP)
+    parameter = inspect.Parameter("max_pixels", inspect.Parameter.KEYWORD_ONLY, default=option, annotation=int)
+
+    def run(*args: Any, max_pixels: int = MAX_PIXELS, **kwargs: Any) -> Any:
+        from cnnkit.data.images import pixel_limit
+
+        with pixel_limit(max_pixels):
+            return command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), parameter])
+    run.__name__, run.__qualname__, run.__doc__ = command.__name__, command.__qualname__, command.__doc__
+    return run
 
 
 def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -> Callable:
@@ -126,6 +151,7 @@ def augment_preview(cfg: PreviewConfig, explicit: set[str]) -> None:
 
 
 @classify_app.command("val")
+@pixel_limited
 def classify_val(
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
     data: str = typer.Option("digits", "--data", help="dataset root or built-in name"),
@@ -142,6 +168,7 @@ def classify_val(
 
 
 @classify_app.command("predict")
+@pixel_limited
 def classify_predict(
     sources: list[str] = typer.Argument(..., help="images, folders or glob patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
@@ -182,6 +209,7 @@ def _print_layers(clf) -> None:
 
 
 @classify_app.command("features")
+@pixel_limited
 def classify_features(
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
     source: Optional[list[str]] = typer.Option(None, "--source", metavar="DIR|FILE|GLOB", help="image folder, file or glob pattern (quote globs); repeat for more"),
@@ -214,11 +242,13 @@ def classify_features(
 
 
 @classify_app.command("explain")
+@pixel_limited
 def classify_explain(
     sources: Optional[list[str]] = typer.Argument(None, metavar="IMAGE", help="images, folders or glob patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
     target: Optional[str] = typer.Option(None, "--target", metavar="CLASS", help="class to explain, by name or index (default: the predicted class)"),
-    out: Path = typer.Option(Path("runs/classify/explain"), "--out", metavar="DIR", help="folder for the NAME.png per image (created)"),
+    out: Path = typer.Option(Path("runs/classify/explain"), "--out", metavar="DIR", help="folder for a PNG per image, at the "
+                             "image's path below the folder or glob it came from (created)"),
     layers: Optional[str] = typer.Option(None, "--layers", metavar="A,B,C|list", help="comma-separated module names whose strongest "
                                          "channels are shown (default: an early, a middle and the last conv stage); 'list' prints the usable names"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
@@ -260,6 +290,7 @@ CLASSES_HELP = "only these classes: comma-separated names or dataset ids"
 
 
 @detect_app.command("val")
+@pixel_limited
 def detect_val(
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a detect run"),
     data: str = typer.Option("shapes", "--data", help="dataset root (COCO, YOLO or VOC layout) or built-in name"),
@@ -289,6 +320,7 @@ def _check_postprocess(conf: float, iou: float, max_det: int) -> None:
 
 
 @detect_app.command("predict")
+@pixel_limited
 def detect_predict(
     sources: list[str] = typer.Argument(..., help="images, videos (mp4, avi, …), folders or glob patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a detect run"),
@@ -296,10 +328,10 @@ def detect_predict(
     iou: float = typer.Option(0.5, "--iou", help="IoU threshold of the non-maximum suppression"),
     max_det: int = typer.Option(100, "--max-det", help="at most this many detections per image"),
     classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for the annotated images and videos "
-                                       "(default: runs/detect/predict, predict2, …)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the annotated images and videos, each at its input's "
+                                       "path below the folder or glob it came from (default: runs/detect/predict, predict2, …)"),
     save: bool = typer.Option(True, "--save/--no-save", help="write annotated images and videos"),
-    save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file","boxes","labels","scores"}] '
+    save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file","boxes","labels","scores","overlay"}] '
                                              '(video frames add "frame") to this file'),
     batch: int = typer.Option(4, "--batch", help="images or frames per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
@@ -366,6 +398,7 @@ TILE_HELP = "sliding-window inference at the images' own resolution (default: as
 
 
 @segment_app.command("val")
+@pixel_limited
 def segment_val(
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a segment run"),
     data: str = typer.Option("shapes", "--data", help="dataset root (images/ + masks/ + classes.txt) or built-in name"),
@@ -398,16 +431,19 @@ def segment_val(
 
 
 @segment_app.command("predict")
+@pixel_limited
 def segment_predict(
     sources: list[str] = typer.Argument(..., help="images (PNG, JPEG, 16-bit TIFF, DICOM .dcm, NIfTI .nii.gz), folders or "
                                         "glob patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a segment run"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for masks/NAME.png and overlays/NAME.png "
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for masks/REL.png and overlays/REL.png, REL being each "
+                                       "input's path below the folder or glob it came from "
                                        "(default: runs/segment/predict, predict2, …)"),
     tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help=TILE_HELP, show_default=False),
     overlap: Optional[float] = typer.Option(None, "--overlap", help="tile overlap, fraction of the side (default: the run's)"),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="also write colour overlays"),
-    save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file", "size", "classes", "mask"}] to this file'),
+    save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file", "size", "classes", "mask", "overlay"}] '
+                                             'to this file'),
     conf: float = typer.Option(0.25, "--conf", help="maskrcnn: keep instances scoring at least this"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
 ) -> None:
@@ -488,6 +524,7 @@ def embed_train(cfg: EmbedConfig, explicit: set[str]) -> None:
 
 
 @embed_app.command("val")
+@pixel_limited
 def embed_val(
     weights: Path = typer.Option(..., "--weights", help="an embed or classify weights file (a classifier embeds with its pooled features)"),
     data: str = typer.Option("digits", "--data", help="dataset root (ImageFolder) or built-in name"),
@@ -645,6 +682,7 @@ def embed_cluster(
 
 
 @data_app.command("check")
+@pixel_limited
 def data_check(
     root: str = typer.Argument(..., help="dataset root (ImageFolder, a COCO / YOLO / VOC detection layout, or a segmentation "
                                "masks layout: images/ + masks/ + classes.txt) or built-in name"),
@@ -733,7 +771,7 @@ def data_convert(
         result = convert_to_masks(source, out, palette=palette, unknown=unknown.lower(), copy=copy)
         images = sum(result.images.values())
         per_split = ", ".join(f"{n} {split}" for split, n in result.images.items())
-        done = (f"{result.objects} objects, {result.crowd} crowd regions" if result.source_layout == "coco"
+        done = (f"{result.objects} objects, {result.crowd} crowd regions" if result.source_layout in ("coco", "yolo")
                 else f"{result.recoloured} masks mapped by palette {palette}" if palette else "index masks copied")
         classes = f"{len(result.classes)} classes (background first)" if result.classes else "no classes.txt"
         typer.echo(f"{result.source_layout} -> masks: {images} images ({per_split}), {done}, {classes} written to {out}",
@@ -947,7 +985,11 @@ def main() -> None:
     if debug:
         sys.argv = [sys.argv[0], *[a for a in sys.argv[1:] if a != "--debug"]]
     try:
-        app()
+        if debug:  # Python's own warnings, whole
+            app()
+        else:
+            with routed_warnings():  # pydicom's, PyTorch's, … as one cnnkit line each, naming the file
+                app()
     except CnnkitError as exc:
         if debug:
             raise

@@ -13,6 +13,10 @@ import yaml
 
 from cnnkit.errors import CnnkitError
 
+# the default of --max-pixels: Pillow's Image.MAX_IMAGE_PIXELS (cnnkit.data.images.DEFAULT_MAX_PIXELS), written out
+# so that reading the options does not import Pillow
+MAX_PIXELS = 89_478_485
+
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, short: str | None = None,
            aliases: tuple[str, ...] = ()) -> Any:
@@ -55,7 +59,23 @@ class _Options:
             raise CnnkitError(f"--lr must be positive, got {self.lr}")
         if self.workers < 0:
             raise CnnkitError(f"--workers must be 0 or more, got {self.workers}")
+        if getattr(self, "max_pixels", 0) < 0:
+            raise CnnkitError(f"--max-pixels must be 0 (no limit) or more, got {self.max_pixels}")
+        self._check_intensity()
         return self
+
+    def _check_intensity(self) -> None:
+        """--normalize and --window agree (every task reads images through the same intensity settings)."""
+        if getattr(self, "window", None) is not None:
+            from cnnkit.data.medical import parse_window
+
+            parse_window(self.window)
+            if self.normalize not in ("auto", "window"):
+                raise CnnkitError(f"--window sets a fixed intensity window, but --normalize is {self.normalize}",
+                                  "drop one of them (--window implies --normalize window)")
+        elif getattr(self, "normalize", "auto") == "window":
+            raise CnnkitError("--normalize window needs --window LOW,HIGH",
+                              "or use the DICOM files' own window: --normalize auto")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,19 +129,29 @@ class TrainConfig(_Options):
     grayscale: float | None = option(None, "probability of turning the image grey (medium 0.05, heavy 0.1)")
     blur: float | None = option(None, "probability of a Gaussian blur, sigma 0.1 to 2 (medium 0.1, heavy 0.2)")
     noise: float | None = option(None, "probability of Gaussian pixel noise, sigma up to 0.1 (heavy 0.2)")
-    erasing: float | None = option(None, "occlusion: probability of hiding 5-60%% of the image under patches of noise, "
+    erasing: float | None = option(None, "occlusion: probability of hiding 5-60% of the image under patches of noise, "
                                    "a colour or another part of the image (random erasing in pieces; medium 0.25, heavy 0.5)")
     illumination: float | None = option(None, "probability of a random lighting change: gamma, a shadow gradient, colour "
                                         "temperature (medium 0.2, heavy 0.5)")
     mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")
     cutmix: float | None = option(None, "classification: CutMix with this alpha; 0 = off (heavy 1.0; with --mixup, one of them per batch)")
     val_split: float = option(0.2, "fraction of train held out for validation when ROOT has no val/")
+    normalize: str = option("auto", "intensity scaling of images deeper than 8 bits (16-bit PNG/TIFF, float, DICOM, NIfTI; "
+                            "8-bit pictures are read as they are): auto (DICOM: its window; else per-image percentiles "
+                            "0.5-99.5), percentile (every image, 8-bit too), range (by the type's range: 16-bit /65535), "
+                            "window (--window); recorded in the weights for val and predict",
+                            ("auto", "percentile", "range", "window"))
+    window: str | None = option(None, "fixed intensity window LOW,HIGH in the files' units (CT: Hounsfield units, "
+                                "e.g. -160,240 for soft tissue); values outside are clipped")
     device: str = option("auto", "auto (CUDA, then Apple MPS, then CPU), cpu, cuda or cuda:N, mps")
     amp: bool = option(False, "mixed precision: bf16 on CPU, fp16 (or --amp-dtype) on CUDA")
     amp_dtype: str = option("auto", "autocast dtype", ("auto", "bf16", "fp16"))
     channels_last: bool = option(False, "use the channels_last memory format (faster convs on recent CPUs and GPUs)")
     compile: bool = option(False, "torch.compile the model (slow first epoch, faster afterwards)")
     workers: int = option(2, "data-loading worker processes per training process")
+    max_pixels: int = option(MAX_PIXELS, "refuse (skip, with a warning) images with more pixels than this, a guard "
+                             "against decompression bombs; default Pillow's own limit; 0 = no limit, for genuine "
+                             "large scans (segmentation: with --tile)")
     seed: int = option(0, "random seed (data order, augmentation, initialisation)")
     deterministic: bool = option(False, "use deterministic algorithms (slower on GPU)")
     out: str | None = option(None, "run directory (default: runs/TASK/NAME)")
@@ -407,15 +437,6 @@ class _SegmentOptions(_Options):
             raise CnnkitError(f"--ignore-index must be between 0 and 255, got {self.ignore_index}")
         if not 0.0 <= self.tile_overlap < 1.0:
             raise CnnkitError(f"--tile-overlap must be at least 0 and below 1, got {self.tile_overlap}")
-        if self.window is not None:
-            from cnnkit.data.medical import parse_window
-
-            parse_window(self.window)
-            if self.normalize not in ("auto", "window"):
-                raise CnnkitError(f"--window sets a fixed intensity window, but --normalize is {self.normalize}",
-                                  "drop one of them (--window implies --normalize window)")
-        elif self.normalize == "window":
-            raise CnnkitError("--normalize window needs --window LOW,HIGH", "or use the DICOM files' own window: --normalize auto")
         return self
 
 
@@ -444,11 +465,6 @@ _SEGMENT_EXTRA = [
     ("tile", "bool", option(False, "train on random --imgsz windows at the images' own resolution and validate/predict "
                             "with overlapping sliding windows (microscopy, slides, scans larger than --imgsz)")),
     ("tile_overlap", "float", option(0.25, "overlap of neighbouring windows in tiled inference (fraction of the side)")),
-    ("normalize", "str", option("auto", "intensity scaling of the images: auto (8-bit /255; 16-bit, float and DICOM "
-                                "without a window: per-image percentiles 0.5-99.5; DICOM: its window), percentile, "
-                                "range (by the type's range), window (--window)", ("auto", "percentile", "range", "window"))),
-    ("window", "str | None", option(None, "fixed intensity window LOW,HIGH in the files' units (CT: Hounsfield units, "
-                                    "e.g. -160,240 for soft tissue); values outside are clipped")),
     ("hd95", "bool", option(True, "measure the 95th-percentile Hausdorff distance per class in validation")),
     # instance segmentation (maskrcnn) only
     ("anchors", "str", option("auto", "maskrcnn: anchor sizes, auto (spread over the training boxes' sizes at --imgsz) or "

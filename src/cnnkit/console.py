@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable, TypeVar
 
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False)
+T = TypeVar("T")
 _warned: set[str] = set()
 
 
@@ -18,3 +20,39 @@ def warn(message: str, once_key: str | None = None) -> None:
         _warned.add(once_key)
     # plain print: this may run inside a DataLoader worker where rich's live display is not ours
     print(f"cnnkit: warning: {message}", file=sys.stderr, flush=True)
+
+
+def warn_skipped(skipped: int, total: int, what: str = "files") -> None:
+    """After a verb went through many inputs: how many of them it skipped (each named in a warning before)."""
+    if skipped:
+        warn(f"{skipped} of {total} {what} skipped (unreadable, empty, or over the pixel limit: see above)")
+
+
+class Skips:
+    """The inputs a verb going through many files could not read. A file named on the command line stops the
+    verb with its one-line error; one found in a folder or glob is skipped with a warning naming it, and
+    ``report`` says how many at the end.
+
+        skips = Skips()
+        for path, named in files:
+            image = skips.read(path, named, lambda: load_image(path))  # None: skipped
+        skips.report(len(files))
+    """
+
+    def __init__(self) -> None:
+        self.files: set[object] = set()
+
+    def read(self, path: object, named: bool, read: Callable[[], T]) -> T | None:
+        from cnnkit.errors import CnnkitError
+
+        try:
+            return read()
+        except CnnkitError as exc:
+            if named:
+                raise
+            warn(f"{exc.message} (skipped)")
+            self.files.add(path)
+            return None
+
+    def report(self, total: int, what: str = "files") -> None:
+        warn_skipped(len(self.files), total, what)

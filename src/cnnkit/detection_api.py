@@ -19,13 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, expand_sources, publish_run, report_summary
+from cnnkit.api import Recipe, Run, _intensity_options, _train_and_reload, evaluate_run_splits, publish_run, report_summary
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
-from cnnkit.console import console, warn
+from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.detection import DetectionData, DetectionImage, load_detection
 from cnnkit.data.images import is_image_file, load_image
+from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec, spec_of
+from cnnkit.data.sources import SourceFile, expand_source_files, output_names
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.checkpoint import load_weights
@@ -68,6 +70,7 @@ class Detector:
         self.pretrained = pretrained
         self.anchors = anchors
         self.yolo = yolo or YoloOptions()
+        self.intensity = IntensitySpec()  # how images deeper than 8 bits become inputs (data/intensity.py)
         self.model: nn.Module | None = None
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
@@ -100,6 +103,7 @@ class Detector:
         det.class_names = meta["class_names"]
         det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         det.cost = (meta.get("params"), meta.get("gflops"))  # counted when the run built the model
+        det.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
         return det
 
     @classmethod
@@ -116,7 +120,8 @@ class Detector:
     # ---------------------------------------------------------------- train
     def train(self, data: str = "shapes", **options: Any) -> Run:
         """Train on a COCO, YOLO or VOC dataset (or 'shapes'); options are DetectConfig fields."""
-        defaults = {"model": self.model_name, "backbone": self.backbone, "pretrained": self.pretrained, "imgsz": self.imgsz}
+        defaults = {"model": self.model_name, "backbone": self.backbone, "pretrained": self.pretrained, "imgsz": self.imgsz,
+                    **_intensity_options(self.intensity)}
         if self.model_name in YOLO_MODELS:
             defaults.update(self.yolo.to_dict())
         if self.weights_path is not None:
@@ -170,40 +175,49 @@ class Detector:
                 max_det: int = 100, classes: str | None = None, out: str | Path | None = None, batch: int = 4,
                 device: str = "auto") -> list[dict[str, Any]]:
         """Detections for images, folders, globs and video files: [{"file", "boxes" (xyxy pixels),
-        "labels", "scores"}] (video frames add "frame"). With ``out``, annotated images and videos
-        (same frame rate) are written there."""
+        "labels", "scores", "overlay"?}] (video frames add "frame"). With ``out``, annotated images
+        (OUT/REL.png) and videos (OUT/REL.mp4, same frame rate) are written there, REL being the input's
+        path below its folder or glob root (data.sources.output_names: no two inputs share an output);
+        "overlay" is that path (OUT joined as given)."""
         model = self._require_model()
         media = expand_media([sources] if isinstance(sources, (str, Path)) else list(sources))
+        names = output_names([f.relative for f in media], [".mp4" if is_video(f.path) else ".png" for f in media])
         dev = dist_utils.select_device(device)
         net = for_inference(model.to(dev).eval())
         set_postprocess(net, conf, iou, max_det)
         keep = self._keep_labels(classes)
         out_dir = Path(out) if out is not None else None
         results: list[dict[str, Any]] = []
-        images = [(p, named) for p, named, video in media if not video]
-        for start in range(0, len(images), batch):
-            chunk = []
-            for path, named in images[start:start + batch]:
-                try:
-                    chunk.append((path, np.asarray(load_image(path))))
-                except CnnkitError as exc:
-                    if named:
-                        raise
-                    warn(f"{exc.message} (skipped)")
-            for (path, pixels), found in zip(chunk, self._detect(net, [p for _, p in chunk], dev, keep, max_det)):
-                results.append({"file": str(path), **found})
-                if out_dir is not None:
-                    _save_image(out_dir / f"{path.stem}.png", self._draw(pixels, found))
-        for path, _, video in media:
-            if video:
-                results += self._predict_video(net, path, dev, keep, out_dir, batch, max_det)
+        images = [(f, name) for f, name in zip(media, names) if not is_video(f.path)]
+        skips = Skips()
+        with progress_bar() as bar:
+            task = bar.add_task("detect", total=len(images), info="", rate="", visible=bool(images))  # videos: a bar each
+            for start in range(0, len(images), batch):
+                chunk = []
+                for (path, named, _), name in images[start:start + batch]:
+                    image = skips.read(path, named, lambda: load_image(path, self.intensity))
+                    if image is not None:
+                        chunk.append((path, name, np.asarray(image)))
+                for (path, name, pixels), found in zip(chunk, self._detect(net, [p for _, _, p in chunk], dev, keep, max_det)):
+                    result = {"file": str(path), **found}
+                    if out_dir is not None:
+                        result["overlay"] = str(out_dir / name)
+                        _save_image(Path(result["overlay"]), self._draw(pixels, found))
+                    results.append(result)
+                bar.update(task, advance=len(images[start:start + batch]))
+        skips.report(len(images), "images")
+        for f, name in zip(media, names):
+            if is_video(f.path):
+                results += self._predict_video(net, f.path, dev, keep, out_dir / name if out_dir is not None else None,
+                                               batch, max_det)
         return results
 
     def _detect(self, net: nn.Module, frames: list[np.ndarray], device: torch.device, keep: set[int] | None,
                 max_det: int) -> list[dict[str, Any]]:
         if not frames:
             return []
-        tensors = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).to(device).float().div_(255) for f in frames]
+        # a copy torch may own: a decoded image's buffer is read-only, a video frame a reversed (BGR) view
+        tensors = [torch.from_numpy(np.array(f, order="C")).permute(2, 0, 1).to(device).float().div_(255) for f in frames]
         padded = detect.pad_detections(net(tensors), max_det, keep)
         found = []
         for boxes, scores, labels in zip(padded["boxes"].cpu(), padded["scores"].cpu(), padded["labels"].cpu()):
@@ -217,9 +231,9 @@ class Detector:
         captions = [f"{label} {score:.2f}" for label, score in zip(found["labels"], found["scores"])]
         return detect.draw_boxes(pixels, np.asarray(found["boxes"]).reshape(-1, 4), captions, colour=(255, 40, 40))
 
-    def _predict_video(self, net: nn.Module, path: Path, device: torch.device, keep: set[int] | None, out_dir: Path | None,
+    def _predict_video(self, net: nn.Module, path: Path, device: torch.device, keep: set[int] | None, target: Path | None,
                        batch: int, max_det: int) -> list[dict[str, Any]]:
-        """Frame by frame through OpenCV; the annotated copy keeps the frame rate and size."""
+        """Frame by frame through OpenCV; the annotated copy (``target``) keeps the frame rate and size."""
         import cv2
 
         capture = cv2.VideoCapture(str(path))
@@ -229,7 +243,6 @@ class Detector:
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
         width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         results: list[dict[str, Any]] = []
-        target = out_dir / f"{path.stem}.mp4" if out_dir is not None else None
         writer = None
         tmp = None
         if target is not None:
@@ -251,7 +264,8 @@ class Detector:
                     if not frames:
                         break
                     for pixels, found in zip(frames, self._detect(net, frames, device, keep, max_det)):
-                        results.append({"file": str(path), "frame": frame_number, **found})
+                        results.append({"file": str(path), "frame": frame_number, **found,
+                                        **({"overlay": str(target)} if target is not None else {})})
                         frame_number += 1
                         if writer is not None:
                             writer.write(np.ascontiguousarray(self._draw(np.ascontiguousarray(pixels), found)[:, :, ::-1]))
@@ -346,18 +360,19 @@ def restrict_categories(dataset: DetectionData, keep: set[int]) -> DetectionData
             chosen = np.isin(image.labels, list(keep))
             segmentations = [s for s, c in zip(image.segmentations, chosen) if c] if image.segmentations is not None else None
             splits[split].append(dataclasses.replace(image, boxes=image.boxes[chosen], labels=image.labels[chosen],
-                                                     segmentations=segmentations))
+                                                     segmentations=segmentations,
+                                                     ignored=[obj for obj in image.ignored if obj.label in keep]))
     return dataclasses.replace(dataset, categories=[(c, n) for c, n in dataset.categories if c in keep], splits=splits)
 
 
-def expand_media(sources: list[str | Path]) -> list[tuple[Path, bool, bool]]:
-    """(path, named directly, is a video) for image and video files, folders (recursive) and globs."""
-    def is_video(path: Path) -> bool:
-        return path.suffix.lower() in VIDEO_EXTENSIONS
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
 
-    found = expand_sources(sources, lambda p: is_image_file(p) or is_video(p), "images or videos",
-                           f"expected .jpg/.png/… images or {'/'.join(VIDEO_EXTENSIONS[:3])} videos")
-    return [(path, named, is_video(path)) for path, named in found]
+
+def expand_media(sources: list[str | Path]) -> list[SourceFile]:
+    """Image and video files, folders (recursive) and globs (is_video tells them apart)."""
+    return expand_source_files(sources, lambda p: is_image_file(p) or is_video(p), "images or videos",
+                               f"expected .jpg/.png/… images or {'/'.join(VIDEO_EXTENSIONS[:3])} videos")
 
 
 def _save_image(path: Path, pixels: np.ndarray) -> None:
@@ -377,7 +392,7 @@ def evaluate_detector(det: Detector, images: list[DetectionImage], categories: l
     set_postprocess(model, conf, iou, max_det)
     keep = {k + 1 for k, cid in enumerate(label_ids) if cid is not None}
     task = detect.DetectTask(images, categories, label_ids, max_det=max_det, keep=keep if len(keep) < len(label_ids) else None)
-    dataset = detect.DetectionSet(images, None, dense_transforms(None, False, mean=None, std=None))
+    dataset = detect.DetectionSet(images, None, dense_transforms(None, False, mean=None, std=None), det.intensity)
     loader = make_loader(dataset, batch, workers, False, 0, detect.collate_detection, device)
     _, outputs = evaluate(task, model, loader, device)
     results = task.coco_results(outputs) if outputs else []
@@ -426,11 +441,12 @@ def _metadata(cfg: DetectConfig, dataset: DetectionData, model: nn.Module) -> di
 def _make_sets(cfg: DetectConfig, dataset: DetectionData):
     label_of = {int(cid): k + 1 for k, (cid, _) in enumerate(dataset.categories)}
     train = detect.DetectionSet(dataset.splits["train"], label_of,
-                                dense_transforms(cfg.imgsz, True, spec_from_config(cfg, TASK), mean=None, std=None, keep_aspect=True))
+                                dense_transforms(cfg.imgsz, True, spec_from_config(cfg, TASK), mean=None, std=None,
+                                                 keep_aspect=True), spec_of(cfg))
     mosaic = cfg.mosaic if cfg.mosaic is not None else (1.0 if cfg.model in YOLO_MODELS else 0.0)
     if mosaic > 0:
         train = detect.MosaicSet(train, cfg.imgsz, mosaic, cfg.epochs, round(cfg.close_mosaic * cfg.epochs))
-    val = detect.DetectionSet(dataset.splits["val"], label_of, dense_transforms(None, False, mean=None, std=None))
+    val = detect.DetectionSet(dataset.splits["val"], label_of, dense_transforms(None, False, mean=None, std=None), spec_of(cfg))
     return train, val
 
 

@@ -54,6 +54,7 @@ def run_distillation(cfg: DistillConfig, explicit: set[str]) -> Run:
     if cfg.resume:  # the teacher and every other option come from the interrupted run's config.yaml
         cfg, _ = resolve_run(cfg, explicit, RUNS_UNDER)
     teacher = load_teacher(cfg.teacher, "classify")
+    cfg = _teacher_intensity(cfg, explicit, teacher)
     made: dict[str, DistillTask] = {}
 
     def build_model(cfg: DistillConfig, dataset) -> nn.Module:
@@ -114,6 +115,21 @@ def _hint(cfg: Any) -> Hint | None:
 def _provenance(cfg: Any, teacher_model: str) -> dict[str, Any]:
     return {"teacher": str(cfg.teacher), "teacher_model": teacher_model, "temperature": cfg.temperature, "alpha": cfg.alpha,
             "hint_layer": cfg.hint_layer, "student_layer": cfg.student_layer}
+
+
+def _teacher_intensity(cfg: DistillConfig, explicit: set[str], teacher: Classifier) -> DistillConfig:
+    """The student reads images deeper than 8 bits as the teacher learnt to (its --normalize and --window,
+    unless given: then they must agree), so the soft targets describe the pictures the student sees."""
+    from cnnkit.api import _intensity_options
+    from cnnkit.data.intensity import spec_of
+
+    if not explicit & {"normalize", "window"}:
+        return replace(cfg, **_intensity_options(teacher.intensity))
+    if spec_of(cfg) != teacher.intensity:
+        raise CnnkitError(f"{cfg.teacher}: the teacher was trained with intensity scaling {teacher.intensity.to_dict()}, "
+                          f"this run has {spec_of(cfg).to_dict()}",
+                          "pass the teacher's --normalize and --window, or leave them out")
+    return cfg
 
 
 def _check_same_inputs(cfg: SegmentDistillConfig, teacher: Any) -> None:

@@ -4,7 +4,7 @@
     seg = InstanceSegmenter()                            # Mask R-CNN, mobilenet_v3_large FPN; or InstanceSegmenter.load(FILE)
     run = seg.train(data="shapes", epochs=12)             # COCO instances: polygons or RLE; run.dir, run.metrics
     seg.val("shapes")                                     # mask_map, mask_map50, box_map, … + predictions.json
-    seg.predict(["a.jpg"], out="runs/segment/predict")    # masks/NAME.png, overlays/NAME.png, instances.json
+    seg.predict(["a.jpg"], out="runs/segment/predict")    # masks/a.png, overlays/a.png, instances.json
 
 `cnnkit segment train --model maskrcnn` runs the INSTANCE recipe; `segment val` and `segment predict`
 pick this class or the semantic Segmenter by the weights' metadata (``load_segmenter``).
@@ -20,13 +20,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, expand_sources, publish_run, report_summary
+from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, publish_run, report_summary
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
-from cnnkit.console import console, warn
+from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.detection import DetectionData, DetectionImage, detect_layout
-from cnnkit.data.images import load_image
+from cnnkit.data.images import is_image_file, load_image
+from cnnkit.data.sources import expand_source_files, output_names
 from cnnkit.detection_api import load_split_data
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
@@ -46,7 +47,7 @@ MODEL = "maskrcnn"
 PREDICT_CONF = 0.25
 EXPECTED_LAYOUT = ("COCO instances: annotations/train.json (val.json optional) whose annotations carry 'segmentation' "
                    "polygons [[x1, y1, x2, y2, ...]] or RLE {size, counts}, images under images/ (`cnnkit data synth shapes "
-                   "--task detect` writes one)")
+                   "--task detect` writes one); or a YOLO segmentation data.yaml (rows 'class x1 y1 x2 y2 ...')")
 # the training options detection found it needs from scratch (docs/architecture.md, PreciseBN) where the
 # semantic segmenters' defaults differ; options the user sets win
 INSTANCE_DEFAULTS = {"precise_bn": 16, "clip_grad": 10.0}
@@ -154,41 +155,43 @@ class InstanceSegmenter:
                 overlays: bool = True) -> list[dict[str, Any]]:
         """Instances in images, folders and globs: [{"file", "size": [w, h], "instances": [{"id" (1.. by score),
         "label", "category_id", "score", "box" (xyxy pixels), "rle" (COCO compressed RLE at the image's size)}]}].
-        With ``out``: DIR/masks/NAME.png (uint8 class index, 0 = background, class k of classes.txt = k; where
-        instances overlap the higher score wins), DIR/overlays/NAME.png (every instance in its own colour with
-        box and caption "class id score"), DIR/instances.json (the list returned) and DIR/classes.txt."""
+        With ``out``: DIR/masks/REL.png (uint8 class index, 0 = background, class k of classes.txt = k; where
+        instances overlap the higher score wins), DIR/overlays/REL.png (every instance in its own colour with
+        box and caption "class id score"), DIR/instances.json (the list returned, each row with its "mask" and
+        "overlay" paths) and DIR/classes.txt. REL is the input's path below its folder or glob root
+        (data.sources.output_names: no two inputs share an output)."""
         model = self._require_model()
-        files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
+        files = expand_source_files([sources] if isinstance(sources, (str, Path)) else list(sources), is_image_file)
+        names = output_names([f.relative for f in files], ".png")
         dev = dist_utils.select_device(device)
         model.to(dev).eval()
         set_postprocess(model, conf, iou, max_det)
         out_dir = Path(out) if out is not None else None
         results: list[dict[str, Any]] = []
+        skips = Skips()
         with progress_bar() as bar:
             task = bar.add_task("segment", total=len(files), info="", rate="")
             for start in range(0, len(files), batch):
                 chunk = []
-                for path, named in files[start:start + batch]:
-                    try:
-                        chunk.append((path, np.asarray(load_image(path))))
-                    except CnnkitError as exc:
-                        if named:
-                            raise
-                        warn(f"{exc.message} (skipped)")
+                for (path, named, _), name in zip(files[start:start + batch], names[start:start + batch]):
+                    image = skips.read(path, named, lambda: load_image(path))
+                    if image is not None:
+                        chunk.append((path, name, np.asarray(image)))
                 if chunk:
-                    tensors = [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1).to(dev).float().div_(255)
-                               for _, p in chunk]
-                    for (path, pixels), found in zip(chunk, instance.detect_unpasted(model, tensors)):
-                        results.append(self._instances(path, pixels, found, out_dir, overlays))
+                    tensors = [torch.from_numpy(np.array(p, order="C")).permute(2, 0, 1).to(dev).float().div_(255)
+                               for _, _, p in chunk]  # a copy torch may own: a decoded image's buffer is read-only
+                    for (path, name, pixels), found in zip(chunk, instance.detect_unpasted(model, tensors)):
+                        results.append(self._instances(path, pixels, found, out_dir, overlays, name))
                 bar.update(task, advance=len(files[start:start + batch]))
+        skips.report(len(files))
         if out_dir is not None:
             write_json(out_dir / "instances.json", results)
             write_text(out_dir / "classes.txt", "".join(f"{name}\n" for name in ["background", *self.class_names]))
         return results
 
     def _instances(self, path: Path, pixels: np.ndarray, found: dict[str, torch.Tensor], out_dir: Path | None,
-                   overlays: bool) -> dict[str, Any]:
-        """One image's detections (masks as the mask head gives them) -> its result; its PNGs into ``out_dir``."""
+                   overlays: bool, name: str) -> dict[str, Any]:
+        """One image's detections (masks as the mask head gives them) -> its result; its PNGs into ``out_dir`` as ``name``."""
         height, width = pixels.shape[:2]
         order = torch.argsort(found["scores"], descending=True, stable=True)
         boxes, scores, labels = found["boxes"][order].cpu(), found["scores"][order].cpu(), found["labels"][order].cpu()
@@ -196,14 +199,17 @@ class InstanceSegmenter:
         entries = [{"id": k + 1, "label": self.class_names[int(label) - 1], "category_id": int(self.category_ids[int(label) - 1]),
                     "score": round(float(score), 5), "box": [round(v, 2) for v in box.tolist()], "rle": instance.encode(mask)}
                    for k, (box, score, label, mask) in enumerate(zip(boxes, scores, labels, masks))]
+        result: dict[str, Any] = {"file": str(path), "size": [width, height], "instances": entries}
         if out_dir is not None:
             semantic = instance.semantic_mask(masks, labels.tolist(), scores.tolist(), height, width)
-            _save_png(out_dir / "masks" / f"{path.stem}.png", semantic)
+            result["mask"] = str(out_dir / "masks" / name)
+            _save_png(Path(result["mask"]), semantic)
             if overlays:
                 captions = [f"{e['label']} {e['id']} {e['score']:.2f}" for e in entries]
                 drawn = instance.draw_instances(pixels, masks, boxes.numpy(), captions)
-                _save_png(out_dir / "overlays" / f"{path.stem}.png", drawn)
-        return {"file": str(path), "size": [width, height], "instances": entries}
+                result["overlay"] = str(out_dir / "overlays" / name)
+                _save_png(Path(result["overlay"]), drawn)
+        return result
 
     def _require_model(self) -> nn.Module:
         if self.model is None:
@@ -236,7 +242,7 @@ def load_instance_data(data: str, val_split: float, seed: int) -> DetectionData:
     ``seed``) whose every object has a segmentation; anything else is refused in one line."""
     root = resolve_data(data)
     layout = detect_layout(root)
-    if layout != "coco":
+    if layout not in ("coco", "yolo"):  # YOLO: Ultralytics' segmentation rows (polygons) read as COCO polygons
         found = f"a {layout} detection layout (boxes only)" if layout else "no annotations/SPLIT.json"
         raise CnnkitError(f"{root}: {found}; {MODEL} trains on COCO instances", EXPECTED_LAYOUT)
     dataset = load_split_data(str(root), False, val_split, seed)
@@ -249,22 +255,22 @@ def check_segmentations(dataset: DetectionData) -> None:
     pairs) or RLE whose size is the image's [height, width]."""
     objects = sum(len(image.boxes) for images in dataset.splits.values() for image in images)
     if all(image.segmentations is None for images in dataset.splits.values() for image in images):
-        raise CnnkitError(f"{dataset.root}: the COCO annotations have no 'segmentation' ({objects} objects, boxes only)",
-                          EXPECTED_LAYOUT)
+        what = "YOLO labels have no polygon rows" if dataset.layout == "yolo" else "COCO annotations have no 'segmentation'"
+        raise CnnkitError(f"{dataset.root}: the {what} ({objects} objects, boxes only)", EXPECTED_LAYOUT)
     for split, images in dataset.splits.items():
         missing = [image for image in images if len(image.boxes) and
                    (image.segmentations is None or any(s is None for s in image.segmentations))]
         if missing:
             count = sum(len(image.boxes) if image.segmentations is None else sum(s is None for s in image.segmentations)
                         for image in missing)
-            raise CnnkitError(f"{dataset.root / 'annotations' / f'{split}.json'}: {count} object(s) without 'segmentation' "
+            raise CnnkitError(f"{dataset.sources.get(split, dataset.root)}: {count} object(s) without 'segmentation' "
                               f"(first in image id {missing[0].image_id})", "every object needs polygons or RLE; crowd regions "
                               "(iscrowd 1) are left out anyway")
         for image in images:
             for k, segmentation in enumerate(image.segmentations or []):
                 problem = _segmentation_problem(segmentation, image)
                 if problem:
-                    raise CnnkitError(f"{dataset.root / 'annotations' / f'{split}.json'}: image id {image.image_id}, object "
+                    raise CnnkitError(f"{dataset.sources.get(split, dataset.root)}: image id {image.image_id}, object "
                                       f"{k + 1}: {problem}", "polygons [[x1, y1, x2, y2, x3, y3, ...]] or RLE {size: [height, "
                                       "width], counts}")
 

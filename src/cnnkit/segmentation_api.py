@@ -4,7 +4,7 @@
     seg = Segmenter("unet", encoder="resnet34")          # or Segmenter.load("runs/segment/exp/weights/best.safetensors")
     run = seg.train(data="shapes", epochs=20)             # images/ + masks/ + classes.txt; run.dir, run.metrics
     seg.val("shapes")                                     # miou, dice, pixel_accuracy, per class IoU/Dice/HD95
-    seg.predict(["a.png", "scan.dcm"], out="runs/segment/predict")   # masks/NAME.png + overlays/NAME.png
+    seg.predict(["a.png", "scan.dcm"], out="runs/segment/predict")   # masks/a.png + overlays/a.png, masks/scan.png, …
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, expand_sources, publish_run, report_summary
+from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, publish_run, report_summary
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, MASK_IGNORE, dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
-from cnnkit.console import console, warn
+from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.segmentation import SegmentationData, SegmentSample, is_segmentation_input, load_segmentation
+from cnnkit.data.sources import expand_source_files, output_names
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.checkpoint import load_weights
@@ -125,35 +126,35 @@ class Segmenter:
     def predict(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None, tile: bool | None = None,
                 overlap: float | None = None, device: str = "auto", overlays: bool = True) -> list[dict[str, Any]]:
         """Segment images (PNG/JPEG/TIFF, 16-bit too, DICOM, NIfTI slices), folders and globs:
-        [{"file", "slice"?, "size", "classes": {name: share of the pixels}, "mask"?}]. With ``out``,
-        DIR/masks/NAME.png (uint8 class index, the input's size) and DIR/overlays/NAME.png."""
+        [{"file", "slice"?, "size", "classes": {name: share of the pixels}, "mask"?, "overlay"?}]. With ``out``,
+        DIR/masks/REL.png (uint8 class index, the input's size) and DIR/overlays/REL.png, REL being the
+        input's path below its folder or glob root (data.sources.output_names: no two inputs share an output);
+        "mask" and "overlay" are those paths (DIR joined as given)."""
         model = self._require_model()
-        files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources), is_segmentation_input,
-                               "images", "expected .png/.jpg/.tif images, .dcm or .nii.gz files")
+        files = expand_source_files([sources] if isinstance(sources, (str, Path)) else list(sources), is_segmentation_input,
+                                    "images", "expected .png/.jpg/.tif images, .dcm or .nii.gz files")
         dev = dist_utils.select_device(device)
         model.to(dev).eval()
         how = self.inference(tile, overlap)
         colours = segment.palette(len(self.class_names))
         out_dir = Path(out) if out is not None else None
-        samples = []
-        for path, named in files:
-            try:
-                samples += input_samples(path)
-            except CnnkitError as exc:
-                if named:
-                    raise
-                warn(f"{exc.message} (skipped)")
-        named_files = {path for path, named in files if named}
+        samples, relatives = [], []
+        skips = Skips()
+        for path, named, relative in files:
+            found = skips.read(path, named, lambda: input_samples(path))
+            if found is None:
+                continue
+            samples += found
+            relatives += [relative] * len(found)
+        names = output_names(relatives, [("" if s.slice_index is None else f"_{s.slice_index:04d}") + ".png" for s in samples])
+        named_files = {path for path, named, _ in files if named}
         results: list[dict[str, Any]] = []
         with progress_bar() as bar:
             task = bar.add_task("segment", total=len(samples), info="", rate="")
-            for sample in samples:
-                try:
-                    pixels = segment.load_pixels(sample.image, sample.slice_index, self.intensity)
-                except CnnkitError as exc:
-                    if sample.image in named_files:
-                        raise
-                    warn(f"{exc.message} (skipped)")
+            for sample, output in zip(samples, names):
+                pixels = skips.read(sample.image, sample.image in named_files,
+                                    lambda: segment.load_pixels(sample.image, sample.slice_index, self.intensity))
+                if pixels is None:
                     bar.update(task, advance=1)
                     continue
                 image = _to_model_input(pixels).to(dev)
@@ -164,13 +165,15 @@ class Segmenter:
                 if sample.slice_index is not None:
                     result["slice"] = sample.slice_index
                 if out_dir is not None:
-                    result["mask"] = str(out_dir / "masks" / f"{sample.name}.png")
+                    result["mask"] = str(out_dir / "masks" / output)
                     _save_png(Path(result["mask"]), predicted)
                     if overlays:
-                        _save_png(out_dir / "overlays" / f"{sample.name}.png",
+                        result["overlay"] = str(out_dir / "overlays" / output)
+                        _save_png(Path(result["overlay"]),
                                   segment.overlay(segment.display_pixels(pixels), predicted, colours, ignore_index=self.ignore_index))
                 results.append(result)
                 bar.update(task, advance=1)
+        skips.report(len(files))
         return results
 
     def _require_model(self) -> nn.Module:

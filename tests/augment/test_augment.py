@@ -197,16 +197,40 @@ def test_preview_is_reproducible_and_bad_options_exit_2(digits_root, tmp_path, m
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
 
 
+LIME_OVER_WHITE = (140, 255, 140)  # draw_segmentation_masks at alpha 0.45: 0.55 x white + 0.45 x lime (class 1)
+
+
+def _coloured(pixels: np.ndarray, rgb, tolerance: int = 40) -> int:
+    return int((np.abs(pixels.astype(int) - np.array(rgb)).sum(-1) < tolerance).sum())
+
+
 def test_preview_draws_boxes_and_masks(tmp_path):
     from cnnkit.augment.preview import draw_sample, preview_grid
 
     image, target = _rectangle_sample(np.random.default_rng(1))
-    picture = draw_sample(torch.from_numpy(np.array(image)).permute(2, 0, 1), target)
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    picture = draw_sample(pixels, target)
     assert picture.shape == (H, W, 3)
-    x0, y0 = (int(v) for v in target["boxes"][0, :2])
-    assert tuple(picture[y0, x0 + 2]) != (255, 255, 255)  # the box outline is drawn over the white rectangle
+    x0, y0, x1, y1 = (int(v) for v in target["boxes"][0])
+    assert tuple(picture[y0, x0 + 2]) == (255, 255, 0)  # the box outline, yellow, over the white rectangle
+    # the instance mask blended in (45% lime over white) on the mask's pixels (but the outline and the label
+    # "3" written inside the box's corner), nowhere else
+    inside = picture[y0 + 1:y1 - 1, x0 + 1:x1 - 1].reshape(-1, 3)
+    assert (np.abs(inside.astype(int) - LIME_OVER_WHITE).max(axis=1) <= 1).mean() > 0.97
+    outside = np.ones((H, W), bool)
+    outside[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = False
+    assert (picture[outside] == 0).all()
+    # a semantic mask: one colour per class present (class 2 dodger blue), 255 (ignore) left undrawn
+    semantic = torch.zeros(H, W, dtype=torch.uint8)
+    semantic[y0:y1, x0:x1] = 2
+    semantic[:4] = 255
+    picture = draw_sample(pixels, {"masks": tv_tensors.Mask(semantic)})
+    blue = np.round(0.55 * 255 + 0.45 * np.array([30, 144, 255])).astype(int)
+    assert (np.abs(picture[y0:y1, x0:x1].reshape(-1, 3).astype(int) - blue).max(axis=1) <= 1).all()
+    assert (picture[semantic.numpy() == 255] == 0).all() and (picture[semantic.numpy() == 0] == 0).all()
     path = preview_grid([(image, target)] * 3, AugmentSpec(degrees=20, fliplr=0.5), tmp_path / "grid.png", imgsz=64)
-    assert path.is_file()
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    assert _coloured(grid, LIME_OVER_WHITE) > 5000 and _coloured(grid, (255, 255, 0)) > 1000  # masks and boxes in the grid
 
 
 def test_every_operation_has_a_train_option():
@@ -278,3 +302,9 @@ def test_preview_reads_and_draws_boxes_and_masks_of_dense_layouts(layout, tmp_pa
     code, _, err = run_cli(["augment", "preview", "--data", root, "--preset", "heavy", "-n", "3", "--imgsz", "64", "--out", out],
                            monkeypatch, capsys)
     assert code == 0 and out.is_file(), err
+    # the unaugmented halves show the masks blended over the white rectangles, or the boxes' yellow outlines
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    if layout == "segment":
+        assert _coloured(grid, LIME_OVER_WHITE) > 5000, _coloured(grid, LIME_OVER_WHITE)
+    else:
+        assert _coloured(grid, (255, 255, 0)) > 1000 and _coloured(grid, LIME_OVER_WHITE) < 1000

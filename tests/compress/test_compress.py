@@ -112,8 +112,28 @@ def test_quantize_bad_input_is_one_line(trained, tmp_path):
         load_deployed(tmp_path / "fake.int8.pt")
 
 
-def test_bench_measures_what_it_says(trained, tmp_path):
+class ScriptedClock:
+    """Stands in for time.perf_counter in cnnkit.compress.bench: each timed call (one read before, one after)
+    lasts the next of a known series of durations, so the latencies and throughput bench reports can be
+    checked against numbers worked out here, whatever the machine's load."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.now, self.started, self.durations = 100.0, True, []
+
+    def perf_counter(self) -> float:
+        self.started = not self.started
+        if self.started:  # the read after the call
+            self.durations.append(float(self.rng.uniform(0.001, 0.05)))
+            self.now += self.durations[-1]
+        else:
+            self.now += 1.0  # time between calls is not the call's
+        return self.now
+
+
+def test_bench_measures_what_it_says(trained, tmp_path, monkeypatch):
     from cnnkit import Classifier
+    from cnnkit.compress import bench as bench_module
     from cnnkit.compress.bench import bench, percentile, time_calls
 
     calls = []
@@ -128,17 +148,23 @@ def test_bench_measures_what_it_says(trained, tmp_path):
     values = list(np.random.default_rng(0).random(11))
     assert percentile(values, 0.9) == pytest.approx(np.percentile(values, 90))
 
-    rows = bench(trained, "digits", ["eager", "int8", "onnx"], [1, 4], tmp_path, runs=3, warmup=1, calib_images=32)
+    clock = ScriptedClock(0)
+    monkeypatch.setattr(bench_module, "time", clock)
+    rows = bench(trained, "digits", ["eager", "int8", "onnx"], [1, 4], tmp_path, runs=5, warmup=1, calib_images=32)
     assert [(r.format, r.batch) for r in rows] == [(f, b) for f in ("eager", "int8", "onnx") for b in (1, 4)]
+    assert len(clock.durations) == 5 * len(rows)  # --runs timed calls per row, the warm-up ones untimed
     top1 = Classifier.load(trained).val("digits", out=tmp_path / "val", workers=0)["top1"]
-    for row in rows:
-        assert row.latency_ms_p50 <= row.latency_ms_p90
-        assert row.throughput == pytest.approx(row.batch / (row.latency_ms_p50 / 1000))
+    for i, row in enumerate(rows):
+        durations = clock.durations[5 * i:5 * (i + 1)]  # this row's calls, in seconds
+        assert row.latency_ms_p50 == pytest.approx(1000 * np.median(durations))
+        assert row.latency_ms_p90 == pytest.approx(1000 * np.percentile(durations, 90))
+        assert row.throughput == pytest.approx(row.batch / np.median(durations))  # images per second at the p50
         assert row.size_mb == pytest.approx(Path(row.file).stat().st_size / 1e6)
         assert row.params == sum(p.numel() for p in Classifier.load(trained).model.parameters())
     assert rows[0].metric == pytest.approx(top1)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert {"format", "batch", "latency_ms_p50", "latency_ms_p90", "throughput", "size_mb", "params", "metric"} <= set(saved[0])
+    assert [(r["format"], r["batch"], r["throughput"]) for r in saved] == [(r.format, r.batch, r.throughput) for r in rows]
     assert "| int8 | 4 |" in (tmp_path / "bench.md").read_text()
 
 

@@ -105,8 +105,19 @@ def test_torchvision_detector_exports_through_the_tracer(tmp_path):
     eager = Detector.load(weights)
     with torch.no_grad():
         want, got = eager.model.eval()(images), deployed.model(images)  # SSD stretches to the square in both
+    # two empty lists would match too: the random detector finds boxes on every image, and the traced one the same
+    assert all(len(w["boxes"]) >= 5 for w in want), [len(w["boxes"]) for w in want]
     for w, g in zip(want, got):
         torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(g["scores"], w["scores"], atol=1e-4, rtol=1e-4)
+        assert torch.equal(g["labels"], w["labels"])
+    # the parity check itself compared detections, not two empty sets: eager finds boxes on its images
+    from cnnkit.compress.export import parity_images
+    from cnnkit.engine.checkpoint import read_metadata
+
+    with torch.no_grad():
+        checked = eager.model(list(parity_images(read_metadata(weights))))
+    assert parity.images == len(checked) and all(len(c["boxes"]) > 0 for c in checked)
     for fmt, dynamic, message in (("pt2", False, "--format pt2 is not possible"), ("onnx", True, "--dynamic-batch is not possible")):
         with pytest.raises(CnnkitError, match=message):
             export_weights(weights, fmt, tmp_path / f"x.{fmt}", dynamic_batch=dynamic)

@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_resumed_from
+
 from cnnkit.config import TrainConfig
 from cnnkit.data.smote import smote_balance, smote_features
 from cnnkit.errors import CnnkitError
@@ -205,7 +207,8 @@ def test_resumed_smote_run_matches_the_uninterrupted_one(imbalanced_digits, smot
     capsys.readouterr()
     api.train(TrainConfig(resume=True, out=str(cut)), explicit={"resume", "out"})
     printed = capsys.readouterr().err  # the console writes to stderr
-    assert "resuming" in printed and "transfer: linear" in printed
+    assert_resumed_from(printed, 1, 2)  # epoch 1 was saved: only epoch 2 runs again
+    assert "transfer: linear" in printed
     # the features are made again, from the run's own frozen backbone
     assert "smote: 220 -> 400 training features (class counts 40 each), k=3" in printed
     a, b = load_file(str(full / "weights/last.safetensors")), load_file(str(cut / "weights/last.safetensors"))

@@ -339,7 +339,15 @@ def test_stratified_split_is_reproducible_and_keeps_classes_on_both_sides():
 
 # ---------------------------------------------------------------------------- metrics
 def test_classification_metrics_match_sklearn():
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss, top_k_accuracy_score
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        balanced_accuracy_score,
+        f1_score,
+        log_loss,
+        precision_recall_fscore_support,
+        top_k_accuracy_score,
+    )
 
     n_classes, n = 8, 60
     rng = np.random.default_rng(0)
@@ -361,6 +369,19 @@ def test_classification_metrics_match_sklearn():
     assert m["val_loss"] == pytest.approx(log_loss(labels, probs, labels=list(range(n_classes))), rel=1e-6)
     assert sum(c["support"] for c in m["per_class"].values()) == n
     assert m["per_class"]["class3"]["support"] == int((labels == 3).sum())
+    # per class precision, recall, f1 and support: scikit-learn's own per-class report
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=list(range(n_classes)))
+    for c, name in enumerate(names):
+        got = m["per_class"][name]
+        assert [got["precision"], got["recall"], got["f1"], got["support"]] == pytest.approx(
+            [precision[c], recall[c], f1[c], support[c]]), name
+    assert len(set(np.round(precision, 6))) > 3 and len(set(np.round(recall, 6))) > 3  # the classes differ: mix-ups show
+    # pr_auc: macro one-vs-rest average precision of the softmax scores, as scikit-learn averages it
+    one_hot = np.eye(n_classes)[labels]
+    assert m["pr_auc"] == pytest.approx(average_precision_score(one_hot, probs, average="macro"))
+    per_class_ap = average_precision_score(one_hot, probs, average=None)
+    assert [m["per_class"][name]["ap"] for name in names] == pytest.approx(list(per_class_ap))
+    assert m["top1"] < m["pr_auc"] < 1 and np.ptp(per_class_ap) > 0.05
 
 
 def test_classification_metrics_hand_made():
@@ -374,6 +395,20 @@ def test_classification_metrics_hand_made():
     assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
     assert m["top5"] == 1.0  # fewer than 5 classes: trivially 1
     assert m["per_class"]["b"]["precision"] == pytest.approx(0.5) and m["per_class"]["c"]["recall"] == pytest.approx(0.5)
+    assert [m["per_class"][c]["precision"] for c in "abc"] == pytest.approx([1, 0.5, 1])
+    assert [m["per_class"][c]["recall"] for c in "abc"] == pytest.approx([1, 1, 0.5])
+    # pr_auc ranks scores, not argmaxes: sample 3 is called b, but its c score (e^1 / (e^5 + e^1 + 1)) still beats
+    # every other image's c score but sample 4's, so c's two images rank first and second: AP 1 for each class
+    assert [m["per_class"][c]["ap"] for c in "abc"] == pytest.approx([1, 1, 1]) and m["pr_auc"] == pytest.approx(1.0)
+    # a ranking with a gap: a's two images come 1st and 4th by a's softmax score (0.936, 0.047, 0.090, 0.042),
+    # so AP(a) = (1/1 + 2/4) / 2 = 0.75; b's and c's one image each ranks first (AP 1)
+    ranked = classification_metrics(np.array([[4, 1, 0], [1, 4, 0], [0, 2, 1], [0, 3, 1]], dtype=np.float32),
+                                    np.array([0, 1, 2, 0]), ["a", "b", "c"])
+    assert [ranked["per_class"][c]["ap"] for c in "abc"] == pytest.approx([0.75, 1, 1])
+    assert ranked["pr_auc"] == pytest.approx((0.75 + 1 + 1) / 3)
+    # predictions a, b, b, b: a precision 1/1 recall 1/2; b 1/3 and 1/1; c never predicted (0 by convention), recall 0
+    assert [ranked["per_class"][c]["precision"] for c in "abc"] == pytest.approx([1, 1 / 3, 0])
+    assert [ranked["per_class"][c]["recall"] for c in "abc"] == pytest.approx([0.5, 1, 0])
     assert m["val_loss"] == pytest.approx(-np.mean(np.log([
         math.exp(5) / (math.exp(5) + 2), math.exp(5) / (math.exp(5) + 2),
         math.exp(1) / (math.exp(5) + math.exp(1) + 1), math.exp(5) / (math.exp(5) + 2)])))

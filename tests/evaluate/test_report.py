@@ -13,14 +13,32 @@ from cnnkit.evaluate.plots import plot_confusion_matrix, plot_history, plot_imag
 from cnnkit.evaluate.report import write_report
 
 
-def assert_png(path: Path) -> None:
+def assert_png(path: Path) -> np.ndarray:
+    """A PNG that decodes and shows something (a blank canvas has no grey-level spread); its RGB pixels."""
     assert path.is_file()
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.size[0] > 0 and image.size[1] > 0
         image.load()
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert np.asarray(Image.fromarray(pixels.astype(np.uint8)).convert("L")).std() > 20, path
     # Atomic writes leave no temporary siblings behind.
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    return pixels
+
+
+def coloured(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
+    """How many pixels are (nearly) this colour."""
+    return int((np.abs(pixels - np.array(rgb)).sum(-1) < tolerance).sum())
+
+
+def differ(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of pixels two same-sized pictures disagree on (the picture follows its data)."""
+    assert a.shape == b.shape
+    return float((a != b).any(-1).mean())
+
+
+C0, C1, C2 = (31, 119, 180), (255, 127, 14), (44, 160, 44)  # matplotlib's first three line colours (tab10)
 
 
 HISTORY = [
@@ -48,7 +66,18 @@ HISTORY = [
 def test_plot_history(tmp_path, history):
     out = plot_history(history, tmp_path / "history.png")
     assert out == tmp_path / "history.png"
-    assert_png(out)
+    pixels = assert_png(out)
+    has_series = any(k != "epoch" and str(v) != "" for row in history for k, v in row.items())
+    # the first series is drawn in C0 (line, markers and legend); with nothing to draw, no line at all
+    assert (coloured(pixels, C0) > 50) if has_series else coloured(pixels, C0) == 0
+
+
+def test_plot_history_follows_the_data_and_grows_with_panels(tmp_path):
+    full = assert_png(plot_history(HISTORY, tmp_path / "full.png"))  # loss, metric and lr panels
+    other = [{**row, "train_loss": 3.0 - row["train_loss"]} for row in HISTORY]
+    assert differ(full, assert_png(plot_history(other, tmp_path / "other.png"))) > 0.005
+    losses_only = assert_png(plot_history([{"epoch": 1, "train_loss": 0.7}], tmp_path / "one.png"))  # one panel
+    assert full.shape[1] > 2.5 * losses_only.shape[1] and full.shape[0] == pytest.approx(losses_only.shape[0], abs=10)
 
 
 @pytest.mark.parametrize("n", [3, 120])
@@ -59,7 +88,13 @@ def test_plot_confusion_matrix(tmp_path, n, normalize):
     matrix[0] = 0  # a class with no samples must not divide by zero
     names = [f"class_{i}" for i in range(n)]
     out = plot_confusion_matrix(matrix, names, tmp_path / "cm.png", normalize=normalize)
-    assert_png(out)
+    pixels = assert_png(out)
+    # the cells show the counts: the transposed matrix is another picture
+    transposed = assert_png(plot_confusion_matrix(matrix.T, names, tmp_path / "cm_t.png", normalize=normalize))
+    assert differ(pixels, transposed) > 0.1
+    # the figure grows with the classes: 120 classes get about five times the side of 3
+    side = {3: 500, 120: 2400}[n]
+    assert side <= pixels.shape[0] <= side * 1.2 and side <= pixels.shape[1] <= side * 1.3, pixels.shape
 
 
 def test_plot_confusion_matrix_rejects_non_square(tmp_path):
@@ -70,8 +105,15 @@ def test_plot_confusion_matrix_rejects_non_square(tmp_path):
 @pytest.mark.parametrize("n", [0, 3, 25])
 def test_plot_pr_curves(tmp_path, n):
     recall = np.linspace(1.0, 0.0, 11)
-    curves = {f"class {i}": (recall, np.linspace(0.3, 1.0, 11), 0.5 + i / 100) for i in range(n)}
-    assert_png(plot_pr_curves(curves, tmp_path / "pr.png"))
+    curves = {f"class {i}": (recall, np.linspace(0.3, 1.0, 11) - 0.01 * i, 0.5 + i / 100) for i in range(n)}
+    pixels = assert_png(plot_pr_curves(curves, tmp_path / "pr.png"))
+    if n == 0:  # "no curves": no line drawn
+        assert coloured(pixels, C0) == coloured(pixels, C1) == 0
+        return
+    lowered = {name: (r, p - 0.25, ap) for name, (r, p, ap) in curves.items()}
+    assert differ(pixels, assert_png(plot_pr_curves(lowered, tmp_path / "lower.png"))) > 0.005
+    if n == 3:  # each class's curve in its own colour, not only its legend entry (about 40 pixels)
+        assert min(coloured(pixels, colour) for colour in (C0, C1, C2)) > 300
 
 
 def test_plot_image_grid(tmp_path):
@@ -80,12 +122,20 @@ def test_plot_image_grid(tmp_path):
     images.append(rng.integers(0, 256, size=(28, 28), dtype=np.uint8))  # grayscale
     titles = [f"pred {i} (0.97)\ntrue {i}" for i in range(10)]
     wrong = [i % 3 == 0 for i in range(10)]
-    assert_png(plot_image_grid(images, titles, tmp_path / "grid.png", wrong=wrong, columns=4))
-    assert_png(plot_image_grid(images[:2], titles[:2], tmp_path / "few.png"))
+    grid = assert_png(plot_image_grid(images, titles, tmp_path / "grid.png", wrong=wrong, columns=4))
+    few = assert_png(plot_image_grid(images[:2], titles[:2], tmp_path / "few.png"))
+    # the noise images themselves are drawn (a figure of captions has a handful of colours) ...
+    assert len(np.unique(few.reshape(-1, 3), axis=0)) > 1000
+    # ... three rows of four against one row of two ...
+    assert grid.shape[0] > 2.5 * few.shape[0] and grid.shape[1] > 1.8 * few.shape[1]
+    # ... and the wrong ones framed and captioned in red (the noise has some red pixels of its own)
+    plain = assert_png(plot_image_grid(images, titles, tmp_path / "plain.png", columns=4))
+    assert coloured(grid, (255, 0, 0), 60) > coloured(plain, (255, 0, 0), 60) + 4 * 400
 
 
 def test_plot_image_grid_empty(tmp_path):
-    assert_png(plot_image_grid([], [], tmp_path / "empty.png"))
+    pixels = assert_png(plot_image_grid([], [], tmp_path / "empty.png"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) < 300  # the words "no images", not a picture
 
 
 def test_write_report(tmp_path):

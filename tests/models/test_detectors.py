@@ -40,9 +40,19 @@ def test_train_and_infer(model, backbone, size):
 
 def test_ssd_vgg_builds_at_its_size():
     net = build_detector("ssd", 2, 300).eval()
+    set_postprocess(net, 0.0, 0.5, 7)  # no confidence floor: an empty result means the model found nothing at all
+    image = torch.rand(3, 200, 250)
     with torch.no_grad():
-        out = net([torch.rand(3, 300, 300)])[0]
-    assert out["boxes"].shape[1] == 4
+        batch, _ = net.transform([image])  # any image goes in at 300 x 300 ...
+        features = list(net.backbone(batch.tensors).values())
+        out = net([image])[0]
+    assert batch.tensors.shape == (1, 3, 300, 300)
+    # ... where VGG16 and SSD300's extra layers give six maps and 8732 default boxes, as in the SSD paper
+    assert [f.shape[-1] for f in features] == [38, 19, 10, 5, 3, 1]
+    assert sum(len(a) for a in net.anchor_generator(batch, features)) == 8732
+    assert out["boxes"].shape == (7, 4) and out["scores"].shape == (7,)
+    assert (out["boxes"] >= 0).all() and (out["boxes"][:, 2] <= 250 + 1e-3).all() and (out["boxes"][:, 3] <= 200 + 1e-3).all()
+    assert out["labels"].min() >= 1 and out["labels"].max() <= 2
 
 
 def test_fit_anchors_cover_the_boxes():

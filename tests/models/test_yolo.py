@@ -150,11 +150,24 @@ def test_loss_without_objects_reaches_every_parameter():
 
 
 def test_raw_outputs_and_loss_shapes():
-    outputs = torch.zeros(2, 2100, 4 * 16 + 3, requires_grad=True)
+    model = build_yolo("yolo_n", 3, IMGSZ)
+    raw, shapes = model.raw_outputs(torch.rand(2, 3, IMGSZ, IMGSZ))
+    # one row per cell of the three levels (40², 20², 10²), each 4 x 16 DFL bins then 3 class logits
+    assert model.reg_max == 16 and raw.shape == (2, 2100, 4 * 16 + 3) and [tuple(s) for s in shapes] == SHAPES
+    outputs = raw.detach().requires_grad_()
     losses = yolo_loss(outputs, SHAPES, [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "labels": torch.tensor([3])},
                                          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}], 3, 16)
+    assert set(losses) == {"loss_cls", "loss_box", "loss_dfl"}
+    assert all(v.shape == () and torch.isfinite(v) and v > 0 for v in losses.values()), losses  # batch means, not per image
     sum(losses.values()).backward()
-    assert outputs.grad.abs().sum() > 0
+    box_grad, cls_grad = outputs.grad.split([4 * 16, 3], dim=-1)
+    # the image with a box trains box bins and classes; the empty one only learns "no object" in its class logits
+    assert box_grad[0].abs().sum() > 0 and cls_grad[0].abs().sum() > 0
+    assert box_grad[1].abs().sum() == 0 and cls_grad[1].abs().sum() > 0
+    # the box bins that learn belong to cells inside the box (10..60 px): level 0's cells are 8 px apart
+    cells = box_grad[0].abs().sum(-1).nonzero().flatten()
+    level0 = cells[cells < 1600]
+    assert len(level0) and ((level0 % 40) * 8 + 4 >= 10).all() and ((level0 % 40) * 8 + 4 <= 60).all()
 
 
 def test_inference_returns_boxes_in_the_input_pixels_and_folding_keeps_outputs():
@@ -225,3 +238,16 @@ def test_mosaic_set_turns_off_for_the_last_epochs():
     assert mosaic_set[0][1]["boxes"].shape[0] >= 1 and mosaic_set.active
     mosaic_set.set_epoch(8)
     assert not mosaic_set.active and mosaic_set[2] is base[2]
+
+
+def test_one_class_at_a_small_size_builds_with_probability_priors():
+    """At 64 px the stride-32 level has 4 cells, fewer than the 5 objects the prior spreads: the prior
+    must stay a probability (it was log of a negative number)."""
+    import math
+
+    from cnnkit.models.yolo import build_yolo
+
+    model = build_yolo("yolo_n", num_classes=1, imgsz=64)
+    biases = [branch[-1].bias for branch in model.head.cls]
+    assert all(torch.isfinite(b).all() for b in biases)
+    assert all(float(b.max()) <= math.log(0.5 / 0.5) + 1e-6 for b in biases)

@@ -32,6 +32,30 @@ def test_map_matches_scikit_learn_average_precision():
     assert 0.1 < ours["recall@1"] < ours["recall@5"] < 1.0  # a hard enough set that the checks mean something
 
 
+def _at(degrees: list[float]) -> np.ndarray:
+    """Unit vectors at these angles: the nearest neighbours are the nearest angles."""
+    radians = np.deg2rad(degrees)
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1)
+
+
+def test_recall_at_k_and_map_by_hand():
+    gallery, g_labels = _at([0, 10, 20, 30, 40]), np.array(list("ABBAC"))
+    # first same-label neighbour: 0° C at rank 5 (only 40° is C); 40° B at rank 3 (40° C, 30° A, 20° B);
+    # 27° A at rank 1 (30°); 12° A at rank 3 (10° B, 20° B, 0° A)
+    queries, q_labels = _at([0, 40, 27, 12]), np.array(list("CBAA"))
+    ours = retrieval_metrics(queries, q_labels, gallery, g_labels, ks=(1, 2, 3, 4, 5), chunk_cells=10)  # chunks of 2 queries
+    assert [ours[f"recall@{k}"] for k in (1, 2, 3, 4, 5)] == pytest.approx([1 / 4, 1 / 4, 3 / 4, 3 / 4, 1])
+    # AP: C at rank 5: 1/5; B at ranks 3 and 4: (1/3 + 2/4) / 2; A at 1 and 5: (1 + 2/5) / 2; A at 3 and 4
+    assert ours["map"] == pytest.approx((1 / 5 + (1 / 3 + 1 / 2) / 2 + (1 + 2 / 5) / 2 + (1 / 3 + 1 / 2) / 2) / 4)
+
+    # leave-one-out within one set: 0° A finds 25° A 2nd; 10° B has no other B (a miss, left out of map);
+    # 25° A finds 0° A 3rd (10°, 45° nearer); 45° C finds 70° C 2nd; 70° C finds 45° C 1st
+    vectors, labels = _at([0, 10, 25, 45, 70]), np.array(list("ABACC"))
+    ours = retrieval_metrics(vectors, labels, vectors, labels, ks=(1, 2, 3, 4), same_set=True)
+    assert [ours[f"recall@{k}"] for k in (1, 2, 3, 4)] == pytest.approx([1 / 5, 3 / 5, 4 / 5, 4 / 5])
+    assert ours["map"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 2 + 1) / 4)
+
+
 def test_leave_one_out_recall_at_1_matches_pytorch_metric_learning():
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 

@@ -108,6 +108,49 @@ def test_confusion_matrix_ignores_low_overlap():
     np.testing.assert_array_equal(confusion_matrix(truth, predicted, 1), [[0, 1], [1, 0]])
 
 
+def test_confusion_matrix_pairs_one_to_one_for_the_most_overlap():
+    # cat [0, 10] and dog [3, 13] (x; all boxes 10 high). Prediction cat [2, 12] overlaps the dog most (IoU 9/11)
+    # but the cat too (8/12); prediction dog [5, 16] overlaps only the dog enough (8/13; the cat 5/16). Pairing
+    # the best overlap first would call the dog a cat, miss the cat and raise a false dog; the one-to-one
+    # pairing of most total overlap pairs cat-cat and dog-dog.
+    truth = [(np.array([[0, 0, 10, 10], [3, 0, 13, 10]]), np.array([0, 1])),
+             (np.array([[50, 50, 60, 60]]), np.array([0]))]
+    predicted = [(np.array([[2, 0, 12, 10], [5, 0, 16, 10]]), np.array([0, 1])),
+                 (np.array([[50, 50, 60, 60], [50, 50, 60, 61]]), np.array([0, 0]))]  # the second cat box twice
+    matrix = confusion_matrix(truth, predicted, num_classes=2)
+    np.testing.assert_array_equal(matrix, [[2, 0, 0],   # both cats found as cats
+                                           [0, 1, 0],   # the dog as a dog
+                                           [1, 0, 0]])  # the duplicate: one true box pairs with one prediction
+
+
+def test_val_confusion_matrix_from_coco_results_by_hand(tmp_path, monkeypatch):
+    """What val draws: results in COCO form (x, y, w, h boxes, the dataset's category ids 17 and 90), only
+    those scoring at least 0.25 counted."""
+    from cnnkit.evaluate import plots
+    from cnnkit.tasks import detect
+
+    drawn = {}
+    real = plots.plot_confusion_matrix
+
+    def keep(matrix, names, path, **kwargs):
+        drawn["matrix"], drawn["names"] = np.asarray(matrix), names
+        return real(matrix, names, path, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_confusion_matrix", keep)
+    images = [DetectionImage(tmp_path / "a.png", 1, 100, 100, np.array([[10.0, 10.0, 30.0, 40.0], [50.0, 50.0, 90.0, 70.0]]),
+                             np.array([17, 90])),
+              DetectionImage(tmp_path / "b.png", "b", 100, 100, np.array([[0.0, 0.0, 20.0, 20.0]]), np.array([90]))]
+    results = [{"image_id": 1, "category_id": 17, "bbox": [10.0, 10.0, 20.0, 30.0], "score": 0.9},  # the 17, found
+               {"image_id": 1, "category_id": 17, "bbox": [50.0, 50.0, 40.0, 20.0], "score": 0.6},  # the 90, called 17
+               {"image_id": "b", "category_id": 90, "bbox": [0.0, 0.0, 20.0, 20.0], "score": 0.2},  # right, too unsure
+               {"image_id": "b", "category_id": 90, "bbox": [60.0, 60.0, 10.0, 10.0], "score": 0.5}]  # a false 90
+    detect.draw(images, [(17, "cat"), (90, "dog")], results, tmp_path)
+    assert drawn["names"] == ["cat", "dog", "background"]
+    np.testing.assert_array_equal(drawn["matrix"], [[1, 0, 0],   # cat found
+                                                    [1, 0, 1],   # one dog called a cat, one missed
+                                                    [0, 1, 0]])  # one false dog
+
+
 def test_pr_curves_match_cocoeval(tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

@@ -15,7 +15,7 @@ from conftest import run_cli
 from cnnkit import Classifier
 from cnnkit.augment.presets import classify_transforms
 from cnnkit.engine.checkpoint import load_weights, save_weights
-from cnnkit.tasks.explain import gradcam, pick_layers, png_names, resolve_target, strongest_maps
+from cnnkit.tasks.explain import gradcam, pick_layers, resolve_target, strongest_maps
 
 IMGSZ = 16
 
@@ -214,7 +214,7 @@ def test_layer_choice_for_timm_and_torchvision_models():
     assert cam.shape == (2, 64, 64) and np.isfinite(cam).all()
 
 
-def test_strongest_maps_and_png_names():
+def test_strongest_maps():
     act = torch.zeros(6, 3, 3)
     act[4] += 5.0
     act[1] += 2.0
@@ -223,7 +223,6 @@ def test_strongest_maps_and_png_names():
     assert [(c, round(m, 3)) for c, m, _ in picked] == [(4, 5.0), (1, 2.0)]
     assert picked[0][2].shape == (3, 3)
     assert len(strongest_maps(act[:1], k=4)) == 1
-    assert png_names([Path("a/x.png"), Path("b/x.jpg"), Path("x-2.png")]) == ["x.png", "x-2.png", "x-2-2.png"]
 
 
 def test_help_lists_every_option(monkeypatch, capsys):

@@ -158,11 +158,22 @@ def test_torchvision_model(split, tmp_path, monkeypatch, capsys):
 
 
 def test_extract_features_and_save_npz_directly(split, model, tmp_path):
-    files = sorted(split.rglob("*.png"))
-    arrays = extract_features(model, files, [0] * len(files), classify_transforms(16, False), batch=4, workers=0,
-                              device=torch.device("cpu"), progress=False)
+    files = sorted(split.rglob("*.png"), reverse=True)  # dog/2 … cat/0: rows follow the order given, not the disk's
+    labels = [CLASSES.index(f.parent.name) for f in files]
+    transform = classify_transforms(16, False)
+    arrays = extract_features(model, files, labels, transform, batch=4, workers=0, device=torch.device("cpu"), progress=False)
+    # the features are what the classifier's last layer reads: that layer applied to each row gives the
+    # model's own logits for that image (batches of 4 and 2, so a row mixed up across batches shows)
+    with torch.no_grad():
+        logits = model(torch.stack([transform(load_image(f)) for f in files]))
+        from_features = model.get_classifier()(torch.from_numpy(arrays["features"]))
+    assert arrays["features"].shape == (6, model.num_features) and arrays["features"].dtype == np.float32
+    torch.testing.assert_close(from_features, logits, atol=1e-4, rtol=1e-4)
+    assert len({row.tobytes() for row in arrays["features"]}) == 6  # six different images, six different rows
+    assert list(arrays["files"]) == [str(f) for f in files] and arrays["labels"].tolist() == labels
     path = save_npz(tmp_path / "plain_name", arrays)  # no .npz suffix: written exactly where asked
     assert path.is_file() and not (tmp_path / "plain_name.npz").exists()
     with np.load(path) as data:
         assert sorted(data.files) == ["features", "files", "labels"]
         np.testing.assert_array_equal(data["features"], arrays["features"])
+        assert list(data["files"]) == [str(f) for f in files] and data["labels"].tolist() == labels

@@ -161,6 +161,50 @@ def test_perfect_masks_score_one_and_shifted_masks_less():
     assert worse["map"] < 0.9 and coco_evaluate(images, categories, shifted)["map"] == pytest.approx(1.0)  # boxes untouched
 
 
+def _square(rows: slice, cols: slice) -> np.ndarray:
+    mask = np.zeros((100, 100), np.uint8)
+    mask[rows, cols] = 1
+    return mask
+
+
+def test_mask_map_by_hand_and_by_pycocotools():
+    """Two true blobs; a confident false alarm, an exact mask, and a mask covering 72% of the second blob whose
+    box is exact: the masks and the boxes score apart, each as worked out by hand and as pycocotools says."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    first, second = _square(slice(10, 30), slice(10, 30)), _square(slice(40, 65), slice(40, 60))  # 400 and 500 pixels
+    image = DetectionImage(Path("m.png"), 7, 100, 100, np.array([[10.0, 10.0, 30.0, 30.0], [40.0, 40.0, 60.0, 65.0]]),
+                           np.array([3, 3]), segmentations=[encode(first), encode(second)])
+    short = _square(slice(40, 58), slice(40, 60))  # 360 of the second's 500 pixels: mask IoU 0.72
+    results = [{"image_id": 7, "category_id": 3, "score": 0.95, "bbox": [80.0, 80.0, 15.0, 15.0],
+                "segmentation": encode(_square(slice(80, 95), slice(80, 95)))},
+               {"image_id": 7, "category_id": 3, "score": 0.9, "bbox": [10.0, 10.0, 20.0, 20.0], "segmentation": encode(first)},
+               {"image_id": 7, "category_id": 3, "score": 0.8, "bbox": [40.0, 40.0, 20.0, 25.0], "segmentation": encode(short)}]
+    metrics = instance_metrics([image], [(3, "blob")], results)
+    # ranked false, true, true: precision 2/3 at every recall (COCO's interpolation), AP 2/3 where both count;
+    # from IoU 0.75 on the short mask is a false alarm: recall 1/2 at precision 1/2, so 51 of 101 recall
+    # points at 0.5. IoU 0.5 to 0.7 (5 thresholds) give 2/3, 0.75 to 0.95 (5) give 25.5/101.
+    low, high = 2 / 3, 0.5 * 51 / 101
+    assert metrics["mask_map50"] == pytest.approx(low) and metrics["mask_map75"] == pytest.approx(high)
+    assert metrics["mask_map"] == pytest.approx((5 * low + 5 * high) / 10)
+    assert metrics["box_map"] == pytest.approx(low) and metrics["box_map75"] == pytest.approx(low)  # every box is exact
+    assert metrics["per_class"]["blob"]["mask_ap"] == pytest.approx(metrics["mask_map"])
+
+    truth = COCO()
+    truth.dataset = {"images": [{"id": 1, "width": 100, "height": 100}], "categories": [{"id": 3, "name": "blob"}],
+                     "annotations": [{"id": k + 1, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": float(m.sum()),
+                                      "bbox": box, "segmentation": encode(m)}
+                                     for k, (m, box) in enumerate([(first, [10, 10, 20, 20]), (second, [40, 40, 20, 25])])]}
+    truth.createIndex()
+    evaluation = COCOeval(truth, truth.loadRes([{k: v for k, v in {**r, "image_id": 1}.items() if k != "bbox"}
+                                                for r in results]), "segm")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert [metrics["mask_map"], metrics["mask_map50"], metrics["mask_map75"]] == pytest.approx(list(evaluation.stats[:3]))
+
+
 def test_coco_results_paste_at_the_recorded_size():
     """An image recorded as 96 x 64 but loaded at 48 x 32: boxes and masks come back in the recorded frame."""
     images, categories = _truth()

@@ -191,8 +191,22 @@ def test_sliding_window_memory_is_bounded_by_the_window():
 def test_images_smaller_than_the_window_are_padded_and_cropped_back():
     from cnnkit.tasks.segment import sliding_window
 
-    probs = sliding_window(_Local().eval(), torch.randn(3, 40, 70), 64)
-    assert probs.shape == (3, 40, 70)
+    model = _Local().eval()
+    torch.manual_seed(1)
+    small, wide = torch.randn(3, 40, 50), torch.randn(3, 40, 70)
+    with torch.no_grad():
+        probs = sliding_window(model, small, 64)
+        direct = torch.softmax(model(small[None]), 1)[0]
+        wide_probs = sliding_window(model, wide, 64)
+        wide_direct = torch.softmax(model(wide[None]), 1)[0]
+    assert probs.shape == (3, 40, 50) and wide_probs.shape == (3, 40, 70)
+    assert model.seen[0] == (1, 3, 64, 64) and model.seen[2] == (2, 3, 64, 64)  # one window; two side by side
+    # zeros added below and right are what the convolutions' own zero padding sees at the image's edge, so the
+    # cropped-back window is the image's own segmentation, pixel for pixel (a crop from the wrong corner is not)
+    torch.testing.assert_close(probs, direct, atol=1e-5, rtol=1e-5)
+    # the same across two windows (at 0 and 6), away from the columns where one window ends
+    inner = (wide_probs - wide_direct).abs()
+    assert (inner < 1e-5).float().mean() > 0.97
 
 
 def test_resized_inference_returns_each_image_at_its_own_size():

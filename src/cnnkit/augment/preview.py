@@ -102,7 +102,7 @@ def preview_dataset(data: str, spec: AugmentSpec, out: str | Path, n: int = 16, 
     (images/SPLIT + masks/SPLIT), COCO (annotations/SPLIT.json) and YOLO (images/SPLIT + labels/SPLIT),
     whose masks and boxes are drawn and moved with the pixels."""
     from cnnkit.data.builtin import resolve_data
-    from cnnkit.data.images import load_image
+    from cnnkit.data.images import load_image, load_image_in_frame
     from cnnkit.data.imagefolder import load_imagefolder
     from cnnkit.errors import CnnkitError
 
@@ -115,7 +115,11 @@ def preview_dataset(data: str, spec: AugmentSpec, out: str | Path, n: int = 16, 
             raise CnnkitError(f"{root}: no annotated images in the {split!r} split")
         spec = dataclasses.replace(spec, mixup=0.0, cutmix=0.0)  # boxes and masks are not blended
         chosen = random.Random(seed).sample(dense, min(n, len(dense)))
-        samples = [(load_image(path), read_target()) for path, read_target in chosen]
+        samples = []
+        for path, read_target in chosen:
+            target = read_target()
+            frame = target.pop("frame", None)  # detection: the recorded size, whose picture the boxes were drawn on
+            samples.append((load_image_in_frame(path, *frame) if frame else load_image(path), target))
         return preview_grid(samples, spec, out, imgsz, seed, captions=[path.name for path, _ in chosen])
     dataset = load_imagefolder(root, seed=seed)
     if split not in dataset.splits:
@@ -144,5 +148,6 @@ def dense_samples(root: Path, split: str) -> list[tuple[Path, Callable[[], dict[
     data = load_detection(root)
     if split not in data.splits:
         raise CnnkitError(f"{root}: no {split!r} split", f"splits: {', '.join(data.splits)}")
-    return [(image.path, lambda image=image: {"boxes": image.boxes.astype(np.float32), "labels": image.labels})
+    return [(image.path, lambda image=image: {"boxes": image.boxes.astype(np.float32), "labels": image.labels,
+                                              "frame": (image.width, image.height)})
             for image in data.splits[split]]

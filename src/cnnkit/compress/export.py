@@ -283,16 +283,18 @@ def model_inputs(metadata: dict[str, Any], images: list) -> torch.Tensor:
 
     from cnnkit.augment.presets import classify_transforms
     from cnnkit.data.images import load_image
+    from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec
 
+    intensity = IntensitySpec.from_dict(metadata.get("intensity"), missing=BEFORE_RECORD)  # as the model reads files
     if is_detection_graph(metadata):
         from cnnkit.compress.detect_graph import letterbox, letterbox_options
 
-        pictures = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
+        pictures = [image if isinstance(image, Image.Image) else load_image(image, intensity) for image in images]
         size, (stretch, like_torchvision) = int(metadata["imgsz"]), letterbox_options(metadata)
         return torch.stack([letterbox(torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1),
                                       size, stretch, like_torchvision)[0] for p in pictures])
     transform = classify_transforms(int(metadata["imgsz"]), train=False, mean=tuple(metadata["mean"]), std=tuple(metadata["std"]))
-    return torch.stack([transform(image if isinstance(image, Image.Image) else load_image(image)) for image in images])
+    return torch.stack([transform(image if isinstance(image, Image.Image) else load_image(image, intensity)) for image in images])
 
 
 def data_images(data: str, task: str | None, limit: int, splits: tuple[str, ...] = ("val", "test", "train")) -> list[Path]:
@@ -300,6 +302,7 @@ def data_images(data: str, task: str | None, limit: int, splits: tuple[str, ...]
     masks, COCO/YOLO layouts: ROOT/SPLIT or ROOT/images/SPLIT), else of the whole folder."""
     from cnnkit.data.builtin import resolve_data
     from cnnkit.data.images import is_image_file
+    from cnnkit.data.sources import walk_files
 
     root = resolve_data(data, task)
     if not root.is_dir():
@@ -307,7 +310,7 @@ def data_images(data: str, task: str | None, limit: int, splits: tuple[str, ...]
     candidates = [folder for split in splits for folder in (root / split, root / "images" / split)]
     for folder in (*candidates, root / "images", root):
         if folder.is_dir():
-            files = sorted(p for p in folder.rglob("*") if is_image_file(p))
+            files = [p for p in walk_files(folder) if is_image_file(p)]
             if files:
                 step = max(1, len(files) // limit)
                 return files[::step][:limit]

@@ -308,8 +308,11 @@ def _train_qat(model: nn.Module, metadata: dict[str, Any], data: str, epochs: in
     # a short fine-tune from trained weights: small lr, light augmentation, no warm-up
     cfg = TrainConfig(data=data, model=metadata["model"], epochs=epochs, batch=batch, imgsz=imgsz, lr=lr, warmup_epochs=0.0,
                       workers=workers, out=str(run_dir), augment="none").validate()
-    train_set = ImageDataset(dataset.splits["train"], classify_transforms(imgsz, True, spec_from_config(cfg)))
-    val_set = ImageDataset(dataset.splits["val"], classify_transforms(imgsz, False))
+    from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec
+
+    intensity = IntensitySpec.from_dict(metadata.get("intensity"), missing=BEFORE_RECORD)  # as the model was trained
+    train_set = ImageDataset(dataset.splits["train"], classify_transforms(imgsz, True, spec_from_config(cfg)), intensity)
+    val_set = ImageDataset(dataset.splits["val"], classify_transforms(imgsz, False), intensity)
     prepared = prepare(model, metadata, "qat")
     with _fx_api():
         fit(ClassifyTask(dataset.classes), prepared, train_set, val_set, cfg, run_dir, {**metadata, "qat": True}, collate_skipping_none)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from cnnkit.engine.rundir import temp_dir
 
 BUILTIN = ("digits", "shapes", "cells")
 SHAPES = {"n": 1000, "imgsz": 320, "seed": 0}  # the detection benchmark's data: 800 train / 200 val
@@ -76,7 +77,7 @@ def materialise_digits(root: Path) -> Path:
     val, test = train_test_split(rest, test_size=0.5, stratify=digits.target[rest], random_state=DIGITS_SEED)
     root.parent.mkdir(parents=True, exist_ok=True)
     # build in a temporary sibling and rename: two processes (e.g. torchrun ranks) never see half a dataset
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    tmp = temp_dir(root.parent, root.name)
     try:
         for split, ids in (("train", train), ("val", val), ("test", test)):
             for i in ids:

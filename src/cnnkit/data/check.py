@@ -16,14 +16,16 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageFile
+from PIL import ImageFile
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from cnnkit.data.images import is_image_file
+from cnnkit.data.images import displayed_size, is_dicom_file, is_image_file, open_image
+from cnnkit.data.intensity import FEW_LEVELS, eight_bit_levels, few_levels_message
 from cnnkit.data.imagefolder import find_split_dirs, list_class_images
+from cnnkit.data.sources import walk_files
 from cnnkit.engine.rundir import write_json
 from cnnkit.errors import CnnkitError
 
@@ -75,24 +77,32 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} files/s" if speed else "? files/s", style="progress.data.speed")
 
 
-def _read(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
-    """(content hash, size, mode, error) for one file."""
+def _read(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None, tuple[int, int, int] | None]:
+    """(content hash, size, mode, error, 8-bit view of a 16-bit image: (levels, low, high)) for one file."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return None, None, None, f"cannot read file: {exc.strerror or exc}"
+        return None, None, None, f"cannot read file: {exc.strerror or exc}", None
     if not data:
-        return None, None, None, "empty file (0 bytes)"
+        return None, None, None, "empty file (0 bytes)", None
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        if is_dicom_file(path):  # read as the loader reads it (pydicom); the mode column says DICOM
+            from cnnkit.data.medical import read_intensity
+
+            height, width = read_intensity(path).pixels.shape[:2]
+            return digest, (width, height), "DICOM", None, None
+        with open_image(io.BytesIO(data), path) as image:  # over the pixel limit: the loader would skip it
+            size = displayed_size(image)  # as the loader turns it (EXIF orientation)
             image.load()
-            return digest, image.size, image.mode, None
+            return digest, size, image.mode, None, eight_bit_levels(image)
+    except CnnkitError as exc:
+        return digest, None, None, str(exc).removeprefix(f"{path}: "), None
     except Exception as exc:  # noqa: BLE001 - a checker reports every decoder failure, whatever its type
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "truncated" in reason.lower() or isinstance(exc, EOFError):
             reason = f"truncated image ({reason})"
-        return digest, None, None, f"cannot decode image: {reason}"
+        return digest, None, None, f"cannot decode image: {reason}", None
 
 
 def _stats(values: list[int]) -> dict:
@@ -135,8 +145,8 @@ def check_imagefolder(root: str | Path, progress: bool = True) -> CheckReport:
             class_dir = split_dir / name
             if not files:
                 report._add("error", class_dir, "empty class folder (no images); add images or remove the folder")
-            for other in sorted(class_dir.rglob("*")):
-                if other.is_file() and not other.name.startswith(".") and not is_image_file(other):
+            for other in walk_files(class_dir):
+                if not other.name.startswith(".") and not is_image_file(other):
                     report._add("warning", other, "not an image (the loader skips it); move it out of the folder")
 
     train_classes = list(per_split.get("train", {}))
@@ -171,6 +181,7 @@ def check_imagefolder(root: str | Path, progress: bool = True) -> CheckReport:
     widths: dict[str, list[int]] = defaultdict(list)
     heights: dict[str, list[int]] = defaultdict(list)
     modes: dict[str, dict[str, int]] = {split: {} for split in per_split}
+    few_levels: dict[str, list[tuple[Path, int, int, int]]] = defaultdict(list)  # 16-bit images with a narrow range
     saved_flag = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must be an error, not a grey half-image
     bar = _progress() if progress and jobs else None
@@ -179,7 +190,9 @@ def check_imagefolder(root: str | Path, progress: bool = True) -> CheckReport:
         if bar:
             bar.start()
         for split, path in jobs:
-            digest, size, mode, error = _read(path)
+            digest, size, mode, error, view = _read(path)
+            if view is not None and view[0] < FEW_LEVELS:
+                few_levels[split].append((path, *view))
             if digest:
                 by_hash[digest].append((split, path))
             if error:
@@ -196,6 +209,8 @@ def check_imagefolder(root: str | Path, progress: bool = True) -> CheckReport:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved_flag
 
     for split in per_split:
+        if few_levels[split]:
+            report._add("warning", split_dirs[split], few_levels_message(split, few_levels[split], len(widths[split])))
         report.modes[split] = dict(sorted(modes[split].items(), key=lambda kv: -kv[1]))
         report.sizes[split] = (
             {"width": _stats(widths[split]), "height": _stats(heights[split])} if widths[split] else {}
@@ -268,6 +283,10 @@ def print_report(report: CheckReport, console: Console | None = None) -> None:
         per_image = ", ".join(f"{split} {d['min']} / {d['median']:g} / {d['max']}"
                               for split, d in report.detection["objects_per_image"].items() if d)
         console.print(f"objects per image (min / median / max): {per_image or 'n/a'}")
+        ignored = ", ".join(f"{split} " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+                            for split, counts in report.detection.get("ignored", {}).items())
+        if ignored:
+            console.print(f"ignored objects (not in the counts, not trained on, neither hit nor miss in scoring): {ignored}")
 
     print_findings(report, f"{sum(totals)} {'boxes' if report.detection else 'images'}", console)
 

@@ -1,11 +1,13 @@
 """`cnnkit data check` for detection datasets (COCO, YOLO, VOC): boxes per class and split, objects
-per image, box sizes by COCO's small / medium / large areas, and findings: images without objects,
+per image, box sizes by COCO's small / medium / large areas, the ignored objects (VOC difficult, COCO
+crowd) per split, and findings: images without objects,
 zero-area and tiny boxes, duplicate boxes. Boxes outside the image are reported by the reader
 (clipped with a warning); a file the reader cannot use is one error finding naming it.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -32,10 +34,13 @@ def check_detection(root: str | Path, layout: str) -> CheckReport:
         report._add("error", root, exc.message)
         return report
     names = data.names
+    check_images(report, data)
     report.classes = [name for _, name in data.categories]
     box_sizes: dict[str, Counter] = {name: Counter() for name in report.classes}
     objects: dict[str, dict] = {}
+    ignored: dict[str, Counter] = {}
     for split, images in data.splits.items():
+        ignored[split] = Counter(obj.kind for image in images for obj in image.ignored)
         per_class = Counter()
         report.sizes[split] = {"width": _stats([im.width for im in images]), "height": _stats([im.height for im in images])}
         empty = 0
@@ -69,5 +74,52 @@ def check_detection(root: str | Path, layout: str) -> CheckReport:
             report.imbalance_ratio[split] = float("inf")
         objects[split] = _stats([len(image.boxes) for image in images])
     report.detection = {"boxes_by_size": {name: dict(sizes) for name, sizes in box_sizes.items()},
-                        "objects_per_image": objects, "box_counts": "boxes per class (not images)"}
+                        "objects_per_image": objects, "box_counts": "boxes per class (not images)",
+                        # VOC difficult objects and COCO crowd regions: not counted above, not trained on, and
+                        # ignored in scoring (neither a hit nor a miss), as their datasets' protocols say
+                        "ignored": {split: dict(counts) for split, counts in ignored.items() if counts}}
     return report
+
+
+def check_images(report: CheckReport, data) -> None:
+    """Open and decode every image once (the readers only read the annotations): an empty, text, truncated or
+    over-the-pixel-limit file would otherwise pass here and be skipped, or stop training, later; and compare
+    each recorded size with the picture (EXIF orientation applied) the boxes are drawn on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = list({image.path: image for split in data.splits.values() for image in split}.values())
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for image, findings in zip(images, pool.map(_inspect_image, images)):
+            for level, message in findings:
+                report._add(level, image.path, message)
+
+
+def _inspect_image(image) -> list[tuple[str, str]]:
+    """(level, message) findings of one DetectionImage's file; never raises."""
+    from cnnkit.data.images import displayed_size, open_image, orientation, recorded_frame, size_mismatch, stored_size
+
+    path = image.path
+    try:
+        if path.stat().st_size == 0:
+            return [("error", "empty file (0 bytes); re-export or remove the file")]
+        with open_image(path) as opened:
+            stored, displayed, turn = stored_size(opened), displayed_size(opened), orientation(opened)
+            opened.load()  # decodes it whole: a truncated file fails here, not in training
+    except CnnkitError as exc:  # over the pixel limit (--max-pixels)
+        return [("error", str(exc).removeprefix(f"{path}: "))]
+    except Exception as exc:  # noqa: BLE001 - a checker reports every decoder failure, whatever its type
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return [("error", f"cannot read image: {reason}; re-export or remove the file (training would skip it)")]
+    recorded = (image.width, image.height)
+    frame = recorded_frame(recorded, stored, displayed)
+    if frame == "mismatch":
+        return [("error", size_mismatch(path, recorded, stored, displayed).removeprefix(f"{path}: ")
+                 + "; its boxes cannot be placed (training skips it): record the size of the picture they were drawn on")]
+    if frame == "stored":
+        return [("warning", f"the annotation records {recorded[0]}x{recorded[1]}, the unturned size of a photo shown "
+                            f"{displayed[0]}x{displayed[1]} (EXIF orientation {turn}): its boxes are read as drawn on the "
+                            f"unturned picture; if they were drawn on the upright photo, record {displayed[0]}x{displayed[1]}")]
+    if frame == "scaled":
+        return [("warning", f"the annotation records {recorded[0]}x{recorded[1]} but the image is {displayed[0]}x{displayed[1]}: "
+                            f"its boxes are scaled by {displayed[0] / recorded[0]:.3g} into the file's pixels")]
+    return []

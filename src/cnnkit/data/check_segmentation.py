@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import ImageFile
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from cnnkit.data.check import CheckReport, _progress, _short, _stats, print_findings
+from cnnkit.data.images import displayed_size, open_image
+from cnnkit.data.intensity import FEW_LEVELS, eight_bit_levels, few_levels_message
 from cnnkit.data.segmentation import (MASK_IGNORE, MEDICAL_SUFFIXES, SPLITS, SegmentSample, image_size,
                                       is_segmentation_input, read_classes, read_mask, stem_of, suffix_of)
+from cnnkit.data.sources import walk_files
 from cnnkit.errors import CnnkitError
 
 NAMED_EXAMPLES = 3  # files named in a finding that stands for many
@@ -76,6 +79,7 @@ class _MaskFacts:
     mode: str | None = None
     image_size: tuple[int, int] | None = None
     colour_shape: tuple[int, int] | None = None  # (height, width) of a colour mask
+    view: tuple[int, int, int] | None = None  # a 16-bit image viewed as 8 bits: (grey levels, low, high)
     problems: list[tuple[str, Path, str]] = field(default_factory=list)  # (level, path, message)
 
 
@@ -98,11 +102,11 @@ def pair_masks(root: Path) -> dict[str, SplitFiles]:
 
 def _pair_folder(image_dir: Path, mask_dir: Path) -> SplitFiles:
     files = SplitFiles(image_dir, mask_dir, mask_dir_missing=not mask_dir.is_dir())
-    images = sorted(p for p in image_dir.rglob("*") if p.is_file() and is_segmentation_input(p)) if image_dir.is_dir() else []
+    images = [p for p in walk_files(image_dir) if is_segmentation_input(p)] if image_dir.is_dir() else []
     masks: dict[str, list[Path]] = {}
     if mask_dir.is_dir():
-        for path in mask_dir.rglob("*"):
-            if path.is_file() and is_segmentation_input(path):
+        for path in walk_files(mask_dir):
+            if is_segmentation_input(path):
                 masks.setdefault((path.parent.relative_to(mask_dir) / stem_of(path)).as_posix(), []).append(path)
     for image in images:
         found = masks.pop((image.parent.relative_to(image_dir) / stem_of(image)).as_posix(), None)
@@ -148,14 +152,17 @@ def _inspect(split: str, sample: SegmentSample) -> _MaskFacts:
         if suffix_of(sample.image) in MEDICAL_SUFFIXES:
             facts.image_size = image_size(sample)
         else:
-            with Image.open(sample.image) as image:
-                facts.image_size = image.size
+            with open_image(sample.image) as image:  # over the pixel limit: the loader would skip it
+                facts.image_size = displayed_size(image)  # as the loader turns it (EXIF orientation)
                 # PNG's verify reads every chunk and checks its CRC (a truncated or damaged file fails) at a twentieth
                 # of the cost of decoding; other formats are decoded whole, so a truncated JPEG shows here, not in training
-                if image.format == "PNG":
+                if image.format == "PNG" and not image.mode.startswith("I"):
                     image.verify()
                 else:
                     image.load()
+                    facts.view = eight_bit_levels(image)  # 16-bit: does an 8-bit view keep its range?
+    except CnnkitError as exc:
+        facts.problems.append(("error", sample.image, str(exc).removeprefix(f"{sample.image}: ")))
     except Exception as exc:  # noqa: BLE001 - a checker reports every decoder failure, whatever its type
         facts.problems.append(("error", sample.image,
                                f"cannot read image{where}: {_one_line(exc)}; re-export or remove the file"))
@@ -183,7 +190,7 @@ def _read_mask_or_colours(sample: SegmentSample, facts: _MaskFacts) -> np.ndarra
     if suffix_of(sample.mask) in MEDICAL_SUFFIXES:
         facts.mode = "volume" if sample.slice_index is not None else suffix_of(sample.mask).lstrip(".")
         return read_mask(sample)
-    with Image.open(sample.mask) as image:
+    with open_image(sample.mask) as image:
         image.load()
         facts.mode = image.mode
         if image.mode not in COLOUR_MODES:
@@ -389,6 +396,9 @@ def _statistics(report: SegmentationReport, root: Path, splits: dict[str, SplitF
         sizes = [f.image_size for f in by_split[split] if f.image_size is not None]
         report.sizes[split] = {"width": _stats([w for w, _ in sizes]), "height": _stats([h for _, h in sizes])} if sizes else {}
         report.modes[split] = dict(Counter(f.mode for f in by_split[split] if f.mode).most_common())
+        narrow = [(f.sample.image, *f.view) for f in by_split[split] if f.view is not None and f.view[0] < FEW_LEVELS]
+        if narrow:
+            report._add("warning", files.image_dir, few_levels_message(split, narrow, len(sizes)))
         if empty:
             report._add("warning", files.mask_dir, f"{len(empty)} of {len(indexed)} {split} masks are all background or ignore "
                                                    f"({_named([f.sample.mask for f in empty], root)}); fine as negatives, "

@@ -4,7 +4,8 @@
     cnnkit data convert voc_rgb/ --to masks --palette voc --out seg/  # colour masks -> index masks
     cnnkit data convert rgb/ --to masks --palette colours.txt --out seg/
 
-From COCO instances (``annotations/SPLIT.json``, polygons, uncompressed or compressed RLE): every
+From COCO instances (``annotations/SPLIT.json`` or another tool's COCO files, polygons, uncompressed or
+compressed RLE; or a YOLO segmentation dataset's polygon rows, class k -> category id k): every
 image gets ``masks/SPLIT/NAME.png`` with 0 = background and category k (in ascending category id
 order) = k + 1; crowd regions are 255 (ignore), instances are painted from the largest to the
 smallest so that a small object on a large one stays visible; ``classes.txt`` (background first) and
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,8 +32,9 @@ import numpy as np
 from PIL import Image
 
 from cnnkit.console import warn
+from cnnkit.data.images import open_image
 from cnnkit.data.segmentation import MASK_IGNORE, MEDICAL_SUFFIXES, SegmentSample, is_segmentation_layout, stem_of, suffix_of
-from cnnkit.engine.rundir import copy_file, write_json, write_text
+from cnnkit.engine.rundir import copy_file, temp_dir, write_json, write_text
 from cnnkit.errors import CnnkitError
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -68,7 +69,7 @@ class Palette:
 class MasksConversion:
     """What a conversion wrote (the CLI's summary line)."""
 
-    source_layout: str  # "coco" or "masks"
+    source_layout: str  # "coco", "yolo" (segmentation rows) or "masks"
     out: Path
     classes: list[str]
     images: dict[str, int]  # per split
@@ -179,18 +180,20 @@ def convert_to_masks(source: str | Path, out: str | Path, palette: str | Path | 
                           "pass a COCO instances dataset or a folder with images/ and masks/")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CnnkitError(f"{out}: exists and is not empty", "choose a new --out folder")
-    is_coco, is_masks = detect_layout(source) == "coco", is_segmentation_layout(source)
+    layout = detect_layout(source)
+    is_coco, is_masks = layout in ("coco", "yolo"), is_segmentation_layout(source)  # YOLO: segmentation rows
     if palette is not None and not is_masks:
         raise CnnkitError(f"{source}: --palette maps the colours of masks/, and there is no images/ + masks/ here",
                           "drop --palette to convert COCO instances" if is_coco else "pass a folder with images/ and masks/")
     if not (is_coco or is_masks):
-        raise CnnkitError(f"{source}: neither COCO instances (annotations/SPLIT.json) nor a masks layout (images/ + masks/)")
+        raise CnnkitError(f"{source}: neither COCO instances (annotations/SPLIT.json), a YOLO segmentation data.yaml nor a "
+                          "masks layout (images/ + masks/)")
     chosen = read_palette(palette) if palette is not None else None  # a bad palette fails before any work
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = temp_dir(out.parent, out.name)
     try:
         if is_coco and chosen is None:
-            result = _from_coco(source, tmp, copy, progress)
+            result = _from_coco(source, tmp, copy, progress, layout)
         else:
             result = _from_masks(source, tmp, chosen, unknown, copy, progress)
         _swap_in(tmp, out)
@@ -228,14 +231,14 @@ class _CocoImage:
     annotations: list[dict] = field(default_factory=list)
 
 
-def _read_coco_instances(root: Path, split: str, file: Path, categories: dict[int, str]) -> list[_CocoImage]:
+def _read_coco_instances(root: Path, subset: str, file: Path, categories: dict[int, str]) -> list[_CocoImage]:
     from cnnkit.data.detection import _coco_image_path, _image_size, read_coco_file
 
     coco, known = read_coco_file(file, categories)
     try:
         images: dict = {}
         for img in coco["images"]:
-            path = _coco_image_path(root, split, str(img["file_name"]), file)
+            path = _coco_image_path(root, subset, str(img["file_name"]), file)
             has_size = img.get("width") and img.get("height")
             width, height = (int(img["width"]), int(img["height"])) if has_size else _image_size(path)
             if img["id"] in images:
@@ -306,12 +309,33 @@ def paint_instances(image: _CocoImage, class_of: dict[int, int]) -> tuple[np.nda
     return mask, len(instances), len(crowds), skipped
 
 
-def _from_coco(root: Path, tmp: Path, copy: bool, progress: bool) -> MasksConversion:
-    from cnnkit.data.detection import SPLITS, DetectionImage, _namer, _Placer
+def _yolo_instances(root: Path) -> tuple[dict[str, list[_CocoImage]], dict[int, str]]:
+    """A YOLO segmentation dataset's objects as COCO annotations (the reader turns polygon rows into COCO
+    polygons in pixels; a box row has no segmentation and is left out like a COCO box without one)."""
+    from cnnkit.data.detection import load_detection
+
+    data = load_detection(root)
+    splits: dict[str, list[_CocoImage]] = {}
+    for split, images in data.splits.items():
+        splits[split] = []
+        for image in images:
+            segmentations = image.segmentations or [None] * len(image.labels)
+            annotations = [{"category_id": int(label), "iscrowd": 0, "segmentation": segmentation,
+                            "_place": f"{image.path}: object {k + 1}"}
+                           for k, (label, segmentation) in enumerate(zip(image.labels.tolist(), segmentations))]
+            splits[split].append(_CocoImage(image.path, image.image_id, image.width, image.height, annotations))
+    return splits, dict(data.categories)
+
+
+def _from_coco(root: Path, tmp: Path, copy: bool, progress: bool, layout: str = "coco") -> MasksConversion:
+    from cnnkit.data.detection import DetectionImage, _namer, _Placer, coco_files
 
     categories: dict[int, str] = {}
-    splits = {split: _read_coco_instances(root, split, root / "annotations" / f"{split}.json", categories)
-              for split in SPLITS if (root / "annotations" / f"{split}.json").is_file()}
+    if layout == "yolo":
+        splits, categories = _yolo_instances(root)
+    else:
+        splits = {split: _read_coco_instances(root, subset, file, categories)
+                  for split, (file, subset) in coco_files(root).items()}
     if not any(splits.values()):
         raise CnnkitError(f"{root}: COCO dataset without images")
     if len(categories) >= MASK_IGNORE:
@@ -344,12 +368,12 @@ def _from_coco(root: Path, tmp: Path, copy: bool, progress: bool) -> MasksConver
     if skipped:
         if not painted and not crowd:
             raise CnnkitError(f"{root}: no annotation has a segmentation (boxes alone make no mask)",
-                              "segmentation masks need COCO polygons or RLE in 'segmentation'")
+                              "segmentation masks need COCO polygons or RLE in 'segmentation', or YOLO polygon rows")
         warn(f"{root}: {skipped} annotations without a usable segmentation left out (boxes alone make no mask)")
     write_text(tmp / "classes.txt", "".join(f"{name}\n" for name in classes))
     write_json(tmp / "categories.json", {str(class_of[i]): i for i in ids})
     images = {split: len(images) for split, images in splits.items()}
-    return MasksConversion("coco", tmp, classes, images, objects=painted, crowd=crowd)
+    return MasksConversion(layout, tmp, classes, images, objects=painted, crowd=crowd)
 
 
 # ---------------------------------------------------------------------------------------- colour masks
@@ -411,7 +435,7 @@ def _index_mask(pair: SegmentSample, palette: Palette | None, lookup: dict[int, 
     """(HxW uint8 indices, unknown colours -> pixels, whether the palette mapped it) for one mask file."""
     path = pair.mask
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:  # over the pixel limit: a CnnkitError naming the file
             image.load()
             mode = image.mode
             colour = mode not in INDEX_MODES or (mode == "P" and palette is not None)

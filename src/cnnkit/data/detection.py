@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image
 
 from cnnkit.console import warn
-from cnnkit.data.images import is_image_file
+from cnnkit.data.images import displayed_size, is_image_file, open_image
+from cnnkit.data.sources import walk_files
 from cnnkit.engine.rundir import copy_file, write_json, write_text
 from cnnkit.errors import CnnkitError
 
@@ -32,9 +32,22 @@ _TOLERANCE = 0.01  # pixels: rounding in normalised YOLO floats is not "out of t
 
 
 @dataclass
+class IgnoredObject:
+    """An object neither trained on nor counted in scoring, as its dataset's protocol says: a COCO crowd
+    region (``iscrowd`` 1, kind "crowd") or a Pascal VOC ``difficult`` object (kind "difficult"). Scoring
+    gives it to COCOeval as iscrowd=1, COCO's ignore flag: a detection on it is neither true nor false."""
+
+    box: tuple[float, float, float, float]  # xyxy pixels, clipped to the image
+    label: int  # the dataset's own category id
+    kind: str  # "crowd" or "difficult"
+    segmentation: list | dict | None = None  # COCO polygons / RLE as the file has them
+
+
+@dataclass
 class DetectionImage:
     """One image and its boxes: ``boxes`` [N, 4] float64 xyxy pixels (0-based, x2/y2 exclusive edges),
-    ``labels`` [N] int64 = the dataset's own category ids. N = 0 is a negative image."""
+    ``labels`` [N] int64 = the dataset's own category ids. N = 0 is a negative image. ``ignored`` holds
+    the crowd regions and VOC difficult objects, apart from ``boxes`` so that training never sees them."""
 
     path: Path
     image_id: int | str
@@ -42,10 +55,11 @@ class DetectionImage:
     height: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    crowd: int = 0  # COCO iscrowd annotations left out of boxes
+    crowd: int = 0  # COCO iscrowd annotations left out of boxes (kept in ``ignored``)
     # COCO ``segmentation`` of each box, in the same order (polygon lists or RLE dicts, as the file has
     # them; None for a box whose annotation has none); None when the dataset has no segmentation at all
     segmentations: list | None = None
+    ignored: list[IgnoredObject] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +68,7 @@ class DetectionData:
     layout: str
     categories: list[tuple[int, str]]  # (id, name) in dataset order
     splits: dict[str, list[DetectionImage]]
+    sources: dict[str, Path] = field(default_factory=dict)  # split -> the annotation file it came from (COCO)
 
     @property
     def classes(self) -> list[str]:
@@ -74,13 +89,86 @@ def detect_layout(root: str | Path) -> str | None:
     root = Path(root)
     if root.is_file() and root.suffix in (".yaml", ".yml"):
         return "yolo"
-    if any((root / "annotations" / f"{split}.json").is_file() for split in SPLITS):
+    if coco_files(root):
         return "coco"
     if (root / "data.yaml").is_file() or (root / "data.yml").is_file():
         return "yolo"
     if (root / "Annotations").is_dir():
         return "voc"
     return None
+
+
+# the split a tool's subset name stands for (CVAT's one subset is "default"; Roboflow's val is "valid")
+_SUBSET_SPLITS = {"train": "train", "training": "train", "default": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+_SNIFF_BYTES = 1 << 20
+
+
+def coco_files(root: str | Path) -> dict[str, tuple[Path, str]]:
+    """split -> (annotation file, the subset name its tool gave it) for the COCO layouts tools write, in
+    train, val, test order; {} when ROOT holds none. The first kind found wins:
+
+    - cnnkit's annotations/{train,val,test}.json;
+    - annotations/instances_SUBSET.json (COCO's own instances_train2017.json, CVAT's instances_default.json,
+      Datumaro and MMDetection; person_keypoints_* and captions_* files beside them are not instances);
+    - Roboflow's {train,valid,test}/_annotations.coco.json;
+    - any other annotations/*.json, then ROOT/*.json (Label Studio's result.json), holding COCO's lists.
+    The split is read from the subset name (train2017 -> train, valid -> val, default -> train); one
+    file whose name tells no split is the train split (val is then cut from it, as for any COCO set)."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    found = {split: (root / "annotations" / f"{split}.json", split) for split in SPLITS
+             if (root / "annotations" / f"{split}.json").is_file()}
+    if found:
+        return found
+    folder = root / "annotations"
+    files = sorted(folder.glob("instances_*.json")) if folder.is_dir() else []
+    if files:
+        return _coco_splits([(f, f.stem[len("instances_"):]) for f in files], root)
+    files = [(child / "_annotations.coco.json", child.name) for child in sorted(root.iterdir())
+             if child.is_dir() and (child / "_annotations.coco.json").is_file()]
+    if files:
+        return _coco_splits(files, root)
+    for folder in (root / "annotations", root):
+        files = [(f, f.stem) for f in sorted(folder.glob("*.json")) if _looks_like_coco(f)] if folder.is_dir() else []
+        if files:
+            return _coco_splits(files, root)
+    return {}
+
+
+def _coco_splits(files: list[tuple[Path, str]], root: Path) -> dict[str, tuple[Path, str]]:
+    import re
+
+    by_split: dict[str, tuple[Path, str]] = {}
+    unnamed = []
+    for file, subset in files:
+        words = [word.rstrip("0123456789") for word in re.split(r"[^a-z0-9]+", subset.lower())]
+        split = next((_SUBSET_SPLITS[w] for w in words if w in _SUBSET_SPLITS), None)
+        if split is None:
+            unnamed.append(file)
+        elif split in by_split:
+            raise CnnkitError(f"{root}: two COCO annotation files for the {split} split: {by_split[split][0].name} and "
+                              f"{file.name}", "keep one, or move the other out of the dataset folder")
+        else:
+            by_split[split] = (file, subset)
+    if unnamed and (by_split or len(unnamed) > 1):
+        raise CnnkitError(f"{root}: cannot tell which split the COCO file {unnamed[0].name} is",
+                          "name annotation files by split: train.json, val.json, test.json (or instances_train.json, …)")
+    if unnamed:
+        by_split["train"] = (unnamed[0], unnamed[0].stem)
+    return {split: by_split[split] for split in SPLITS if split in by_split}
+
+
+def _looks_like_coco(file: Path) -> bool:
+    """A JSON object with COCO's "images" and "annotations" lists, judged from the start of the file (a
+    COCO file can be hundreds of MB; the reader checks the whole of it)."""
+    try:
+        with open(file, "rb") as stream:
+            head = stream.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and b'"images"' in head and (b'"annotations"' in head or b'"file_name"' in head)
 
 
 def load_detection(root: str | Path, strict: bool = False) -> DetectionData:
@@ -90,7 +178,8 @@ def load_detection(root: str | Path, strict: bool = False) -> DetectionData:
     layout = detect_layout(root)
     if layout is None:
         raise CnnkitError(f"{root}: not a detection dataset",
-                          "expected COCO annotations/train.json, YOLO data.yaml or VOC Annotations/")
+                          "expected COCO annotations/train.json (or instances_*.json, _annotations.coco.json), "
+                          "YOLO data.yaml or VOC Annotations/")
     data = {"coco": read_coco, "yolo": read_yolo, "voc": read_voc}[layout](root, strict=strict)
     if not any(data.splits.values()):
         raise CnnkitError(f"{root}: {layout} dataset without images")
@@ -129,10 +218,11 @@ def _finish_boxes(rows: list[tuple[float, float, float, float]], labels: list[in
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as the image is shown and loaded (a photo's EXIF orientation applied), from the header."""
     try:
-        with Image.open(path) as image:  # reads the header only
-            return image.size
-    except (OSError, ValueError) as exc:
+        with open_image(path, check_limit=False) as image:  # reads the header only
+            return displayed_size(image)
+    except (OSError, ValueError, SyntaxError) as exc:
         raise CnnkitError(f"{path}: unreadable image ({exc})") from None
 
 
@@ -145,17 +235,22 @@ def _number(value, place: str) -> float:
 
 def read_coco(root: Path, strict: bool = False) -> DetectionData:
     categories: dict[int, str] = {}
+    groups: set[str] = set()
     splits: dict[str, list[DetectionImage]] = {}
-    for split in SPLITS:
-        file = root / "annotations" / f"{split}.json"
-        if file.is_file():
-            splits[split] = _read_coco_split(root, split, file, categories, strict)
-    return DetectionData(root, "coco", list(categories.items()), splits)
+    files = coco_files(root)
+    for split, (file, subset) in files.items():
+        splits[split] = _read_coco_split(root, subset, file, categories, strict, groups)
+    # Roboflow lists its project as category 0, the supercategory of the real ones, with no annotation:
+    # a group, not a class to learn (a class with no box would also skew training and scoring)
+    used = {int(v) for images in splits.values() for image in images
+            for v in [*image.labels.tolist(), *(obj.label for obj in image.ignored)]}
+    kept = [(cat_id, name) for cat_id, name in categories.items() if cat_id in used or name not in groups]
+    return DetectionData(root, "coco", kept, splits, {split: file for split, (file, _) in files.items()})
 
 
-def read_coco_file(file: Path, categories: dict[int, str]) -> tuple[dict, set[int]]:
+def read_coco_file(file: Path, categories: dict[int, str], groups: set[str] | None = None) -> tuple[dict, set[int]]:
     """A COCO annotation file's JSON, its categories merged into ``categories`` (an id must keep its name
-    across splits), and the set of category ids it declares."""
+    across splits), and the set of category ids it declares; ``groups`` collects the supercategory names."""
     try:
         coco = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -169,17 +264,21 @@ def read_coco_file(file: Path, categories: dict[int, str]) -> tuple[dict, set[in
             cat_id, name = int(cat["id"]), str(cat["name"])
             if categories.setdefault(cat_id, name) != name:
                 raise CnnkitError(f"{file}: category id {cat_id} is '{name}' here but '{categories[cat_id]}' in another split")
+            if groups is not None and isinstance(cat, dict) and cat.get("supercategory"):
+                groups.add(str(cat["supercategory"]))
         return coco, {int(cat["id"]) for cat in coco["categories"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise CnnkitError(f"{file}: a category lacks a valid 'id' or 'name' ({exc})") from None
 
 
-def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, str], strict: bool) -> list[DetectionImage]:
-    coco, known = read_coco_file(file, categories)
+def _read_coco_split(root: Path, subset: str, file: Path, categories: dict[int, str], strict: bool,
+                     groups: set[str] | None = None) -> list[DetectionImage]:
+    coco, known = read_coco_file(file, categories, groups)
+    crowds: dict = {}
     try:
         entries = {}
         for img in coco["images"]:
-            path = _coco_image_path(root, split, str(img["file_name"]), file)
+            path = _coco_image_path(root, subset, str(img["file_name"]), file)
             has_size = img.get("width") and img.get("height")
             width, height = (int(img["width"]), int(img["height"])) if has_size else _image_size(path)
             entries[img["id"]] = (path, width, height)
@@ -196,6 +295,7 @@ def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, s
             rows, labels, where, crowd, segmentations = found[ann["image_id"]]
             if ann.get("iscrowd"):
                 found[ann["image_id"]] = (rows, labels, where, crowd + 1, segmentations)
+                crowds.setdefault(ann["image_id"], []).append(ann)
                 continue
             bbox = ann.get("bbox")
             if not isinstance(bbox, list) or len(bbox) != 4:
@@ -212,16 +312,50 @@ def _read_coco_split(root: Path, split: str, file: Path, categories: dict[int, s
     for image_id, (path, width, height) in entries.items():
         rows, labels, where, crowd, segmentations = found[image_id]
         boxes, labels_, kept = _finish_boxes(rows, labels, where, width, height, f"{file} (image id {image_id})", strict)
+        ignored = [_ignored(_crowd_box(ann), int(ann["category_id"]), "crowd", width, height, ann.get("segmentation") or None)
+                   for ann in crowds.get(image_id, [])]
         images.append(DetectionImage(path, image_id, width, height, boxes, labels_, crowd,
-                                     [segmentations[k] for k in kept] if with_segmentation else None))
+                                     [segmentations[k] for k in kept] if with_segmentation else None,
+                                     [obj for obj in ignored if obj is not None]))
     return images
 
 
-def _coco_image_path(root: Path, split: str, file_name: str, annotations: Path) -> Path:
-    for candidate in (root / "images" / file_name, root / "images" / split / file_name):
+def _crowd_box(ann: dict) -> tuple[float, float, float, float] | None:
+    """A crowd annotation's xyxy box, or None when its bbox is unusable (crowd regions were never
+    checked as strictly as objects: they are only ever ignored)."""
+    try:
+        x, y, w, h = (float(v) for v in ann.get("bbox"))
+    except (TypeError, ValueError):
+        return None
+    return (x, y, x + w, y + h) if np.isfinite([x, y, w, h]).all() and w >= 0 and h >= 0 else None
+
+
+def _ignored(box, label: int, kind: str, width: int, height: int, segmentation=None) -> IgnoredObject | None:
+    """An ignore region clipped to the image without a warning (it is never trained on); None when its
+    box is unusable or wholly outside."""
+    if box is None or not np.isfinite(box).all() or box[2] < box[0] or box[3] < box[1]:
+        return None
+    x1, x2 = (min(max(float(v), 0.0), float(width)) for v in box[0::2])
+    y1, y2 = (min(max(float(v), 0.0), float(height)) for v in box[1::2])
+    if (x2 - x1) * (y2 - y1) <= 0 < (box[2] - box[0]) * (box[3] - box[1]):  # an area, all of it outside
+        return None
+    return IgnoredObject((x1, y1, x2, y2), int(label), kind, segmentation)
+
+
+def _coco_image_path(root: Path, subset: str, file_name: str, annotations: Path) -> Path:
+    """Where a COCO ``file_name`` lies: tools write it relative to different folders. Tried in order: the
+    images folder (COCO, CVAT, cnnkit's 'SPLIT/NAME'), images/SUBSET (Datumaro), SUBSET (COCO's own
+    train2017/, MMDetection), the annotation file's folder (Roboflow), the dataset root (Label Studio's
+    'images/NAME'); then, for a server path such as Label Studio's 'images/../../media/upload/4/NAME' or
+    '/data/upload/1/NAME', the bare file name in those folders. Backslashes count as folder separators."""
+    name = file_name.replace("\\", "/")
+    folders = list(dict.fromkeys([root / "images", root / "images" / subset, root / subset, annotations.parent, root]))
+    for candidate in [folder / name for folder in folders] + [folder / Path(name).name for folder in folders]:
         if candidate.is_file():
             return candidate
-    raise CnnkitError(f"{annotations}: image '{file_name}' not found under {root / 'images'} or {root / 'images' / split}")
+    tried = ", ".join(str(folder) for folder in folders)
+    raise CnnkitError(f"{annotations}: image file_name '{file_name}' not found (looked relative to {tried})",
+                      "file_name is read relative to the images folder or the dataset root")
 
 
 def read_yolo(root: Path, strict: bool = False) -> DetectionData:
@@ -246,29 +380,58 @@ def read_yolo(root: Path, strict: bool = False) -> DetectionData:
     ids = spec.get("cnnkit_category_ids") or list(range(len(names)))
     if len(ids) != len(names):
         raise CnnkitError(f"{file}: cnnkit_category_ids has {len(ids)} ids for {len(names)} names")
-    base = Path(spec.get("path") or ".")
-    base = base if base.is_absolute() else file.parent / base
+    base = _yolo_base(spec.get("path"), file)
+    keypoints = bool(spec.get("kpt_shape"))  # a pose dataset: 'class cx cy w h' then the keypoints
     splits = {}
     for split in SPLITS:
         if spec.get(split):
             sources = spec[split] if isinstance(spec[split], list) else [spec[split]]
-            images = [_read_yolo_image(path, ids, file, strict) for path in _yolo_images(base, sources, file)]
+            images = [_read_yolo_image(path, ids, file, strict, keypoints) for path in _yolo_images(base, sources, file)]
             splits[split] = images
     if not splits:
         raise CnnkitError(f"{file}: no split paths", "add e.g. 'train: images/train' and 'val: images/val'")
+    if any(image.segmentations is not None for images in splits.values() for image in images):
+        # a segmentation dataset: every image carries a list (None for an object given as a box)
+        for images in splits.values():
+            for image in images:
+                if image.segmentations is None:
+                    image.segmentations = [None] * len(image.boxes)
     return DetectionData(file.parent, "yolo", [(int(i), str(n)) for i, n in zip(ids, names)], splits)
+
+
+def _yolo_base(path, file: Path) -> Path:
+    """The folder split paths are relative to: data.yaml's ``path`` (absolute; relative to the yaml's
+    folder, else to the working directory), or the yaml's folder when there is none."""
+    if not path:
+        return file.parent
+    path = Path(str(path)).expanduser()
+    if path.is_absolute():
+        return path
+    return file.parent / path if (file.parent / path).is_dir() or not path.is_dir() else path
+
+
+def _yolo_split_path(base: Path, source: str) -> Path:
+    """A split path as Ultralytics resolves it: relative to the base folder; when that does not exist
+    and the path starts with '../', the same without it (Roboflow's data.yaml sits in the dataset root
+    and says 'train: ../train/images' for ROOT/train/images)."""
+    path = base / source
+    if not path.exists() and source.replace("\\", "/").startswith("../"):
+        path = base / source[3:]
+    return path
 
 
 def _yolo_images(base: Path, sources: Iterable, file: Path) -> list[Path]:
     paths: list[Path] = []
     for source in sources:
-        source = base / str(source)
+        source = _yolo_split_path(base, str(source))
         if source.is_dir():
-            paths += sorted(p for p in source.rglob("*") if is_image_file(p))
+            paths += [p for p in walk_files(source) if is_image_file(p)]
         elif source.is_file() and source.suffix == ".txt":  # a list of image paths
             for number, line in enumerate(source.read_text().splitlines(), 1):
                 if line.strip():
-                    path = base / line.strip()
+                    # './x.jpg' is relative to the list's folder (as in Ultralytics), other paths to the base
+                    line = line.strip()
+                    path = source.parent / line if line.startswith("./") and (source.parent / line).is_file() else base / line
                     if not path.is_file():
                         raise CnnkitError(f"{source}:{number}: image {path} not found")
                     paths.append(path)
@@ -286,32 +449,46 @@ def _yolo_label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _read_yolo_image(path: Path, ids: list, data_yaml: Path, strict: bool) -> DetectionImage:
+def _read_yolo_image(path: Path, ids: list, data_yaml: Path, strict: bool, keypoints: bool = False) -> DetectionImage:
+    """One image's label rows: boxes 'class cx cy w h' (a pose dataset's keypoints after them are left
+    out), or Ultralytics' segmentation rows 'class x1 y1 x2 y2 … xn yn', a normalised polygon: its box
+    is the polygon's extent and the polygon, in pixels, the object's COCO segmentation."""
     width, height = _image_size(path)
     label_file = _yolo_label_path(path)
-    rows, labels, where = [], [], []
+    rows, labels, where, polygons = [], [], [], []
     if label_file.is_file():  # no label file: a negative image, as in YOLO
         for number, line in enumerate(label_file.read_text().splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
             place = f"{label_file}:{number}"
-            if len(fields) != 5:
-                raise CnnkitError(f"{place}: expected 5 fields 'class cx cy w h', got {len(fields)}")
+            polygon = not keypoints and len(fields) >= 7 and len(fields) % 2 == 1
+            if len(fields) != 5 and not polygon and not (keypoints and len(fields) > 5):
+                raise CnnkitError(f"{place}: expected 5 fields 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 …' "
+                                  f"(an odd number, at least 7), got {len(fields)}")
             try:
-                value, cx, cy, w, h = (float(v) for v in fields)
+                values = [float(v) for v in fields]
             except ValueError:
                 raise CnnkitError(f"{place}: not numbers: {line.strip()!r}") from None
-            cls = int(value) if value.is_integer() else -1
+            cls = int(values[0]) if values[0].is_integer() else -1
             if not 0 <= cls < len(ids):
                 raise CnnkitError(f"{place}: class {fields[0]} not in names of {data_yaml} (0..{len(ids) - 1})")
-            if w < 0 or h < 0:
-                raise CnnkitError(f"{place}: negative box width or height")
-            rows.append(((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
+            if polygon:
+                xs, ys = np.asarray(values[1::2]) * width, np.asarray(values[2::2]) * height
+                rows.append((xs.min(), ys.min(), xs.max(), ys.max()))
+                inside = np.stack([xs.clip(0, width), ys.clip(0, height)], axis=1)  # the box is clipped likewise
+                polygons.append([[round(float(v), 4) for v in inside.ravel()]])
+            else:
+                cx, cy, w, h = values[1:5]
+                if w < 0 or h < 0:
+                    raise CnnkitError(f"{place}: negative box width or height")
+                rows.append(((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
+                polygons.append(None)
             labels.append(int(ids[cls]))
             where.append(place)
-    boxes, labels_, _ = _finish_boxes(rows, labels, where, width, height, str(label_file), strict)
-    return DetectionImage(path, path.stem, width, height, boxes, labels_)
+    boxes, labels_, kept = _finish_boxes(rows, labels, where, width, height, str(label_file), strict)
+    segmentations = [polygons[k] for k in kept] if any(p is not None for p in polygons) else None
+    return DetectionImage(path, path.stem, width, height, boxes, labels_, segmentations=segmentations)
 
 
 def read_voc(root: Path, strict: bool = False) -> DetectionData:
@@ -335,12 +512,16 @@ def read_voc(root: Path, strict: bool = False) -> DetectionData:
                 raise CnnkitError(f"{file}: image {path} not found")
             if not (width and height):
                 width, height = _image_size(path)
-            for name, _, place in objects:
+            for name, _, place, _ in objects:
                 if name not in by_name:
                     raise CnnkitError(f"{place}: class '{name}' not in the class list of {root}")
-            boxes, labels, _ = _finish_boxes([row for _, row, _ in objects], [by_name[n] for n, _, _ in objects],
-                                          [place for _, _, place in objects], width, height, str(file), strict)
-            images.append(DetectionImage(path, stem, width, height, boxes, labels))
+            # difficult objects are ignored by the VOC protocol: kept apart, never trained on or scored
+            easy = [obj for obj in objects if not obj[3]]
+            ignored = [_ignored(row, by_name[name], "difficult", width, height) for name, row, _, hard in objects if hard]
+            boxes, labels, _ = _finish_boxes([row for _, row, _, _ in easy], [by_name[n] for n, _, _, _ in easy],
+                                             [place for _, _, place, _ in easy], width, height, str(file), strict)
+            images.append(DetectionImage(path, stem, width, height, boxes, labels,
+                                         ignored=[obj for obj in ignored if obj is not None]))
         splits[split] = images
     return DetectionData(root, "voc", categories, splits)
 
@@ -363,7 +544,7 @@ def _voc_categories(root: Path, parsed: dict) -> list[tuple[int, str]]:
 
 
 def _parse_voc(file: Path) -> tuple[str | None, int, int, list]:
-    """-> (filename, width, height, [(name, xyxy 0-based, place)]); VOC pixels are 1-based inclusive."""
+    """-> (filename, width, height, [(name, xyxy 0-based, place, difficult)]); VOC pixels are 1-based inclusive."""
     try:
         tree = ET.parse(file).getroot()
     except ET.ParseError as exc:
@@ -380,7 +561,8 @@ def _parse_voc(file: Path) -> tuple[str | None, int, int, list]:
         if box is None or not name:
             raise CnnkitError(f"{place}: needs <name> and <bndbox>")
         x1, y1, x2, y2 = (_number(box.findtext(tag), f"{place} <{tag}>") for tag in ("xmin", "ymin", "xmax", "ymax"))
-        objects.append((name, (x1 - 1, y1 - 1, x2, y2), place))
+        difficult = (obj.findtext("difficult") or "0").strip().lower() in ("1", "true", "yes")
+        objects.append((name, (x1 - 1, y1 - 1, x2, y2), place, difficult))
     return tree.findtext("filename"), width, height, objects
 
 
@@ -424,9 +606,24 @@ def _namer(unique_stems: bool, across_splits: bool) -> Callable[[str, DetectionI
     return lambda split, image: placers.setdefault("" if across_splits else split, _Placer(False)).name(image, unique_stems)
 
 
+def _drop_ignored(data: DetectionData, kinds: set[str], target: str, why: str) -> None:
+    """Warn with the count of ignored objects of ``kinds`` that the target format cannot hold."""
+    counts: dict[str, int] = {}
+    for images in data.splits.values():
+        for image in images:
+            for obj in image.ignored:
+                if obj.kind in kinds:
+                    counts[obj.kind] = counts.get(obj.kind, 0) + 1
+    if counts:
+        what = " and ".join(f"{n} {'crowd regions (iscrowd 1)' if kind == 'crowd' else 'difficult objects'}"
+                            for kind, n in sorted(counts.items()))
+        warn(f"{data.root}: {what} dropped: {target} {why}")
+
+
 def write_coco(data: DetectionData, out: str | Path, copy: bool = False) -> Path:
     """OUT/annotations/SPLIT.json + OUT/images/SPLIT/NAME (file_name 'SPLIT/NAME'). Integer image ids are
-    kept when unique; otherwise images are numbered 1..N."""
+    kept when unique; otherwise images are numbered 1..N. Crowd regions stay iscrowd 1; VOC difficult
+    objects become iscrowd 1 too, COCO's only "ignore" flag (as MMDetection's VOC -> COCO does)."""
     out = Path(out)
     placer = _Placer(copy)
     name_of = _namer(unique_stems=False, across_splits=False)
@@ -447,15 +644,24 @@ def write_coco(data: DetectionData, out: str | Path, copy: bool = False) -> Path
                                             "bbox": [_round(x1), _round(y1), _round(w), _round(h)],
                                             "area": _round(w * h), "iscrowd": 0,
                                             **({"segmentation": segmentation} if segmentation is not None else {})})
+            for obj in image.ignored:
+                x1, y1, x2, y2 = obj.box
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": obj.label,
+                                            "bbox": [_round(x1), _round(y1), _round(x2 - x1), _round(y2 - y1)],
+                                            "area": _round((x2 - x1) * (y2 - y1)), "iscrowd": 1,
+                                            **({"segmentation": obj.segmentation} if obj.segmentation is not None else {})})
         write_json(out / "annotations" / f"{split}.json", coco)
     return out
 
 
 def write_yolo(data: DetectionData, out: str | Path, copy: bool = False) -> Path:
     """OUT/data.yaml + OUT/images/SPLIT/NAME + OUT/labels/SPLIT/STEM.txt. Class index = position in
-    data.categories; ids other than 0..K-1 are kept in data.yaml as ``cnnkit_category_ids``."""
+    data.categories; ids other than 0..K-1 are kept in data.yaml as ``cnnkit_category_ids``. A YOLO
+    segmentation dataset's polygons are written back as polygon rows. YOLO has no crowd or difficult
+    flag: those objects are left out with a warning that counts them."""
     import yaml
 
+    _drop_ignored(data, {"crowd", "difficult"}, "YOLO", "has no crowd or difficult flag")
     out = Path(out)
     placer = _Placer(copy)
     name_of = _namer(unique_stems=True, across_splits=False)  # one label file per stem
@@ -466,7 +672,12 @@ def write_yolo(data: DetectionData, out: str | Path, copy: bool = False) -> Path
             name = name_of(split, image)
             placer.place(image.path, out / "images" / split / name)
             lines = []
-            for (x1, y1, x2, y2), label in zip(image.boxes.tolist(), image.labels.tolist()):
+            polygons = image.segmentations if data.layout == "yolo" and image.segmentations else [None] * len(image.boxes)
+            for (x1, y1, x2, y2), label, polygon in zip(image.boxes.tolist(), image.labels.tolist(), polygons):
+                if isinstance(polygon, list) and len(polygon) == 1:  # read from a polygon row: written as one
+                    points = np.asarray(polygon[0], dtype=np.float64) / ([image.width, image.height] * (len(polygon[0]) // 2))
+                    lines.append(f"{index[label]} {' '.join(f'{v:.7g}' for v in points)}\n")
+                    continue
                 cx, cy = (x1 + x2) / 2 / image.width, (y1 + y2) / 2 / image.height
                 w, h = (x2 - x1) / image.width, (y2 - y1) / image.height
                 lines.append(f"{index[label]} {cx:.7g} {cy:.7g} {w:.7g} {h:.7g}\n")
@@ -483,7 +694,10 @@ def write_yolo(data: DetectionData, out: str | Path, copy: bool = False) -> Path
 
 def write_voc(data: DetectionData, out: str | Path, copy: bool = False) -> Path:
     """OUT/Annotations/STEM.xml, OUT/JPEGImages/NAME, OUT/ImageSets/Main/SPLIT.txt, classes.txt, and
-    categories.json when ids are not 0..K-1 (read back by read_voc). Image stems are made unique."""
+    categories.json when ids are not 0..K-1 (read back by read_voc). Image stems are made unique.
+    Difficult objects stay <difficult>1</difficult>; VOC has no crowd regions: those are left out with a
+    warning that counts them."""
+    _drop_ignored(data, {"crowd"}, "Pascal VOC", "has no crowd regions")
     out = Path(out)
     placer = _Placer(copy)
     name_of = _namer(unique_stems=True, across_splits=True)
@@ -494,12 +708,14 @@ def write_voc(data: DetectionData, out: str | Path, copy: bool = False) -> Path:
             name = name_of(split, image)
             stem = Path(name).stem
             placer.place(image.path, out / "JPEGImages" / name)
+            rows = [(box, label, 0) for box, label in zip(image.boxes.tolist(), image.labels.tolist())]
+            rows += [(obj.box, obj.label, 1) for obj in image.ignored if obj.kind == "difficult"]
             objects = "".join(
                 f"  <object>\n    <name>{_xml(names[label])}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
-                f"    <difficult>0</difficult>\n    <bndbox>\n"
+                f"    <difficult>{difficult}</difficult>\n    <bndbox>\n"
                 f"      <xmin>{_fmt(x1 + 1)}</xmin>\n      <ymin>{_fmt(y1 + 1)}</ymin>\n"
                 f"      <xmax>{_fmt(x2)}</xmax>\n      <ymax>{_fmt(y2)}</ymax>\n    </bndbox>\n  </object>\n"
-                for (x1, y1, x2, y2), label in zip(image.boxes.tolist(), image.labels.tolist()))
+                for (x1, y1, x2, y2), label, difficult in rows)
             write_text(out / "Annotations" / f"{stem}.xml",
                        f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{_xml(name)}</filename>\n"
                        f"  <size>\n    <width>{image.width}</width>\n    <height>{image.height}</height>\n    <depth>3</depth>\n"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnkit.data.images import is_image_file
+from cnnkit.data.sources import walk_files
 from cnnkit.errors import CnnkitError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -45,7 +46,7 @@ def list_class_images(split_dir: Path) -> dict[str, list[Path]]:
     """Class name -> sorted image paths, for every class folder of one split."""
     classes: dict[str, list[Path]] = {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        classes[class_dir.name] = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+        classes[class_dir.name] = [p for p in walk_files(class_dir) if is_image_file(p)]
     return classes
 
 
@@ -106,7 +107,17 @@ def load_imagefolder(root: str | Path, val_split: float = 0.2, seed: int = 0) ->
         if split_dirs:
             raise CnnkitError(f"{root}: has {', '.join(split_dirs)} but no train/ folder", "add ROOT/train/CLASS/…")
         split_dirs = {"train": root}  # ROOT/CLASS/*.png: one split
-    classes, train = _scan_split(split_dirs["train"], None)
+    try:
+        classes, train = _scan_split(split_dirs["train"], None)
+    except CnnkitError as exc:  # a detection export (CVAT's annotations/ + images/) is not a set of class folders
+        from cnnkit.data.detection import detect_layout
+
+        layout = detect_layout(root)
+        if layout is None:
+            raise
+        raise CnnkitError(f"{root}: a {layout.upper()} detection dataset, not class folders ({exc.message})",
+                          "use `cnnkit detect train` (or `segment train --model maskrcnn` for instances); classification "
+                          "expects ROOT/train/CLASS/*.png") from None
     data = ImageFolderData(root=root, classes=classes, splits={"train": train})
     for name in ("val", "test"):
         if name in split_dirs:

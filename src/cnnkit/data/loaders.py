@@ -18,11 +18,13 @@ from cnnkit.errors import CnnkitError
 class ImageDataset(Dataset):
     """(image tensor, label, index) for each (path, label) sample; None for a file that cannot be
     decoded, so one corrupt image costs one sample, never the epoch. The index lets outputs be
-    matched back to files after skipped samples."""
+    matched back to files after skipped samples. ``intensity``: how images deeper than 8 bits (and DICOM)
+    are scaled, the model's IntensitySpec (None: auto; see data/intensity.py)."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable | None = None):
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable | None = None, intensity: Any = None):
         self.samples = samples
         self.transform = transform
+        self.intensity = intensity
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -30,7 +32,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int, int] | None:
         path, label = self.samples[index]
         try:
-            image = load_image(path)
+            image = load_image(path, self.intensity)
         except CnnkitError as exc:
             warn(f"{exc.message} (skipped)", once_key=str(path))
             return None

@@ -7,7 +7,8 @@ file's own values (float32) and leaves the mapping to [0, 1] to `normalise`, whe
 
 Conventions:
 - A slice is [H, W] (one channel) or [H, W, 3] (RGB); rows are the first array axis of the file. Nothing is
-  reoriented (no radiological flips, no EXIF rotation), so masks stored the same way line up pixel for pixel.
+  reoriented (no radiological flips), so masks stored the same way line up pixel for pixel; only a photo's EXIF
+  orientation is applied (as images.load_image does), since annotation tools draw masks on the upright photo.
 - A file with several slices (a NIfTI volume, a multi-frame DICOM) needs `slice_index`; callers list the
   slices with `count_slices`. We do not silently default to slice 0, because training on the first slice of
   every volume looks like it works and is almost never what was meant.
@@ -25,16 +26,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnkit.data.images import IMAGE_EXTENSIONS, to_rgb
+from cnnkit.data.images import IMAGE_EXTENSIONS, is_deep_colour_tiff, open_image, orientation, to_rgb, upright
 from cnnkit.errors import CnnkitError
+from cnnkit.libwarnings import reading
 
-MEDICAL_EXTENSIONS = (".dcm", ".nii", ".nii.gz")
+MEDICAL_EXTENSIONS = (".dcm", ".dicom", ".nii", ".nii.gz")
 
 NORMALISE_MODES = ("auto", "window", "percentile", "range")
 
 # pydicom's own words for "a plugin is missing"; 3.x says "missing dependencies", 2.4 "missing required dependencies".
 _MISSING_PLUGIN_WORDS = ("missing", "dependenc")
-_DICOM_DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm"
+# the [medical] extra installs pylibjpeg with its JPEG, JPEG 2000 and RLE plugins (and GDCM where it has wheels)
+_DICOM_DECODER_HINT = "pip install cnnkit[medical]"
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
@@ -70,10 +73,9 @@ def read_intensity(path: str | Path, slice_index: int | None = None) -> Intensit
     path = Path(path)
     _require_file(path)
     kind = _file_kind(path)
-    if kind == "nifti":
-        return _read_nifti(path, slice_index)
-    if kind == "dicom":
-        return _read_dicom(path, slice_index)
+    if kind in ("nifti", "dicom"):
+        with reading(path):  # a warning pydicom or nibabel raises names the file (libwarnings)
+            return _read_nifti(path, slice_index) if kind == "nifti" else _read_dicom(path, slice_index)
     _pick_slice(path, slice_index, 1, "image")
     return _read_with_pillow(path)
 
@@ -86,10 +88,11 @@ def count_slices(path: str | Path) -> int:
     path = Path(path)
     _require_file(path)
     kind = _file_kind(path)
-    if kind == "nifti":
-        return _nifti_slice_count(path, _load_nifti(path).shape)
-    if kind == "dicom":
-        return _dicom_frame_count(_read_dicom_dataset(path, stop_before_pixels=True))
+    with reading(path):  # a warning pydicom or nibabel raises names the file (libwarnings)
+        if kind == "nifti":
+            return _nifti_slice_count(path, _load_nifti(path).shape)
+        if kind == "dicom":
+            return _dicom_frame_count(_read_dicom_dataset(path, stop_before_pixels=True))
     return 1
 
 
@@ -249,13 +252,14 @@ def _one_line(exc: BaseException) -> str:
 
 def _read_with_pillow(path: Path) -> Intensity:
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:  # over the pixel limit (--max-pixels): a CnnkitError naming the file
+            turn = orientation(image)
             image.load()
-            if _is_deep_colour_tiff(image):
+            if is_deep_colour_tiff(image):
                 # Pillow keeps only the high byte of 16-bit RGB TIFFs; tifffile, when installed, keeps all 16 bits.
                 deep = _read_with_tifffile(path)
-                return deep if deep is not None else _pillow_intensity(image)
-            return _pillow_intensity(image)
+                return deep if deep is not None else _pillow_intensity(upright(image, turn))
+            return _pillow_intensity(upright(image, turn))  # a phone photo's EXIF orientation, as load_image
     except FileNotFoundError:
         raise CnnkitError(f"{path}: no such file", "check the path") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -282,14 +286,6 @@ def _pillow_intensity(image: Image.Image) -> Intensity:
         return Intensity(np.asarray(image.convert("L")).astype(np.float32), bits=8)
     # RGB, RGBA, P, LA, CMYK, ...: the same 8-bit RGB as the photo path (alpha composited on black).
     return Intensity(np.asarray(to_rgb(image)).astype(np.float32), bits=8)
-
-
-def _is_deep_colour_tiff(image: Image.Image) -> bool:
-    if image.format != "TIFF" or image.mode not in ("RGB", "RGBA"):
-        return False
-    bits_per_sample = getattr(image, "tag_v2", {}).get(258, (8,))  # TIFF tag 258 = BitsPerSample
-    bits_per_sample = bits_per_sample if isinstance(bits_per_sample, tuple) else (bits_per_sample,)
-    return max(bits_per_sample) > 8
 
 
 def _read_with_tifffile(path: Path) -> Intensity | None:
@@ -319,11 +315,18 @@ def _load_nifti(path: Path):
     import nibabel
 
     try:
-        return nibabel.load(str(path))  # lazy: reads the header, the data only when sliced
+        image = nibabel.load(str(path))  # lazy: reads the header, the data only when sliced
     except FileNotFoundError:
         raise CnnkitError(f"{path}: no such file", "check the path") from None
     except (OSError, ValueError, EOFError, zlib.error, nibabel.filebasedimages.ImageFileError) as exc:
         raise CnnkitError(f"{path}: cannot read NIfTI file: {_one_line(exc)}", "re-export or remove the file") from None
+    if type(image).__name__.startswith("Cifti"):
+        # CIFTI-2 (.dtseries.nii, .dscalar.nii, .dconn.nii) shares NIfTI-2's container but holds values per
+        # brain vertex/voxel ("grayordinate") or matrices of them: there is no image grid to cut slices from
+        raise CnnkitError(f"{path}: a CIFTI file (values on brain surfaces and grayordinates), not an image volume",
+                          "cnnkit reads NIfTI image volumes; map the data to a volume first, "
+                          "e.g. with wb_command -cifti-separate")
+    return image
 
 
 def _nifti_slice_count(path: Path, shape: tuple[int, ...]) -> int:
@@ -408,8 +411,8 @@ def _read_dicom(path: Path, slice_index: int | None) -> Intensity:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     window = _dicom_window(ds, k)
     if photometric == "PALETTE COLOR" and raw.ndim == 2:
-        pixels = _apply_color_lut(raw, ds).astype(np.float32)
-        bits = int(ds.get("BitsStored") or 8)
+        pixels = _apply_color_lut(path, raw, ds)  # RGB on the 0..255 scale, whatever the LUT's depth
+        bits = 8
         window = None  # the window is defined on the indices, not on the colours they map to
     elif raw.ndim == 3:  # RGB (pydicom has already turned YBR into RGB); no modality LUT for colour
         pixels = raw.astype(np.float32)
@@ -478,12 +481,27 @@ def _apply_modality_lut(raw: np.ndarray, source) -> np.ndarray:
     return np.asarray(apply_modality_lut(raw, source), dtype=np.float64)
 
 
-def _apply_color_lut(raw: np.ndarray, ds) -> np.ndarray:
+def _apply_color_lut(path: Path, raw: np.ndarray, ds) -> np.ndarray:
+    """PALETTE COLOR indices -> float32 RGB on the 0..255 scale. LUT entries are 8 or 16 bits (the descriptor's
+    third value); 16-bit entries span 0..65535 and are scaled down, unless the whole table stays within 0..255,
+    which some writers store in 16-bit entries. Taking 16-bit colours as 8-bit ones would clip all but the
+    darkest to white."""
     try:
         from pydicom.pixels import apply_color_lut
     except ImportError:  # pydicom 2.4
         from pydicom.pixel_data_handlers.util import apply_color_lut
-    return np.asarray(apply_color_lut(raw, ds))
+    try:
+        colours = np.asarray(apply_color_lut(raw, ds))[..., :3]  # an alpha LUT, if any, dropped
+        if colours.dtype.itemsize > 1:
+            descriptor = ds.RedPaletteColorLookupTableDescriptor
+            first, count = int(descriptor[1]), int(descriptor[0]) or 2**16
+            table = np.asarray(apply_color_lut(np.arange(first, first + count), ds))[..., :3]  # every entry
+            if int(table.max(initial=0)) > 255:
+                return colours.astype(np.float32) * np.float32(255.0 / 65535.0)
+        return colours.astype(np.float32)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise CnnkitError(f"{path}: cannot apply the DICOM colour palette (PALETTE COLOR): {_one_line(exc)}",
+                          "re-export the file as RGB") from None
 
 
 def _monochrome1_mirror(ds, modality_source, pixels: np.ndarray) -> float:

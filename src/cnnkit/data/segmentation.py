@@ -26,12 +26,13 @@ import numpy as np
 from PIL import Image
 
 from cnnkit.console import console, warn
-from cnnkit.data.images import IMAGE_EXTENSIONS
+from cnnkit.data.images import IMAGE_EXTENSIONS, dicom_without_suffix, displayed_size, open_image
+from cnnkit.data.sources import walk_files
 from cnnkit.errors import CnnkitError
 
 SPLITS = ("train", "val", "test")
 MASK_IGNORE = 255
-MEDICAL_SUFFIXES = (".dcm", ".nii", ".nii.gz")
+MEDICAL_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz")
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,20 @@ class SegmentationData:
 
 
 def stem_of(path: Path) -> str:
-    """NAME of NAME.png, and of NAME.nii.gz."""
+    """NAME of NAME.png, and of NAME.nii.gz; the whole name of a DICOM file named without a suffix (IM0001,
+    1.2.840.…: its mask is masks/SPLIT/1.2.840.….png)."""
     name = path.name
     for suffix in (".nii.gz",):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
-    return path.stem
+    return name if dicom_without_suffix(path) else path.stem
 
 
 def suffix_of(path: Path) -> str:
-    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+    """The lower-case suffix (.nii.gz whole); ".dcm" for a DICOM file named without a suffix (the DICM marker)."""
+    if path.name.lower().endswith(".nii.gz"):
+        return ".nii.gz"
+    return ".dcm" if dicom_without_suffix(path) else path.suffix.lower()
 
 
 def is_segmentation_input(path: Path) -> bool:
@@ -127,10 +132,10 @@ def _pair(image_dir: Path, mask_dir: Path) -> list[SegmentSample]:
     """Images of one folder with their masks (same NAME, mask .png or the image's own suffix)."""
     if not mask_dir.is_dir():
         raise CnnkitError(f"{mask_dir}: missing", f"every image in {image_dir} needs a mask there with the same name")
-    images = sorted(p for p in image_dir.rglob("*") if p.is_file() and is_segmentation_input(p))
+    images = [p for p in walk_files(image_dir) if is_segmentation_input(p)]
     masks = {}
-    for p in mask_dir.rglob("*"):
-        if p.is_file() and is_segmentation_input(p):
+    for p in walk_files(mask_dir):
+        if is_segmentation_input(p):
             masks.setdefault((p.parent.relative_to(mask_dir) / stem_of(p)).as_posix(), []).append(p)
     samples, missing = [], []
     for image in images:
@@ -201,7 +206,7 @@ def read_mask(sample: SegmentSample) -> np.ndarray:
             raise CnnkitError(f"{path}: a mask volume must be one channel")
         return np.rint(values).astype(np.int64)
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:  # over the pixel limit: a CnnkitError naming the file
             image.load()
             mode = image.mode
             if mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "HSV"):
@@ -224,15 +229,16 @@ def _colour_mask_message(path: Path, image: Image.Image) -> str:
 
 
 def image_size(sample: SegmentSample) -> tuple[int, int]:
-    """(width, height) from the file header (PIL reads it without decoding); medical files are read."""
+    """(width, height) as the image is shown (a photo's EXIF orientation applied, as the loader does), from
+    the file header (PIL reads it without decoding); medical files are read."""
     if suffix_of(sample.image) in MEDICAL_SUFFIXES:
         from cnnkit.data.medical import read_intensity
 
         height, width = read_intensity(sample.image, sample.slice_index).pixels.shape[:2]
         return width, height
     try:
-        with Image.open(sample.image) as image:
-            return image.size
+        with open_image(sample.image, check_limit=False) as image:
+            return displayed_size(image)
     except (OSError, ValueError, SyntaxError) as exc:
         raise CnnkitError(f"{sample.image}: cannot read image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                           "re-export or remove the file") from None

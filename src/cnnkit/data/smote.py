@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -77,14 +77,14 @@ class FeatureDataset(Dataset):
 
 
 def smote_features(model: nn.Module, samples: list[tuple[Path, int]], class_names: list[str], transform: Callable,
-                   batch: int, workers: int, device: torch.device, seed: int) -> FeatureDataset:
+                   batch: int, workers: int, device: torch.device, seed: int, intensity: Any = None) -> FeatureDataset:
     """The training split as SMOTE-balanced pooled features of ``model``'s backbone (``transform``:
     the evaluation one; the features are computed once). Unreadable images are skipped with a warning."""
     from cnnkit.tasks.features import extract_features
 
     arrays = extract_features(model, [path for path, _ in samples], [label for _, label in samples], transform,
-                              batch, workers, device)
-    _check_head_reads_features(model, arrays, transform, device)
+                              batch, workers, device, intensity=intensity)
+    _check_head_reads_features(model, arrays, transform, device, intensity)
     balanced = smote_balance(arrays["features"], arrays["labels"], seed)
     per_class = int(np.bincount(balanced.labels).max())
     for c in balanced.repeated:
@@ -96,11 +96,12 @@ def smote_features(model: nn.Module, samples: list[tuple[Path, int]], class_name
 
 
 @torch.no_grad()
-def _check_head_reads_features(model: nn.Module, arrays: dict[str, np.ndarray], transform: Callable, device: torch.device) -> None:
+def _check_head_reads_features(model: nn.Module, arrays: dict[str, np.ndarray], transform: Callable, device: torch.device,
+                               intensity: Any = None) -> None:
     """The head on the extracted features of the first image must give the model's own logits for it;
     otherwise training the head on features would train something the model never runs (a head with
     layers of its own, say)."""
-    image = ImageDataset([(Path(arrays["files"][0]), -1)], transform)[0][0]
+    image = ImageDataset([(Path(arrays["files"][0]), -1)], transform, intensity)[0][0]
     logits = model.to(device).eval()(image[None].to(device)).float()
     from_features = classifier(model)(torch.from_numpy(arrays["features"][:1]).to(device)).float()
     if logits.shape != from_features.shape or not torch.allclose(logits, from_features, rtol=1e-3, atol=1e-4):

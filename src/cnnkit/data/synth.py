@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cnnkit.engine.rundir import temp_dir
 from cnnkit.errors import CnnkitError
 
 KINDS = ("shapes", "cells")
@@ -400,7 +401,7 @@ def synth_dataset(kind: str, out: str | Path, task: str | None = None, n: int = 
     photos = load_photos() if kind == "shapes" else []
     splits = _split(n, val_fraction, np.random.default_rng([seed, n, 1]))
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    tmp = temp_dir(root.parent, root.name)
     try:
         if kind == "shapes":
             summary = _write_shapes(tmp, task, splits, photos, imgsz, seed, progress)

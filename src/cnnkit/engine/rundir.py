@@ -27,13 +27,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs should read like any file
     try:
         yield tmp_path
+        # mkstemp makes files private, and a writer may put a new file of its own in place of the temporary
+        # one (safetensors' save_file does, 0600): outputs read like any file, as the umask says
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def temp_dir(parent: str | Path, name: str, suffix: str = "") -> Path:
+    """A new folder in ``parent`` to build the output ``name`` in before renaming it into place, with the
+    umask's mode (mkdtemp makes it 0700, which the renamed dataset or index would keep)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=suffix))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -45,6 +45,16 @@ def coco_ground_truth(images: Sequence[Any], categories: Sequence[tuple[int, str
                 annotation["segmentation"] = segmentations[k]
                 annotation["area"] = _mask_area(segmentations[k], int(image.height), int(image.width))
             annotations.append(annotation)
+        # crowd regions and VOC difficult objects: iscrowd 1 is COCOeval's ignore flag (a detection matched
+        # to one is neither true nor false; COCOeval overwrites any other 'ignore' key with iscrowd)
+        for obj in getattr(image, "ignored", None) or []:
+            x1, y1, x2, y2 = (float(v) for v in obj.box)
+            annotation = {"id": len(annotations) + 1, "image_id": number, "category_id": int(obj.label),
+                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 1}
+            if iou_type == "segm":  # a region without a segmentation is ignored over its box
+                annotation["segmentation"] = obj.segmentation or [[x1, y1, x2, y1, x2, y2, x1, y2]]
+                annotation["area"] = _mask_area(annotation["segmentation"], int(image.height), int(image.width))
+            annotations.append(annotation)
     return {"images": [{"id": number, "width": int(image.width), "height": int(image.height)} for number, image in enumerate(images, 1)],
             "annotations": annotations, "categories": [{"id": int(cid), "name": str(name)} for cid, name in categories]}
 

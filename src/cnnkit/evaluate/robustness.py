@@ -76,8 +76,9 @@ class RobustnessTarget:
 class CorruptedImages(ImageDataset):
     """ImageDataset whose images are corrupted at their native size (uint8 [3, H, W]) before ``transform``."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, corruption: SampleCorruption | None = None):
-        super().__init__(samples, None)
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, corruption: SampleCorruption | None = None,
+                 intensity: Any = None):
+        super().__init__(samples, None, intensity)
         self.final_transform, self.corruption = transform, corruption
 
     def __getitem__(self, index: int):
@@ -91,25 +92,25 @@ class CorruptedImages(ImageDataset):
 
 
 def engine_target(task: Any, model: nn.Module, samples: list[tuple[Path, int]], transform: Callable, batch: int,
-                  workers: int, device: torch.device) -> RobustnessTarget:
+                  workers: int, device: torch.device, intensity: Any = None) -> RobustnessTarget:
     """A target for any engine task (``task.eval_step``/``metrics``, ``task.primary_metric``) whose samples are
     (path, label): each evaluation is the engine's own ``evaluate`` over a loader of corrupted images."""
     from cnnkit.engine.trainer import evaluate, make_loader
 
     def score(corruption: SampleCorruption | None) -> dict[str, Any]:
-        loader = make_loader(CorruptedImages(samples, transform, corruption), batch, workers, False, 0,
+        loader = make_loader(CorruptedImages(samples, transform, corruption, intensity), batch, workers, False, 0,
                              collate_skipping_none, device)
         metrics, _ = evaluate(task, model.to(device), loader, device, show=False)
         return metrics
 
-    index, example = _first_readable(samples)
+    index, example = _first_readable(samples, intensity)
     return RobustnessTarget(score, len(samples), example, task.primary_metric, index)
 
 
-def _first_readable(samples: Sequence[tuple[Path, int]]) -> tuple[int, torch.Tensor]:
+def _first_readable(samples: Sequence[tuple[Path, int]], intensity: Any = None) -> tuple[int, torch.Tensor]:
     for index, (path, _) in enumerate(samples):
         try:
-            return index, pil_to_tensor(load_image(path))
+            return index, pil_to_tensor(load_image(path, intensity))
         except CnnkitError:
             continue  # the evaluation warns about it; the example is simply the next image
     raise CnnkitError(f"none of the {len(samples)} images could be read")

@@ -207,7 +207,8 @@ class DecoupledHead(nn.Module):
         """Class logits start at a prior of about 5 objects an image spread over the level's cells
         (so the first steps are not swamped by the background's loss); DFL bins start flat."""
         for branch, stride in zip(self.cls, STRIDES):
-            prior = 5 / self.num_classes / (imgsz / stride) ** 2
+            # a small image over a coarse level has fewer cells than 5 objects: a probability stays below 1
+            prior = min(5 / self.num_classes / (imgsz / stride) ** 2, 0.5)
             nn.init.constant_(branch[-1].bias, math.log(prior / (1 - prior)))
         for branch in self.box:
             nn.init.constant_(branch[-1].bias, 1.0)

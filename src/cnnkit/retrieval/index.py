@@ -18,13 +18,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from cnnkit.engine.rundir import temp_dir
 from cnnkit.errors import CnnkitError
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -197,7 +197,7 @@ class GalleryIndex:
         check_index_target(directory)
         for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # left by a writer that was killed
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+        tmp = temp_dir(directory.parent, directory.name, suffix=".tmp")
         try:
             faiss.write_index(self.index, str(tmp / INDEX))
             with open(tmp / VECTORS, "wb") as handle:

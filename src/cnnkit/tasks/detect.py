@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 
 from cnnkit.console import warn
 from cnnkit.data.detection import DetectionImage
-from cnnkit.data.images import load_image
+from cnnkit.data.images import load_image_in_frame
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate import plots
 from cnnkit.evaluate.coco import coco_evaluate
@@ -31,12 +31,15 @@ CONFUSION_CONF = 0.25   # predictions below this score are left out of the confu
 class DetectionSet(Dataset):
     """(image, target, index) per DetectionImage; None for an image that cannot be decoded (one bad
     file costs one sample). ``label_of`` maps the dataset's category ids to model labels 1..C; None
-    leaves the targets empty (inference only)."""
+    leaves the targets empty (inference only). ``intensity``: the model's IntensitySpec for images deeper than
+    8 bits and DICOM (None: auto; see data/intensity.py)."""
 
-    def __init__(self, images: Sequence[DetectionImage], label_of: dict[int, int] | None, transform: Callable):
+    def __init__(self, images: Sequence[DetectionImage], label_of: dict[int, int] | None, transform: Callable,
+                 intensity: Any = None):
         self.images = list(images)
         self.label_of = label_of
         self.transform = transform
+        self.intensity = intensity
 
     def __len__(self) -> int:
         return len(self.images)
@@ -44,14 +47,16 @@ class DetectionSet(Dataset):
     def __getitem__(self, index: int):
         item = self.images[index]
         try:
-            image = load_image(item.path)  # any mode -> 8-bit RGB (16-bit rescaled, alpha composited)
+            # any mode -> 8-bit RGB, turned into the frame the boxes were drawn in (EXIF orientation; a recorded
+            # size that fits neither the stored nor the shown picture is an error, never a per-axis stretch)
+            image = load_image_in_frame(item.path, item.width, item.height, self.intensity)
         except CnnkitError as exc:
             warn(f"{exc.message} (skipped)", once_key=str(item.path))
             return None
         boxes = np.asarray(item.boxes, dtype=np.float32).reshape(-1, 4) if self.label_of is not None else np.zeros((0, 4), np.float32)
         labels = [self.label_of[int(c)] for c in item.labels] if self.label_of is not None else []
         if image.size != (item.width, item.height) and len(boxes):
-            # the annotation's recorded size differs from the file: boxes are in the recorded frame
+            # the recorded size is the file's times one factor (images resized after labelling): boxes follow
             boxes = boxes * np.array([image.width / item.width, image.height / item.height] * 2, dtype=np.float32)
         target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(image.height, image.width)),
                   "labels": torch.tensor(labels, dtype=torch.int64)}
@@ -262,7 +267,7 @@ def draw(images: list[DetectionImage], categories: list[tuple[int, str]], result
     pictures, titles = [], []
     for image, (tb, tl), (pb, pl) in list(zip(images, truth, predicted))[:samples]:
         try:
-            pixels = np.asarray(load_image(image.path))
+            pixels = np.asarray(load_image_in_frame(image.path, image.width, image.height))  # the boxes' frame
         except CnnkitError:
             continue
         pictures.append(draw_boxes(pixels, tb, [names[k] for k in tl], colour=(0, 200, 0)))

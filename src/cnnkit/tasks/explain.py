@@ -225,16 +225,3 @@ def draw_explanation(path: str | Path, image: Image.Image, seen: np.ndarray, cam
     fig.savefig(buffer, format="png", dpi=DPI)
     return write_bytes(path, buffer.getvalue())
 
-
-def png_names(files: Sequence[Path]) -> list[str]:
-    """NAME.png per input file; a repeated stem gets -2, -3, … so no explanation overwrites another."""
-    taken: set[str] = set()
-    names = []
-    for path in files:
-        name, n = f"{path.stem}.png", 1
-        while name in taken:
-            n += 1
-            name = f"{path.stem}-{n}.png"
-        taken.add(name)
-        names.append(name)
-    return names

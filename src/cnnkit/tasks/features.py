@@ -15,7 +15,7 @@ import difflib
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -122,7 +122,7 @@ def folder_labels(files: Sequence[Path], sources: Sequence[str | Path], class_na
 
 def extract_features(model: nn.Module, files: Sequence[Path], labels: Sequence[int] | None, transform: Callable,
                      batch: int, workers: int, device: torch.device, layers: Sequence[str] | None = None,
-                     progress: bool = True) -> dict[str, np.ndarray]:
+                     progress: bool = True, intensity: Any = None) -> dict[str, np.ndarray]:
     """{"features": float32 [N, D], "files": str [N], "labels": int64 [N] (given labels only),
     "layer:NAME": float16 [N, C, H, W] per layer}, N = the readable files, in the order given.
 
@@ -133,7 +133,7 @@ def extract_features(model: nn.Module, files: Sequence[Path], labels: Sequence[i
     files = [Path(f) for f in files]
     if not files:
         raise CnnkitError("no images to extract features from")
-    dataset = ImageDataset([(path, -1) for path in files], transform)
+    dataset = ImageDataset([(path, -1) for path in files], transform, intensity)  # the model's intensity spec
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate_skipping_none,
                         pin_memory=device.type == "cuda")
     model.to(device).eval()

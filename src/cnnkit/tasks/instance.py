@@ -25,7 +25,7 @@ from torchvision import tv_tensors
 
 from cnnkit.console import warn
 from cnnkit.data.detection import DetectionImage
-from cnnkit.data.images import load_image
+from cnnkit.data.images import load_image_in_frame
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate import plots
 from cnnkit.evaluate.coco import coco_evaluate, coco_precision, coco_rle
@@ -87,7 +87,7 @@ class InstanceSet(DetectionSet):
     def __getitem__(self, index: int):
         item = self.images[index]
         try:
-            image = load_image(item.path)
+            image = load_image_in_frame(item.path, item.width, item.height)  # the polygons' frame (see DetectionSet)
         except CnnkitError as exc:
             warn(f"{exc.message} (skipped)", once_key=str(item.path))
             return None
@@ -97,7 +97,7 @@ class InstanceSet(DetectionSet):
         masks = rasterise(item.segmentations, item.height, item.width) if labelled and len(boxes) else \
             np.zeros((0, image.height, image.width), np.uint8)
         if image.size != (item.width, item.height) and len(boxes):
-            # the annotation's recorded size differs from the file: boxes and polygons are in the recorded frame
+            # the recorded size is the file's times one factor (images resized after labelling): boxes and polygons follow
             import cv2
 
             boxes = boxes * np.array([image.width / item.width, image.height / item.height] * 2, dtype=np.float32)
@@ -290,7 +290,7 @@ def draw(images: list[DetectionImage], categories: list[tuple[int, str]], result
     pictures, titles = [], []
     for image in images[:samples]:
         try:
-            pixels = np.asarray(load_image(image.path))
+            pixels = np.asarray(load_image_in_frame(image.path, image.width, image.height))
         except CnnkitError:
             continue
         height, width = pixels.shape[:2]

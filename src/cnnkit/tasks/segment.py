@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from cnnkit.console import warn
-from cnnkit.data.segmentation import MEDICAL_SUFFIXES, SegmentSample, read_mask, suffix_of
+from cnnkit.data.intensity import IntensitySpec, read_pixels
+from cnnkit.data.segmentation import SegmentSample, read_mask
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate import plots
 from cnnkit.evaluate.segmentation import confusion_matrix, per_class_hd95, segmentation_scores
@@ -31,44 +32,14 @@ TILE_BATCH = 4  # windows per forward pass in tiled inference
 
 
 # ==================================================================== reading images
-@dataclass(frozen=True)
-class Intensity:
-    """How pixel values become model inputs: ``normalize`` auto | percentile | range | window, and the
-    ``window`` (low, high) for window (auto uses it when given)."""
-
-    normalize: str = "auto"
-    window: tuple[float, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"normalize": self.normalize, "window": list(self.window) if self.window else None}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Intensity":
-        data = data or {}
-        window = data.get("window")
-        return cls(data.get("normalize", "auto"), tuple(window) if window else None)
+# How pixel values become model inputs (--normalize, --window): the one spec every task records and reads by
+Intensity = IntensitySpec
 
 
 def load_pixels(path: Path, slice_index: int | None, intensity: Intensity) -> np.ndarray:
     """HxWx3: uint8 for 8-bit pictures read as they are (auto or range), else float32 in [0, 1] after
-    the intensity normalisation (16-bit, float, DICOM, NIfTI: see data/medical.py)."""
-    from PIL import Image
-
-    from cnnkit.data.images import load_image
-
-    if suffix_of(path) not in MEDICAL_SUFFIXES and intensity.normalize in ("auto", "range") and intensity.window is None:
-        try:
-            with Image.open(path) as probe:
-                eight_bit = probe.mode in ("L", "RGB", "P", "RGBA", "LA", "1", "CMYK", "YCbCr")
-        except (OSError, ValueError, SyntaxError):
-            eight_bit = True  # load_image raises the one-line error
-        if eight_bit:
-            return np.asarray(load_image(path))
-    from cnnkit.data.medical import normalise, read_intensity, to_rgb_float
-
-    values = read_intensity(path, slice_index)
-    scaled = normalise(values, intensity.normalize, intensity.window)
-    return scaled.astype(np.float32) if scaled.ndim == 3 else to_rgb_float(scaled)
+    the intensity normalisation (16-bit, float, DICOM, NIfTI: see data/intensity.py and data/medical.py)."""
+    return read_pixels(path, intensity, slice_index)
 
 
 def display_pixels(pixels: np.ndarray) -> np.ndarray:
