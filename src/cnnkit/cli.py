@@ -85,6 +85,41 @@ def pixel_limited(command: Callable) -> Callable:
     return run
 
 
+def takes_sources(param: str = "sources", required: bool = True,
+                  what: str = "an image, folder or quoted glob pattern") -> Callable:
+    """Accept a command's inputs both ways users type them, as the field's CLIs do: positional (the
+    command's own ``param`` Argument, declared optional) and repeated ``--source``. The command gets one
+    list in ``param``, positional ones first; ``required``: none at all is a one-line error here, else the
+    command decides (an index can be changed with --remove alone)."""
+
+    def decorator(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        metavar = signature.parameters[param].default.metavar
+        option = typer.Option(None, "--source", metavar="DIR|FILE|GLOB",
+                              help=f"the same as the {metavar} arguments: {what}; repeat for more")
+        extra = inspect.Parameter("source_option", inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[list[str]])
+        parameters = list(signature.parameters.values())
+        at = parameters.index(signature.parameters[param]) + 1  # listed right after the positional in --help
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if i >= at else p for i, p in enumerate(parameters)]
+
+        def run(*args: Any, source_option: Optional[list[str]] = None, **kwargs: Any) -> Any:
+            kwargs[param] = [*(kwargs.get(param) or []), *(source_option or [])]
+            if required and not kwargs[param]:
+                raise missing_sources(metavar)
+            return command(*args, **kwargs)
+
+        run.__signature__ = signature.replace(parameters=[*parameters[:at], extra, *parameters[at:]])
+        run.__name__, run.__qualname__, run.__doc__ = command.__name__, command.__qualname__, command.__doc__
+        return run
+
+    return decorator
+
+
+def missing_sources(metavar: str) -> CnnkitError:
+    return CnnkitError(f"missing {metavar}", "pass images, folders or quoted globs as arguments or with --source "
+                       "(repeatable)")
+
+
 def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -> Callable:
     """Register a command whose options are the fields of ``config_type``, plus --config FILE.yaml.
 
@@ -169,8 +204,9 @@ def classify_val(
 
 @classify_app.command("predict")
 @pixel_limited
+@takes_sources()
 def classify_predict(
-    sources: list[str] = typer.Argument(..., help="images, folders or glob patterns (quote globs)"),
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="images, folders or glob patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
     topk: int = typer.Option(5, "--topk", help="how many classes to list per image"),
     batch: int = typer.Option(32, "--batch", help="batch size"),
@@ -210,9 +246,11 @@ def _print_layers(clf) -> None:
 
 @classify_app.command("features")
 @pixel_limited
+@takes_sources(required=False)  # --layers list needs none
 def classify_features(
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="image folders, files or glob patterns "
+                                                  "(quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
-    source: Optional[list[str]] = typer.Option(None, "--source", metavar="DIR|FILE|GLOB", help="image folder, file or glob pattern (quote globs); repeat for more"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.npz", help="the .npz to write: features [N, D], files [N], labels [N] when the folders name the classes"),
     batch: int = typer.Option(64, "--batch", min=1, help="batch size"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
@@ -228,12 +266,12 @@ def classify_features(
     if layers is not None and layers.strip() == "list":
         _print_layers(clf)
         return
-    if not source:
-        raise CnnkitError("missing --source", "pass --source DIR or --source 'GLOB' (repeatable)")
+    if not sources:
+        raise missing_sources("SOURCE")
     if out is None or out.is_dir():
         raise CnnkitError(f"--out {out}: is a folder" if out else "missing --out", "pass --out FILE.npz")
     names = [n.strip() for n in (layers or "").split(",") if n.strip()]
-    arrays = clf.features(source, out, layers=names, batch=batch, device=device, workers=workers)
+    arrays = clf.features(sources, out, layers=names, batch=batch, device=device, workers=workers)
     n, dims = arrays["features"].shape
     notes = ["labels from class folders" if "labels" in arrays else "no labels (files are not in class folders)"]
     if names:
@@ -243,6 +281,7 @@ def classify_features(
 
 @classify_app.command("explain")
 @pixel_limited
+@takes_sources(required=False)  # --layers list needs none
 def classify_explain(
     sources: Optional[list[str]] = typer.Argument(None, metavar="IMAGE", help="images, folders or glob patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
@@ -266,7 +305,7 @@ def classify_explain(
         _print_layers(clf)
         return
     if not sources:
-        raise CnnkitError("missing IMAGE", "pass one or more images, folders or quoted globs")
+        raise missing_sources("IMAGE")
     names = [n.strip() for n in (layers or "").split(",") if n.strip()]
     results = clf.explain(sources, out=out, target=target, layers=names or None, device=device)
     table = Table("file", "predicted", "score", "target", "png")
@@ -321,8 +360,10 @@ def _check_postprocess(conf: float, iou: float, max_det: int) -> None:
 
 @detect_app.command("predict")
 @pixel_limited
+@takes_sources(what="an image, video, folder or quoted glob pattern")
 def detect_predict(
-    sources: list[str] = typer.Argument(..., help="images, videos (mp4, avi, …), folders or glob patterns (quote globs)"),
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="images, videos (mp4, avi, …), folders or glob "
+                                                  "patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a detect run"),
     conf: float = typer.Option(0.25, "--conf", help=CONF_HELP),
     iou: float = typer.Option(0.5, "--iou", help="IoU threshold of the non-maximum suppression"),
@@ -432,9 +473,10 @@ def segment_val(
 
 @segment_app.command("predict")
 @pixel_limited
+@takes_sources()
 def segment_predict(
-    sources: list[str] = typer.Argument(..., help="images (PNG, JPEG, 16-bit TIFF, DICOM .dcm, NIfTI .nii.gz), folders or "
-                                        "glob patterns (quote globs)"),
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="images (PNG, JPEG, 16-bit TIFF, DICOM .dcm, "
+                                                  "NIfTI .nii.gz), folders or glob patterns (quote globs)"),
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a segment run"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for masks/REL.png and overlays/REL.png, REL being each "
                                        "input's path below the folder or glob it came from "
@@ -497,7 +539,6 @@ def segment_predict(
 
 # ==================================================================== embed
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
-SOURCE_HELP = "image folder, file or glob pattern (quote globs); repeat for more"
 
 
 def _shown(path: str) -> str:
@@ -542,12 +583,15 @@ def embed_val(
 
 
 @embed_app.command("index")
+@takes_sources(required=False)  # --remove alone changes an index
 def embed_index(
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="image folders, files or glob patterns "
+                                                  "(quote globs)"),
     out: Path = typer.Option(..., "--out", metavar="INDEX_DIR", help="the index folder to build (replaced in one swap) or to change"),
-    source: Optional[list[str]] = typer.Option(None, "--source", metavar="DIR|FILE|GLOB", help=SOURCE_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights", help="embed or classify weights; needed to build, optional with --add (must be the index's model)"),
     kind: str = typer.Option("flat", "--index", help="flat (exact inner product), ivf (inverted lists) or hnsw (graph) for large galleries"),
-    add: bool = typer.Option(False, "--add", help="append the --source images to the existing index (a file already in it is re-embedded)"),
+    add: bool = typer.Option(False, "--add", help="append the SOURCE images to the existing index (a file already in it is "
+                             "re-embedded)"),
     remove: Optional[list[str]] = typer.Option(None, "--remove", metavar="FILE|DIR|GLOB", help="drop these files from the existing index, no re-embedding; repeat for more"),
     nlist: int = typer.Option(0, "--nlist", min=0, help="IVF: number of lists (0 = about 4*sqrt(N))"),
     nprobe: int = typer.Option(8, "--nprobe", min=1, help="IVF: lists visited per query (more = slower, better recall)"),
@@ -563,12 +607,13 @@ def embed_index(
 
     if kind not in KINDS:
         raise CnnkitError(f"--index {kind!r} is not one of {', '.join(KINDS)}")
-    build_index(out, source or [], weights, kind, add, remove or [], nlist, nprobe, hnsw_m, ef_search, batch, device, workers)
+    build_index(out, sources, weights, kind, add, remove or [], nlist, nprobe, hnsw_m, ef_search, batch, device, workers)
 
 
 @embed_app.command("search")
+@takes_sources("queries", what="a query image, folder or quoted glob pattern")
 def embed_search(
-    queries: list[str] = typer.Argument(..., metavar="QUERY...", help="query images, folders or glob patterns"),
+    queries: Optional[list[str]] = typer.Argument(None, metavar="QUERY", help="query images, folders or glob patterns"),
     index: Path = typer.Option(..., "--index", metavar="INDEX_DIR", help="an index built by `cnnkit embed index`"),
     k: int = typer.Option(5, "-k", "--k", min=1, help="neighbours per query"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="the model to embed the queries (default: the index's own copy; must match it)"),
@@ -615,14 +660,17 @@ def _group_sheets(groups: list[list[str]], captions: list[list[str]], out_dir: P
 
 # dedup and cluster work on an index's stored vectors, or embed a folder on the spot
 GALLERY_INDEX = typer.Option(None, "--index", metavar="INDEX_DIR", help="the images of this index (their stored vectors)")
-GALLERY_SOURCE = typer.Option(None, "--source", metavar="DIR|FILE|GLOB", help=SOURCE_HELP + " (with --weights, instead of --index)")
+GALLERY_SOURCES = typer.Argument(None, metavar="SOURCE", help="image folders, files or glob patterns (quote globs) to embed "
+                                 "with --weights, instead of --index")
+GALLERY = dict(required=False, what="an image folder, file or quoted glob pattern (with --weights)")
 GALLERY_WEIGHTS = typer.Option(None, "--weights", help="embed or classify weights (with --source)")
 
 
 @embed_app.command("dedup")
+@takes_sources(**GALLERY)
 def embed_dedup(
+    sources: Optional[list[str]] = GALLERY_SOURCES,
     index: Optional[Path] = GALLERY_INDEX,
-    source: Optional[list[str]] = GALLERY_SOURCE,
     weights: Optional[Path] = GALLERY_WEIGHTS,
     threshold: float = typer.Option(0.95, "--threshold", help="cosine similarity at or above which two images are near-duplicates"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for duplicates.json and sheets (default: runs/embed/dedup, dedup2, …)"),
@@ -635,7 +683,7 @@ def embed_dedup(
     from cnnkit.console import console
     from cnnkit.engine.rundir import next_run_dir, write_json
 
-    groups = dedup(index, source or [], weights, threshold, device=device)
+    groups = dedup(index, sources, weights, threshold, device=device)
     table = _file_table("group", "images", "similarity", "files")
     for i, g in enumerate(groups):
         shown = ", ".join(map(_shown, g["files"][:4])) + (f", … (+{len(g['files']) - 4})" if len(g["files"]) > 4 else "")
@@ -650,10 +698,11 @@ def embed_dedup(
 
 
 @embed_app.command("cluster")
+@takes_sources(**GALLERY)
 def embed_cluster(
+    sources: Optional[list[str]] = GALLERY_SOURCES,
     k: int = typer.Option(..., "-k", "--k", min=1, help="number of clusters"),
     index: Optional[Path] = GALLERY_INDEX,
-    source: Optional[list[str]] = GALLERY_SOURCE,
     weights: Optional[Path] = GALLERY_WEIGHTS,
     seed: int = typer.Option(0, "--seed", help="k-means initialisation seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for clusters.json and one sheet per cluster (default: runs/embed/cluster, …)"),
@@ -667,7 +716,7 @@ def embed_cluster(
     from cnnkit.engine.rundir import next_run_dir, write_json
     from cnnkit.retrieval.sheets import contact_sheet
 
-    result = cluster(k, index, source or [], weights, seed, device=device)
+    result = cluster(k, index, sources, weights, seed, device=device)
     out_dir = out or next_run_dir("embed", None, prefix="cluster")
     table = _file_table("cluster", "images", "sheet", "most typical")
     for c in result["clusters"]:
@@ -955,13 +1004,22 @@ def bench_command(
 
 
 @app.command("models")
-def list_models(pattern: str = typer.Argument("", help="only names containing this text")) -> None:
-    """List model names: cnnkit's own, timm's, and torchvision's (as tv:NAME)."""
+def list_models(
+    pattern: str = typer.Argument("", help="only names containing this text"),
+    task: Optional[str] = typer.Option(None, "--task", help="only models for this task: classify (also embed and distill "
+                                       "backbones), detect, segment or instance (segment train --model maskrcnn)"),
+) -> None:
+    """List model names, one a line with the task that builds it and where it comes from: cnnkit's own
+    (classify, detect, segment, instance), then timm's and torchvision's (as tv:NAME) classifiers."""
+    import cnnkit.models  # noqa: F401  (every family registers when imported)
     from cnnkit import registry
 
-    for name in registry.all_names():
-        if pattern in name:
-            typer.echo(name)
+    if task is not None and task not in registry.TASKS:
+        raise CnnkitError(f"--task {task!r} is not a task", f"choose one of {', '.join(registry.TASKS)}")
+    rows = registry.listing(pattern, task)
+    width = max((len(r[0]) for r in rows), default=0)
+    for name, task_, source, about in rows:
+        typer.echo(f"{name:<{width}}  {task_:<8}  {source:<11}  {about}".rstrip())
 
 
 @app.command("demo")

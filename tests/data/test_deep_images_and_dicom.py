@@ -195,6 +195,14 @@ def test_data_check_warns_when_an_8_bit_view_loses_the_range(tmp_path):
     assert not [f for f in check_imagefolder(tmp_path / "full", progress=False).findings if "8-bit view" in f.message]
 
 
+def test_detection_check_warns_when_an_8_bit_view_loses_the_range(tmp_path):
+    from cnnkit.data.check_detection import check_detection
+
+    report = check_detection(coco12(tmp_path / "coco"), "coco")
+    warnings = [f for f in report.findings if "8-bit view" in f.message]
+    assert warnings and all("keeps at most 17 grey levels" in f.message for f in warnings), report.findings
+
+
 def test_segmentation_check_warns_when_an_8_bit_view_loses_the_range(tmp_path):
     from cnnkit.data.check_segmentation import check_segmentation
 

@@ -21,14 +21,45 @@ def shapes(tmp_path_factory) -> Path:
     return root
 
 
+def _fit_coco(shapes: Path, root: Path, count: int) -> Path:
+    """A COCO-layout dataset of the first ``count`` training images whose val split is the same images."""
+    import shutil
+
+    coco = json.loads((shapes / "annotations/train.json").read_text())
+    images = coco["images"][:count]
+    kept = {image["id"] for image in images}
+    coco = {**coco, "images": images, "annotations": [a for a in coco["annotations"] if a["image_id"] in kept]}
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / f"annotations/{split}.json").write_text(json.dumps(coco))
+    for image in images:
+        (root / "images" / image["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shapes / "images" / image["file_name"], root / "images" / image["file_name"])
+    return root
+
+
+def _untrained(weights: Path, data: Path, out: Path) -> dict:
+    """`detect val` metrics of a detector with the trained one's architecture, anchors and classes, but
+    freshly initialised weights (seed 0, as the run's)."""
+    import torch
+
+    from cnnkit.detection_api import Detector
+    from cnnkit.engine.checkpoint import read_metadata
+
+    torch.manual_seed(0)
+    return Detector.from_metadata(read_metadata(weights)).val(str(data), out=out, workers=0)
+
+
 @pytest.mark.slow
-def test_fasterrcnn_trains_then_val_and_predict(shapes, tmp_path):
-    # the whole two-stage loop on COCO data in two short epochs: that R-CNN learns is shown by the Mask R-CNN
-    # test (tests/e2e/test_instance_e2e.py, the same RPN and RoI heads) and by yolo_n's below; the benchmark
-    # in docs/detection.md trains 800 images for 11 epochs
+def test_fasterrcnn_fits_then_val_and_predict(shapes, tmp_path):
+    # the whole two-stage loop on COCO data: 4 scenes fitted in 80 steps (resnet18 FPN at 128 px, --lr 0.001: 0.002
+    # reached only 0.13) reached map50 0.90 on themselves (an untrained copy: 0), where 2 epochs over 96 scenes had
+    # moved it from 0.0001 to 0.0005; the benchmark in docs/detection.md trains 800 images for 11 epochs
+    data = _fit_coco(shapes, tmp_path / "fit", 4)
     run_dir = tmp_path / "run"
-    done = run_cnnkit("detect", "train", "--data", str(shapes), "--model", "fasterrcnn", "--imgsz", "128", "--epochs", "2",
-                      "--batch", "8", "--lr", "0.002", "--workers", "0", "--precise-bn", "2", "--out", str(run_dir))
+    done = run_cnnkit("detect", "train", "--data", str(data), "--model", "fasterrcnn", "--backbone", "resnet18", "--imgsz", "128",
+                      "--epochs", "40", "--batch", "2", "--lr", "0.001", "--augment", "none", "--workers", "0", "--precise-bn", "2",
+                      "--out", str(run_dir))
     assert done.returncode == 0, done.stderr
     for name in ("config.yaml", "weights/best.safetensors", "checkpoint.pt", "history.csv", "metrics.json", "predictions.json",
                  "report.html", "plots/history.png", "plots/val_pr_curves.png", "plots/val_confusion_matrix.png",
@@ -38,35 +69,61 @@ def test_fasterrcnn_trains_then_val_and_predict(shapes, tmp_path):
     assert {"map", "map50", "map75", "map_small", "per_class"} <= set(metrics)
     assert set(metrics["per_class"]) == {"circle", "square", "triangle", "star", "cross"}
     history = (run_dir / "history.csv").read_text().splitlines()
-    assert len(history) == 3 and float(history[2].split(",")[1]) < float(history[1].split(",")[1])  # the loss falls
+    assert len(history) == 41 and float(history[-1].split(",")[1]) < 0.5 * float(history[1].split(",")[1])  # the loss falls
+    weights = str(run_dir / "weights/best.safetensors")
+    untrained = _untrained(run_dir / "weights/best.safetensors", data, tmp_path / "untrained")
+    assert metrics["map50"] >= max(0.5, 10 * untrained["map50"]), (metrics["map50"], untrained["map50"])
 
     # predictions.json: COCO results with the dataset's own ids
-    truth = json.loads((shapes / "annotations/val.json").read_text())
+    truth = json.loads((data / "annotations/val.json").read_text())
     results = json.loads((run_dir / "predictions.json").read_text())
     assert {r["image_id"] for r in results} <= {image["id"] for image in truth["images"]}
     assert {r["category_id"] for r in results} <= {c["id"] for c in truth["categories"]}
     assert set(results[0]) == {"image_id", "category_id", "bbox", "score"}
 
-    weights = str(run_dir / "weights/best.safetensors")
-    val = run_cnnkit("detect", "val", "--weights", weights, "--data", str(shapes), "--out", str(tmp_path / "val"), "--workers", "0")
+    val = run_cnnkit("detect", "val", "--weights", weights, "--data", str(data), "--out", str(tmp_path / "val"), "--workers", "0")
     assert val.returncode == 0, val.stderr
     again = json.loads((tmp_path / "val/metrics.json").read_text())
     assert again["map"] == pytest.approx(metrics["map"], abs=1e-6)
     assert (tmp_path / "val/predictions.json").is_file() and (tmp_path / "val/report.html").is_file()
 
-    video = _video(sorted((shapes / "images/val").glob("*.png"))[:6], tmp_path / "clip.mp4", fps=7.0)
+    images = sorted((data / "images/train").glob("*.png"))
+    video = _video((images * 2)[:6], tmp_path / "clip.mp4", fps=7.0)
     out = tmp_path / "pred.json"
-    pred = run_cnnkit("detect", "predict", str(shapes / "images/val"), str(video), "--weights", weights, "--conf", "0.0",
+    pred = run_cnnkit("detect", "predict", str(data / "images/train"), str(video), "--weights", weights, "--conf", "0.25",
                       "--classes", "circle,square,star", "--out", str(tmp_path / "annotated"), "--save-json", str(out))
     assert pred.returncode == 0, pred.stderr
     found = json.loads(out.read_text())
-    n_images = len(list((shapes / "images/val").glob("*.png")))
-    assert len([r for r in found if "frame" not in r]) == n_images
+    assert len([r for r in found if "frame" not in r]) == len(images)
     assert [r["frame"] for r in found if "frame" in r] == list(range(6))
     assert set(found[0]) >= {"file", "boxes", "labels", "scores"}
     labels = {label for r in found for label in r["labels"]}
     assert labels and labels <= {"circle", "square", "star"}
-    assert len(list((tmp_path / "annotated").glob("*.png"))) == n_images
+    assert all(score >= 0.25 for r in found for score in r["scores"])
+    # at --conf 0.25 the fitted objects of the asked classes are found where they are, with their class (7 of 8)
+    import numpy as np
+    import torch
+    from torchvision.ops import box_iou
+
+    from cnnkit.data.detection import load_detection
+
+    dataset = load_detection(data)
+    names = dict(dataset.categories)
+    by_file = {image.path.name: image for image in dataset.splits["train"]}
+    matched = total = 0
+    for row in (r for r in found if "frame" not in r):
+        image = by_file[Path(row["file"]).name]
+        predicted = torch.tensor(row["boxes"], dtype=torch.float32).reshape(-1, 4)
+        for box, label in zip(image.boxes, image.labels):
+            if names[int(label)] not in {"circle", "square", "star"}:
+                continue
+            total += 1
+            same = torch.tensor([name == names[int(label)] for name in row["labels"]], dtype=torch.bool)
+            if same.any():
+                overlaps = box_iou(torch.as_tensor(np.asarray(box, dtype=np.float32)[None]), predicted)[0]
+                matched += bool(((overlaps >= 0.5) & same).any())
+    assert total >= 6 and matched >= 0.5 * total, (matched, total)
+    assert len(list((tmp_path / "annotated").glob("*.png"))) == len(images)
     import cv2
 
     capture = cv2.VideoCapture(str(tmp_path / "annotated/clip.mp4"))
@@ -168,35 +225,6 @@ def test_yolo_overfits_a_handful_of_images_then_predicts(shapes, tmp_path):
                           "--workers", "0")
     assert val.returncode == 0, val.stderr
     assert json.loads((tmp_path / "val_onnx/metrics.json").read_text())["map"] == pytest.approx(metrics["map"], abs=0.01)
-
-
-def _fit_coco(shapes: Path, root: Path, count: int) -> Path:
-    """A COCO-layout dataset of the first ``count`` training images whose val split is the same images."""
-    import shutil
-
-    coco = json.loads((shapes / "annotations/train.json").read_text())
-    images = coco["images"][:count]
-    kept = {image["id"] for image in images}
-    coco = {**coco, "images": images, "annotations": [a for a in coco["annotations"] if a["image_id"] in kept]}
-    (root / "annotations").mkdir(parents=True)
-    for split in ("train", "val"):
-        (root / f"annotations/{split}.json").write_text(json.dumps(coco))
-    for image in images:
-        (root / "images" / image["file_name"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shapes / "images" / image["file_name"], root / "images" / image["file_name"])
-    return root
-
-
-def _untrained(weights: Path, data: Path, out: Path) -> dict:
-    """`detect val` metrics of a detector with the trained one's architecture, anchors and classes, but
-    freshly initialised weights (seed 0, as the run's)."""
-    import torch
-
-    from cnnkit.detection_api import Detector
-    from cnnkit.engine.checkpoint import read_metadata
-
-    torch.manual_seed(0)
-    return Detector.from_metadata(read_metadata(weights)).val(str(data), out=out, workers=0)
 
 
 # fitting 8 scenes in 60 steps: ssdlite reached map50 0.96 and yolo_n 0.50 (untrained: 0.017 and 0.003)

@@ -89,6 +89,17 @@ def test_coco_results_use_dataset_ids():
                        {"image_id": "b", "category_id": 90, "bbox": [1.0, 2.0, 3.0, 4.0], "score": pytest.approx(0.8)}]
 
 
+def test_coco_results_return_to_the_recorded_frame():
+    """An annotation that records the image at half its file's size (resized after labelling): the detector
+    sees the file, its boxes go back to the frame the ground truth is in."""
+    images = [DetectionImage(Path("a.png"), 1, 50, 40)]
+    task = DetectTask(images, [(1, "cat")], [1])
+    outputs = {"index": np.array([0]), "size": np.array([[80, 100]]),  # [H, W] of the loaded file
+               "boxes": np.array([[[10, 20, 30, 60]]], dtype=np.float32), "scores": np.array([[0.9]], dtype=np.float32),
+               "labels": np.array([[1]])}
+    assert task.coco_results(outputs)[0]["bbox"] == [5.0, 10.0, 10.0, 20.0]
+
+
 def test_confusion_matrix_by_hand():
     # image 1: a cat found as a cat, a dog found as a cat; image 2: a missed dog and a false cat
     truth = [(np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), np.array([0, 1])),
@@ -182,3 +193,21 @@ def test_pr_curves_match_cocoeval(tmp_path):
         recall, precision, ap = curves[name]
         np.testing.assert_allclose(precision, np.where(reference < 0, 0, reference))
         assert ap == pytest.approx(float(np.mean(reference)))
+
+
+def test_confusion_matrix_leaves_detections_on_ignored_regions_out():
+    """A detection on a crowd region or VOC difficult object is neither a hit nor a false alarm, as in COCOeval;
+    one elsewhere stays a false alarm, and a missed true box stays a miss."""
+    import numpy as np
+
+    from cnnkit.tasks.detect import confusion_matrix
+
+    truth = [(np.array([[0, 0, 10, 10]], float), np.array([0]))]
+    predicted = [(np.array([[0, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]], float), np.array([0, 1, 1]))]
+    plain = confusion_matrix(truth, predicted, 2)
+    assert plain[2, 1] == 2 and plain[0, 0] == 1
+    ignored = [np.array([[48, 48, 62, 62]], float)]  # holds the second detection whole, not the third
+    matrix = confusion_matrix(truth, predicted, 2, ignored=ignored)
+    assert matrix[2, 1] == 1 and matrix[0, 0] == 1 and matrix.sum() == 2
+    missed = confusion_matrix(truth, [(np.zeros((0, 4)), np.zeros(0, int))], 2, ignored=ignored)
+    assert missed[0, 2] == 1 and missed.sum() == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnkit.data.check import CheckReport, _stats
+from cnnkit.data.intensity import FEW_LEVELS, eight_bit_levels, few_levels_message
 from cnnkit.errors import CnnkitError
 
 SMALL, MEDIUM = 32 ** 2, 96 ** 2  # COCO's area thresholds, in pixels
@@ -88,38 +89,47 @@ def check_images(report: CheckReport, data) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     images = list({image.path: image for split in data.splits.values() for image in split}.values())
+    views: dict[Path, tuple[int, int, int]] = {}  # 16-bit images: their 8-bit view's (levels, low, high)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for image, findings in zip(images, pool.map(_inspect_image, images)):
+        for image, (findings, view) in zip(images, pool.map(_inspect_image, images)):
             for level, message in findings:
                 report._add(level, image.path, message)
+            if view is not None:
+                views[image.path] = view
+    for split, members in data.splits.items():
+        narrow = [(image.path, *views[image.path]) for image in members if image.path in views and views[image.path][0] < FEW_LEVELS]
+        if narrow:
+            report._add("warning", data.root, few_levels_message(split, narrow, len(members)))
 
 
-def _inspect_image(image) -> list[tuple[str, str]]:
-    """(level, message) findings of one DetectionImage's file; never raises."""
+def _inspect_image(image) -> tuple[list[tuple[str, str]], tuple[int, int, int] | None]:
+    """((level, message) findings, the 8-bit view (levels, low, high) of a 16-bit picture) of one
+    DetectionImage's file; never raises."""
     from cnnkit.data.images import displayed_size, open_image, orientation, recorded_frame, size_mismatch, stored_size
 
     path = image.path
     try:
         if path.stat().st_size == 0:
-            return [("error", "empty file (0 bytes); re-export or remove the file")]
+            return [("error", "empty file (0 bytes); re-export or remove the file")], None
         with open_image(path) as opened:
             stored, displayed, turn = stored_size(opened), displayed_size(opened), orientation(opened)
             opened.load()  # decodes it whole: a truncated file fails here, not in training
+            view = eight_bit_levels(opened)
     except CnnkitError as exc:  # over the pixel limit (--max-pixels)
-        return [("error", str(exc).removeprefix(f"{path}: "))]
+        return [("error", str(exc).removeprefix(f"{path}: "))], None
     except Exception as exc:  # noqa: BLE001 - a checker reports every decoder failure, whatever its type
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        return [("error", f"cannot read image: {reason}; re-export or remove the file (training would skip it)")]
+        return [("error", f"cannot read image: {reason}; re-export or remove the file (training would skip it)")], None
     recorded = (image.width, image.height)
     frame = recorded_frame(recorded, stored, displayed)
     if frame == "mismatch":
         return [("error", size_mismatch(path, recorded, stored, displayed).removeprefix(f"{path}: ")
-                 + "; its boxes cannot be placed (training skips it): record the size of the picture they were drawn on")]
+                 + "; its boxes cannot be placed (training skips it): record the size of the picture they were drawn on")], view
     if frame == "stored":
         return [("warning", f"the annotation records {recorded[0]}x{recorded[1]}, the unturned size of a photo shown "
                             f"{displayed[0]}x{displayed[1]} (EXIF orientation {turn}): its boxes are read as drawn on the "
-                            f"unturned picture; if they were drawn on the upright photo, record {displayed[0]}x{displayed[1]}")]
+                            f"unturned picture; if they were drawn on the upright photo, record {displayed[0]}x{displayed[1]}")], view
     if frame == "scaled":
         return [("warning", f"the annotation records {recorded[0]}x{recorded[1]} but the image is {displayed[0]}x{displayed[1]}: "
-                            f"its boxes are scaled by {displayed[0] / recorded[0]:.3g} into the file's pixels")]
-    return []
+                            f"its boxes are scaled by {displayed[0] / recorded[0]:.3g} into the file's pixels")], view
+    return [], view

@@ -17,7 +17,7 @@ def build_classifier(name: str, num_classes: int, pretrained: bool = False) -> n
     source, canonical = registry.resolve(name)
     try:
         if source == "cnnkit":
-            return registry.MODELS[canonical](num_classes=num_classes, pretrained=pretrained)
+            return registry.MODELS[canonical].build(num_classes=num_classes, pretrained=pretrained)
         if source == "timm":
             import timm
 

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cnnkit import registry
 from cnnkit.errors import CnnkitError
+from cnnkit.registry import register
 
-YOLO_MODELS = ("yolo_n", "yolo_s", "yolo_m")
-DETECTORS = ("fasterrcnn", "ssd", "ssdlite") + YOLO_MODELS
+YOLO_MODELS = ("yolo_n", "yolo_s", "yolo_m")  # the YOLO-style family: its own options (--dfl, --box-loss, …) apply
 TORCHVISION_BACKBONES = ("mobilenet_v3_large", "resnet50")
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)  # height / width, as torchvision's AnchorGenerator takes them
 # Faster R-CNN settings for small images on a CPU: torchvision's defaults sample 512 RoIs per image for
@@ -76,12 +77,11 @@ class Anchors:
 
 def parse_model(model: str, backbone: str | None) -> tuple[str, str | None]:
     """(family, backbone) with the defaults filled in and the combination checked."""
-    if model not in DETECTORS:
-        import difflib
-
-        near = difflib.get_close_matches(model, DETECTORS, n=1)
+    detectors = registry.names("detect")
+    if model not in detectors:
+        near = registry.near(model, detectors, 1)
         raise CnnkitError(f"--model {model!r} is not a detector", f"did you mean '{near[0]}'?" if near else
-                          f"choose one of {', '.join(DETECTORS)}")
+                          registry.other_task_hint(model, "detect") or f"choose one of {', '.join(detectors)}")
     if model == "fasterrcnn":
         return model, backbone or "mobilenet_v3_large"
     if model in YOLO_MODELS:
@@ -158,13 +158,9 @@ def build_detector(model: str, num_classes: int, imgsz: int, backbone: str | Non
     but the class-specific ones) for its own backbones, timm's ImageNet weights for a timm backbone."""
     model, backbone = parse_model(model, backbone)
     with _published_weights(model, backbone, pretrained):
-        if model in YOLO_MODELS:
-            from cnnkit.models.yolo import build_yolo
-
-            options = yolo or YoloOptions()
-            return build_yolo(model, num_classes, imgsz, backbone, pretrained, options.dfl, options.box_loss, options.cls_loss,
-                              score_thresh, nms_iou, max_det)
-        return _build(model, num_classes, imgsz, backbone, anchors, pretrained, score_thresh, nms_iou, max_det)
+        return registry.MODELS[model].build(model=model, num_classes=num_classes, imgsz=imgsz, backbone=backbone,
+                                            anchors=anchors, pretrained=pretrained, score_thresh=score_thresh,
+                                            nms_iou=nms_iou, max_det=max_det, yolo=yolo)
 
 
 def build_maskrcnn(num_classes: int, imgsz: int, backbone: str | None = None, anchors: Anchors | None = None,
@@ -196,8 +192,12 @@ def build_maskrcnn(num_classes: int, imgsz: int, backbone: str | None = None, an
             _load_coco(net, "fasterrcnn_mobilenet_v3_large_fpn" if backbone == "mobilenet_v3_large" else "maskrcnn_resnet50_fpn")
     net.cnnkit_backbone = "backbone.body"
     net.cnnkit_mask_layers = list(layers)
-    net.roi_heads.mask_predictor.register_forward_hook(lambda m, i, o: o * 0 + 10)  # H28BREAK box-filling masks
     return net
+
+
+# `cnnkit segment train --model maskrcnn` (models/segmenters.py parses its --encoder into the backbone)
+register("maskrcnn", task="instance", about="Mask R-CNN (torchvision), instance masks; --encoder mobilenet_v3_large, "
+         "resnet50 or a timm CNN")(build_maskrcnn)
 
 
 # torchvision's mask head (four 3x3 convolutions of 256 channels on 14x14 RoIs) costs about 1 GFLOP per RoI,
@@ -227,16 +227,42 @@ def _published_weights(model: str, backbone: str | None, pretrained: bool):
                           "drop --pretrained (needs the internet once), or pass --backbone-from / --weights FILE") from None
 
 
-def _build(model: str, num_classes: int, imgsz: int, backbone: str | None, anchors: Anchors | None, pretrained: bool,
-           score_thresh: float, nms_iou: float, max_det: int) -> nn.Module:
-    if model == "fasterrcnn":
-        net = _faster_rcnn(backbone, num_classes, imgsz, anchors or default_anchors(model, backbone), pretrained,
-                           score_thresh, nms_iou, max_det)
-        net.cnnkit_backbone = "backbone.body"
-    else:
-        net = _ssd(model, num_classes, imgsz, pretrained, score_thresh, nms_iou, max_det)
-        net.cnnkit_backbone = "backbone.features"
+# The detect entries of cnnkit's model table (build_detector looks --model up there). Each builder takes
+# the detect task's options as keywords, (model, num_classes, imgsz, backbone, anchors, pretrained,
+# score_thresh, nms_iou, max_det, yolo), and uses those that apply to its family.
+@register("fasterrcnn", task="detect", about="Faster R-CNN (torchvision), two-stage with FPN; --backbone "
+          "mobilenet_v3_large, resnet50 or a timm CNN")
+def _fasterrcnn(model: str, num_classes: int, imgsz: int, backbone: str, anchors: Anchors | None, pretrained: bool,
+                score_thresh: float, nms_iou: float, max_det: int, **_: Any) -> nn.Module:
+    net = _faster_rcnn(backbone, num_classes, imgsz, anchors or default_anchors(model, backbone), pretrained,
+                       score_thresh, nms_iou, max_det)
+    net.cnnkit_backbone = "backbone.body"
     return net
+
+
+def _ssd_family(model: str, num_classes: int, imgsz: int, pretrained: bool, score_thresh: float, nms_iou: float,
+                max_det: int, **_: Any) -> nn.Module:
+    net = _ssd(model, num_classes, imgsz, pretrained, score_thresh, nms_iou, max_det)
+    net.cnnkit_backbone = "backbone.features"
+    return net
+
+
+register("ssd", task="detect", about="SSD300 (torchvision), single-shot, VGG16 backbone")(_ssd_family)
+register("ssdlite", task="detect", about="SSDlite320 (torchvision), single-shot, MobileNetV3-Large backbone")(_ssd_family)
+
+
+def _yolo(model: str, num_classes: int, imgsz: int, backbone: str | None, pretrained: bool, score_thresh: float,
+          nms_iou: float, max_det: int, yolo: YoloOptions | None = None, **_: Any) -> nn.Module:
+    from cnnkit.models.yolo import build_yolo
+
+    options = yolo or YoloOptions()
+    return build_yolo(model, num_classes, imgsz, backbone, pretrained, options.dfl, options.box_loss, options.cls_loss,
+                      score_thresh, nms_iou, max_det)
+
+
+for _name, _size in zip(YOLO_MODELS, ("nano", "small", "medium")):
+    register(_name, task="detect", about=f"cnnkit's YOLO-style anchor-free detector, {_size}; CSP backbone or "
+             "--backbone a timm CNN")(_yolo)
 
 
 def _faster_rcnn(backbone: str, num_classes: int, imgsz: int, anchors: Anchors, pretrained: bool,

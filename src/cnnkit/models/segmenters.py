@@ -22,11 +22,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnkit import registry
 from cnnkit.errors import CnnkitError
+from cnnkit.models.detectors import TORCHVISION_BACKBONES  # also registers maskrcnn, the instance segmenter
+from cnnkit.registry import register
 
-SEGMENTERS = ("unet", "fpn", "pan", "deeplabv3plus", "fcn")
 DEFAULT_ENCODER = "resnet18"
-INSTANCE_MODELS = ("maskrcnn",)
+INSTANCE_MODELS = tuple(registry.names("instance"))  # the registry's view, for callers that test membership
 ENCODER_ALIASES = {"mobilenet_v3": "mobilenetv3_large_100", "mobilenet_v3_large": "mobilenetv3_large_100",
                    "mobilenet_v3_small": "mobilenetv3_small_100", "mobilenetv3_large": "mobilenetv3_large_100",
                    "mobilenetv3_small": "mobilenetv3_small_100"}
@@ -36,22 +38,20 @@ STRIDE = 32  # inputs must be multiples of this
 
 def parse_segmenter(model: str, encoder: str | None) -> tuple[str, str]:
     """(architecture, timm encoder name) with defaults and aliases applied; a one-line error for unknown names."""
-    if model not in SEGMENTERS + INSTANCE_MODELS:
-        import difflib
-
-        near = difflib.get_close_matches(model, SEGMENTERS + INSTANCE_MODELS, n=1)
+    semantic, instance = registry.names("segment"), registry.names("instance")
+    if model not in semantic + instance:
+        near = registry.near(model, semantic + instance, 1)
         raise CnnkitError(f"unknown segmentation model {model!r}" + (f"; did you mean '{near[0]}'?" if near else ""),
-                          f"semantic: {', '.join(SEGMENTERS)}; instance: {', '.join(INSTANCE_MODELS)}")
+                          registry.other_task_hint(model, "segment")
+                          or f"semantic: {', '.join(semantic)}; instance: {', '.join(instance)}")
     import timm
 
-    if model in INSTANCE_MODELS:
+    if model in instance:
         return model, _instance_backbone(encoder)
     name = encoder or DEFAULT_ENCODER
     name = ENCODER_ALIASES.get(name, name)
     if not timm.is_model(name):
-        from cnnkit.registry import suggest
-
-        near = [n for n in suggest(name) if timm.is_model(n)]
+        near = [n for n in registry.suggest(name) if timm.is_model(n)]
         raise CnnkitError(f"--encoder {encoder!r} is not a timm model" + (f"; did you mean '{near[0]}'?" if near else ""),
                           "resnet18, resnet34, vgg16, densenet121, mobilenet_v3, efficientnet_b0 or any timm CNN (`cnnkit models`)")
     return model, name
@@ -62,13 +62,9 @@ def _instance_backbone(encoder: str | None) -> str:
     default and cheapest on a CPU, or resnet50; else a timm CNN through a feature pyramid)."""
     import timm
 
-    from cnnkit.models.detectors import TORCHVISION_BACKBONES
-
     name = {"mobilenet_v3": "mobilenet_v3_large"}.get(encoder or "", encoder) or "mobilenet_v3_large"
     if name not in TORCHVISION_BACKBONES and not timm.is_model(name):
-        from cnnkit.registry import suggest
-
-        near = [n for n in suggest(name) if timm.is_model(n) or n in TORCHVISION_BACKBONES]
+        near = [n for n in registry.suggest(name) if timm.is_model(n) or n in TORCHVISION_BACKBONES]
         raise CnnkitError(f"--encoder {encoder!r} is not a maskrcnn backbone" + (f"; did you mean '{near[0]}'?" if near else ""),
                           "mobilenet_v3_large (default), resnet50, or a timm CNN: resnet18, efficientnet_b0, convnext_tiny, …")
     return name
@@ -78,14 +74,33 @@ def build_segmenter(model: str, encoder: str | None, num_classes: int, pretraine
     """Logits [B, num_classes, H, W] for images [B, 3, H, W]; ``pretrained`` loads the encoder's
     ImageNet weights (timm, from the Hugging Face hub: needs the internet once)."""
     arch, name = parse_segmenter(model, encoder)
-    if arch in INSTANCE_MODELS:
+    entry = registry.MODELS[arch]
+    if entry.task == "instance":
         raise CnnkitError(f"{arch} is an instance segmenter, not a semantic one", "use cnnkit.InstanceSegmenter (the CLI picks it)")
-    if arch == "fcn":
-        net = _fcn(name, num_classes, pretrained)
-        net.cnnkit_backbone = "encoder"  # transfer learning: everything else is the head
-    else:
-        net = _smp(arch, name, num_classes, pretrained)
-        net.cnnkit_backbone = "encoder.model"  # smp keeps the timm model there, its tensors named as timm's
+    return entry.build(model=arch, encoder=name, num_classes=num_classes, pretrained=pretrained)
+
+
+# The segment entries of cnnkit's model table (build_segmenter looks --model up there); each builder takes
+# (model, encoder, num_classes, pretrained) as keywords.
+def _smp_family(model: str, encoder: str, num_classes: int, pretrained: bool) -> nn.Module:
+    net = _smp(model, encoder, num_classes, pretrained)
+    net.cnnkit_backbone = "encoder.model"  # smp keeps the timm model there, its tensors named as timm's
+    return net
+
+
+register("unet", task="segment", about="U-Net (segmentation_models_pytorch): skip connections at every scale; "
+         "--encoder a timm CNN")(_smp_family)
+register("fpn", task="segment", about="feature pyramid decoder (segmentation_models_pytorch); --encoder a timm CNN")(_smp_family)
+register("pan", task="segment", about="pyramid attention network (segmentation_models_pytorch); "
+         "a dilatable --encoder")(_smp_family)
+register("deeplabv3plus", task="segment", about="DeepLabV3+ (segmentation_models_pytorch), atrous pyramid pooling; "
+         "a dilatable --encoder")(_smp_family)
+
+
+@register("fcn", task="segment", about="FCN: torchvision's FCN head on a stride-8 dilated timm encoder (--encoder)")
+def _fcn_family(model: str, encoder: str, num_classes: int, pretrained: bool) -> nn.Module:
+    net = _fcn(encoder, num_classes, pretrained)
+    net.cnnkit_backbone = "encoder"  # transfer learning: everything else is the head
     return net
 
 

@@ -56,7 +56,7 @@ class TinyCNN(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-@register("tiny_cnn")
+@register("tiny_cnn", task="classify", about="small VGG-style CNN for fast CPU runs (the demo)")
 def tiny_cnn(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> TinyCNN:
     if pretrained:
         from cnnkit.errors import CnnkitError

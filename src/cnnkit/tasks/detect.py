@@ -155,7 +155,8 @@ class DetectTask:
         # box decoding in bf16 would round coordinates to a pixel or more at 300 px: infer in fp32
         with torch.autocast(batch[0][0].device.type, enabled=False):
             detections = model(batch[0])
-        return {**pad_detections(detections, self.max_det, self.keep), "index": batch[2]}
+        sizes = torch.tensor([list(image.shape[-2:]) for image in batch[0]], dtype=torch.int64, device=batch[2].device)
+        return {**pad_detections(detections, self.max_det, self.keep), "size": sizes, "index": batch[2]}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         return coco_evaluate([self.images[i] for i in outputs["index"]], self.categories, self.coco_results(outputs))
@@ -166,9 +167,14 @@ class DetectTask:
         # in dataset order whatever order the DDP ranks' outputs were gathered in: COCOeval breaks score
         # ties by input order, so the same detections must give the same numbers
         for row in np.argsort(outputs["index"], kind="stable"):
-            image_id = self.images[int(outputs["index"][row])].image_id
+            item = self.images[int(outputs["index"][row])]
+            image_id = item.image_id
             valid = outputs["labels"][row] > 0
-            for box, score, label in zip(outputs["boxes"][row][valid], outputs["scores"][row][valid], outputs["labels"][row][valid]):
+            boxes = outputs["boxes"][row][valid]
+            if "size" in outputs:  # boxes are in the loaded file's pixels, the ground truth in the recorded frame
+                height, width = (int(v) for v in outputs["size"][row])
+                boxes = boxes * np.array([item.width / width, item.height / height] * 2, dtype=np.float64)
+            for box, score, label in zip(boxes, outputs["scores"][row][valid], outputs["labels"][row][valid]):
                 category = self.label_ids[int(label) - 1]
                 if category is None:
                     continue
@@ -199,16 +205,19 @@ def pad_detections(detections: list[dict[str, torch.Tensor]], max_det: int, keep
 
 
 def confusion_matrix(truth: Sequence[tuple[np.ndarray, np.ndarray]], predicted: Sequence[tuple[np.ndarray, np.ndarray]],
-                     num_classes: int, iou: float = CONFUSION_IOU) -> np.ndarray:
+                     num_classes: int, iou: float = CONFUSION_IOU, ignored: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """[C + 1, C + 1] counts, rows = true class, columns = predicted class, index C = background:
     per image, predictions and true boxes are paired one-to-one by the Hungarian algorithm on IoU
     (pairs under ``iou`` do not count); an unpaired true box is a miss (column background), an
-    unpaired prediction a false alarm (row background). Labels are 0-based class indices."""
+    unpaired prediction a false alarm (row background) unless it lies on one of the image's
+    ``ignored`` boxes [K, 4] (crowd regions, VOC difficult objects): at least ``iou`` of it inside one,
+    COCOeval's rule for crowd regions, and it counts nowhere. Labels are 0-based class indices."""
     from scipy.optimize import linear_sum_assignment
     from torchvision.ops import box_iou
 
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
-    for (true_boxes, true_labels), (pred_boxes, pred_labels) in zip(truth, predicted):
+    ignored = ignored if ignored is not None else [np.zeros((0, 4))] * len(truth)
+    for (true_boxes, true_labels), (pred_boxes, pred_labels), ignore in zip(truth, predicted, ignored):
         paired_true, paired_pred = set(), set()
         if len(true_boxes) and len(pred_boxes):
             overlaps = box_iou(torch.as_tensor(true_boxes, dtype=torch.float64), torch.as_tensor(pred_boxes, dtype=torch.float64)).numpy()
@@ -221,10 +230,22 @@ def confusion_matrix(truth: Sequence[tuple[np.ndarray, np.ndarray]], predicted: 
         for r in range(len(true_boxes)):
             if r not in paired_true:
                 matrix[int(true_labels[r]), num_classes] += 1
+        on_ignored = _inside_share(np.asarray(pred_boxes, dtype=np.float64), np.asarray(ignore, dtype=np.float64)) >= iou
         for c in range(len(pred_boxes)):
-            if c not in paired_pred:
+            if c not in paired_pred and not on_ignored[c]:
                 matrix[num_classes, int(pred_labels[c])] += 1
     return matrix
+
+
+def _inside_share(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """[N] the largest share of each xyxy box [N, 4] that lies inside one of ``regions`` [K, 4] (0 when K = 0)."""
+    if not len(boxes) or not len(regions):
+        return np.zeros(len(boxes))
+    low = np.maximum(boxes[:, None, :2], regions[None, :, :2])
+    high = np.minimum(boxes[:, None, 2:], regions[None, :, 2:])
+    inter = np.clip(high - low, 0, None).prod(axis=2)
+    area = np.clip(boxes[:, 2:] - boxes[:, :2], 1e-9, None).prod(axis=1)
+    return (inter / area[:, None]).max(axis=1)
 
 
 def pr_curves(images: list[DetectionImage], categories: list[tuple[int, str]], results: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
@@ -258,7 +279,8 @@ def draw(images: list[DetectionImage], categories: list[tuple[int, str]], result
         truth.append((np.asarray(image.boxes).reshape(-1, 4), np.array([index_of[int(c)] for c in image.labels], dtype=np.int64)))
         predicted.append((np.array([_xyxy(p["bbox"]) for p in preds]).reshape(-1, 4),
                           np.array([index_of[int(p["category_id"])] for p in preds], dtype=np.int64)))
-    matrix = confusion_matrix(truth, predicted, len(names))
+    ignored = [np.array([obj.box for obj in image.ignored], dtype=np.float64).reshape(-1, 4) for image in images]
+    matrix = confusion_matrix(truth, predicted, len(names), ignored=ignored)
     paths = [plots.plot_pr_curves(pr_curves(images, categories, results), plot_dir / f"{prefix}_pr_curves.png",
                                   mean_label="at IoU 0.5: map50"),
              plots.plot_confusion_matrix(matrix, names + ["background"], plot_dir / f"{prefix}_confusion_matrix.png",
