@@ -21,7 +21,6 @@ into place at the end, so a failed conversion leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -116,7 +115,7 @@ def convert_to_masks(source: str | Path, out: str | Path, palette: str | Path | 
 
 def _run(jobs: list, work, label: str, progress: bool) -> list:
     """work(job) for every job in a thread pool (PNG coding releases the GIL), in order, with a progress bar."""
-    from cnnkit.engine.callbacks import progress_bar
+    from cnnkit.console import progress_bar
 
     results = []
     bar = progress_bar(transient=True) if progress and jobs else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnnkit.data.decode import (  # noqa: F401 - re-exported: the one place readers import image helpers from
+from cnnkit.data.decode import (  # the readers' one import of the image helpers: re-exported (__all__)
     DEFAULT_MAX_PIXELS,
     DEEP_MODES,
     DICOM_SUFFIXES,
@@ -89,3 +89,6 @@ def load_image_in_frame(path: str | Path, width: int, height: int, intensity=Non
 def _load_values(path: Path, intensity) -> Image.Image:
     """Deep images, DICOM and NIfTI: their values normalised by ``intensity`` (data/intensity.py), as 8-bit RGB."""
     return read_rgb8(path, intensity)
+
+
+__all__ = ["load_image", "load_image_in_frame", "DEFAULT_MAX_PIXELS", "DEEP_MODES", "DICOM_SUFFIXES", "IMAGE_EXTENSIONS", "MAX_PIXELS_ENV", "MAX_PIXELS_HINT", "ORIENTATION", "dicom_without_suffix", "displayed_size", "image_errors", "is_deep_colour_tiff", "is_dicom_file", "is_image_file", "is_medical_file", "max_pixels", "needs_values", "open_image", "orientation", "pixel_limit", "read_picture", "recorded_frame", "size_mismatch", "stem_of", "stored_size", "to_rgb", "upright"]

@@ -238,7 +238,7 @@ def check_masks(data: SegmentationData, infer_classes: bool = False) -> dict[str
     """Read every mask once: same size as its image, values among the classes (or the ignore index),
     not a colour image. Returns the true pixel count of every class per split. With
     ``infer_classes`` (no classes.txt), the classes are 0..max value found, named class_K."""
-    from cnnkit.engine.callbacks import progress_bar
+    from cnnkit.console import progress_bar
 
     samples = [(split, s) for split, items in data.splits.items() for s in items if s.mask is not None]
     num_classes = len(data.classes)
