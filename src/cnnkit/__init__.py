@@ -1,6 +1,6 @@
 """cnnkit: the whole CNN computer-vision workflow in one package and one command-line tool."""
 
-__version__ = "0.1.0"
+from cnnkit.version import __version__
 
 
 def __getattr__(name: str):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit import __version__
+from cnnkit.version import __version__
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, batch_mixer, classify_transforms, spec_from_config
 from cnnkit.config import TrainConfig, read_yaml_options, write_yaml
 from cnnkit.console import Skips, console, warn

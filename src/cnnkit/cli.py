@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, get_args, get_type_hints
 import typer
 
 from cnnkit import __version__
-from cnnkit.config import (MAX_PIXELS, DetectConfig, DistillConfig, EmbedConfig, PreviewConfig, SegmentConfig,
+from cnnkit.config import (INSTANCE_MODELS, MAX_PIXELS, DetectConfig, DistillConfig, EmbedConfig, PreviewConfig, SegmentConfig,
                             SegmentDistillConfig, TrainConfig, read_yaml_options)
 from cnnkit.errors import CnnkitError
 from cnnkit.libwarnings import routed_warnings
@@ -413,7 +413,7 @@ def detect_predict(
 def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
     from cnnkit.api import train
 
-    if cfg.model == "maskrcnn":
+    if cfg.model in INSTANCE_MODELS:
         from cnnkit.instance_api import INSTANCE, instance_config
 
         train(instance_config(cfg, explicit), explicit, recipe=INSTANCE)
@@ -457,9 +457,10 @@ def segment_val(
     """miou, dice, pixel accuracy and per-class IoU / Dice / HD95 of weights on a split (on the masks at
     their own size): metrics.json, confusion matrix, overlays and report.html. maskrcnn weights: COCO
     mask and box mAP (pycocotools), predictions.json, PR curves, samples and report.html."""
-    from cnnkit.instance_api import InstanceSegmenter, load_segmenter
+    from cnnkit import tasks
+    from cnnkit.instance_api import InstanceSegmenter
 
-    seg = load_segmenter(weights)
+    seg = tasks.load(weights, "segment")
     if isinstance(seg, InstanceSegmenter):
         if tile is not None:
             raise CnnkitError("--tile applies to semantic models, not to maskrcnn weights")
@@ -495,11 +496,12 @@ def segment_predict(
 
     from cnnkit.console import console
     from cnnkit.engine.rundir import next_run_dir, write_json
-    from cnnkit.instance_api import InstanceSegmenter, load_segmenter
+    from cnnkit import tasks
+    from cnnkit.instance_api import InstanceSegmenter
 
     if overlap is not None and not 0.0 <= overlap < 1.0:
         raise CnnkitError(f"--overlap must be at least 0 and below 1, got {overlap}")
-    seg = load_segmenter(weights)
+    seg = tasks.load(weights, "segment")
     if isinstance(seg, InstanceSegmenter):
         if tile is not None or overlap is not None:
             raise CnnkitError("--tile and --overlap apply to semantic models, not to maskrcnn weights")
@@ -933,7 +935,8 @@ def export_command(
     on real images: prints the largest output difference (and top-1 agreement for classifiers, matched
     detections for detectors); a mismatch beyond --rtol fails. Detectors export with their decoding and
     NMS inside the graph. The file carries the model's metadata, so `val`, `predict` and `bench` load it directly."""
-    from cnnkit.compress.export import FORMATS, export_weights
+    from cnnkit.compress.export import FORMATS
+    from cnnkit.tasks import export_weights
 
     if format not in FORMATS:
         raise CnnkitError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
@@ -960,8 +963,8 @@ def quantize_command(
 ) -> None:
     """Quantize a trained model to int8 for x86 CPUs and report the task metric of fp32 and int8 side by side.
     The file loads directly in `val`, `predict` and `bench`."""
-    from cnnkit.compress.quantize import quantize_weights
     from cnnkit.console import console
+    from cnnkit.tasks import quantize_weights
 
     path, report = quantize_weights(weights, data, method, backend, calib_images, epochs, out, lr, batch, workers)
     size = f"{report['size_mb_fp32']:.1f} MB -> {report['size_mb_int8']:.1f} MB ({report['size_mb_fp32'] / report['size_mb_int8']:.1f}x smaller)"
@@ -990,7 +993,8 @@ def bench_command(
 ) -> None:
     """Size, latency (p50/p90), throughput and the task metric of each deployment variant of a model, as a
     table; bench.json and bench.md in --out."""
-    from cnnkit.compress.bench import FORMATS, bench, parse_list
+    from cnnkit.compress.bench import FORMATS, parse_list
+    from cnnkit.tasks import bench
 
     format_list = parse_list(formats, "formats", FORMATS)
     try:

@@ -13,6 +13,9 @@ import yaml
 
 from cnnkit.errors import CnnkitError
 
+# segmentation models of the instance family (Mask R-CNN): their weights belong to the instance task
+INSTANCE_MODELS = ("maskrcnn",)
+
 # the default of --max-pixels: Pillow's Image.MAX_IMAGE_PIXELS (cnnkit.data.images.DEFAULT_MAX_PIXELS), written out
 # so that reading the options does not import Pillow
 MAX_PIXELS = 89_478_485
@@ -420,7 +423,7 @@ class _SegmentOptions(_Options):
         from cnnkit.models.segmenters import check_input_size, parse_segmenter
 
         parse_segmenter(self.model, self.encoder)
-        instance = self.model == "maskrcnn"
+        instance = self.model in INSTANCE_MODELS
         others = SEMANTIC_ONLY if instance else INSTANCE_ONLY
         wrong = [name for name, default in others.items() if getattr(self, name, default) != default]
         if wrong:
@@ -490,7 +493,7 @@ SegmentConfig.__doc__ = "`segment train`: the shared training options plus the s
 
 class _SegmentDistillOptions(_SegmentOptions):
     def validate(self) -> "SegmentDistillConfig":
-        if self.model == "maskrcnn":
+        if self.model in INSTANCE_MODELS:
             raise CnnkitError("segment distill trains a semantic student (unet, fpn, pan, deeplabv3plus, fcn), not maskrcnn",
                               "Mask R-CNN's outputs are per detected instance, with no per-pixel logits to match")
         super().validate()

@@ -6,6 +6,8 @@ import sys
 from typing import Callable, TypeVar
 
 from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 console = Console(stderr=True, highlight=False)
 T = TypeVar("T")
@@ -56,3 +58,22 @@ class Skips:
 
     def report(self, total: int, what: str = "files") -> None:
         warn_skipped(len(self.files), total, what)
+
+
+def progress_bar(transient: bool = False, auto_refresh: bool = True) -> Progress:
+    """The one progress-bar style: description, bar, done/total, throughput, elapsed and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        auto_refresh=auto_refresh,
+        # in a log file or CI a live bar only leaves blank lines; the summary lines say enough
+        disable=not console.is_terminal,
+    )

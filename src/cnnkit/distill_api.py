@@ -28,6 +28,7 @@ from cnnkit.compress.runtime import is_deployed
 from cnnkit.config import DistillConfig, SegmentDistillConfig
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.errors import CnnkitError
+from cnnkit.tasks import task_of
 from cnnkit.tasks.distill import DistillTask, Hint, TeacherInput
 
 RUNS_UNDER = "distill"  # runs/distill/NAME
@@ -161,16 +162,12 @@ def load_teacher(path: str | Path, task: str = "classify") -> Any:
         command = "cnnkit classify train --model resnet18 …" if task == "classify" else "cnnkit segment train --model unet …"
         raise CnnkitError(f"{path}: weights of a '{found}' model; --teacher needs {needs}",
                           f"train a teacher with `{command}` and pass its weights/best.safetensors")
-    if meta.get("model") == "maskrcnn":
+    owner = task_of(meta, path)
+    if owner.name == "instance":
         raise CnnkitError(f"{path}: Mask R-CNN (instance) weights cannot teach a semantic student",
                           "its outputs are per detected instance, with no per-pixel class logits; train a semantic teacher "
                           "(`cnnkit segment train --model unet …`)")
-    if task == "classify":
-        teacher = Classifier.load(path)
-    else:
-        from cnnkit.segmentation_api import Segmenter
-
-        teacher = Segmenter.load(path)
+    teacher = owner.load(path)
     teacher.model.eval().requires_grad_(False)
     return teacher
 

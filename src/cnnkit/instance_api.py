@@ -7,7 +7,7 @@
     seg.predict(["a.jpg"], out="runs/segment/predict")    # masks/a.png, overlays/a.png, instances.json
 
 `cnnkit segment train --model maskrcnn` runs the INSTANCE recipe; `segment val` and `segment predict`
-pick this class or the semantic Segmenter by the weights' metadata (``load_segmenter``).
+pick this class or the semantic Segmenter by the weights' metadata (``cnnkit.tasks.load``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from cnnkit.data.sources import expand_source_files, output_names
 from cnnkit.detection_api import load_split_data
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
-from cnnkit.engine.checkpoint import load_weights, recorded_model
+from cnnkit.engine.checkpoint import load_weights
 from cnnkit.engine.rundir import atomic_path, write_json, write_text
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
@@ -215,18 +215,6 @@ class InstanceSegmenter:
         if self.model is None:
             raise CnnkitError("this InstanceSegmenter has no weights yet", "train it first or use InstanceSegmenter.load(FILE)")
         return self.model
-
-
-def load_segmenter(weights: str | Path):
-    """The Segmenter or InstanceSegmenter that a `segment` weights file holds, by the model its metadata records."""
-    from cnnkit.compress.runtime import is_deployed, read_metadata as deployed_metadata
-
-    model = deployed_metadata(weights).get("model") if is_deployed(weights) else recorded_model(weights)
-    if model in INSTANCE_MODELS:
-        return InstanceSegmenter.load(weights)
-    from cnnkit.segmentation_api import Segmenter
-
-    return Segmenter.load(weights)
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:

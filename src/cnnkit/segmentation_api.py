@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, publish_run, report_summary
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, MASK_IGNORE, dense_transforms, spec_from_config
-from cnnkit.config import SegmentConfig
+from cnnkit.config import INSTANCE_MODELS, SegmentConfig
 from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.segmentation import SegmentationData, SegmentSample, is_segmentation_input, load_segmentation
@@ -66,9 +66,9 @@ class Segmenter:
             deployed, meta = load_deployed_for(weights, TASK)
         else:
             state, meta = load_weights(weights, task=TASK)
-        if meta.get("model") == "maskrcnn":
+        if meta.get("model") in INSTANCE_MODELS:
             raise CnnkitError(f"{weights}: Mask R-CNN (instance) weights", "load them with InstanceSegmenter.load, or "
-                              "cnnkit.instance_api.load_segmenter for either kind")
+                              "cnnkit.tasks.load for either kind")
         seg = cls(meta["model"], class_names=meta["class_names"], encoder=meta.get("encoder"), imgsz=meta["imgsz"],
                   intensity=segment.Intensity.from_dict(meta.get("intensity")), tile=meta.get("tile", False),
                   tile_overlap=meta.get("tile_overlap", 0.25), ignore_index=meta.get("ignore_index", MASK_IGNORE))

@@ -22,7 +22,7 @@ def trained(digits_classifier):
 @pytest.mark.parametrize("fmt,suffix,dynamic", [("onnx", ".onnx", True), ("pt2", ".pt2", False), ("torchscript", ".ts", True)])
 def test_export_matches_eager_and_loads_for_predict(trained, digits_root, tmp_path, fmt, suffix, dynamic):
     from cnnkit import Classifier
-    from cnnkit.compress.export import export_weights
+    from cnnkit.tasks import export_weights
     from cnnkit.compress.runtime import read_metadata
 
     path, parity = export_weights(trained, fmt, tmp_path / f"model{suffix}", dynamic_batch=dynamic, data="digits")
@@ -36,7 +36,8 @@ def test_export_matches_eager_and_loads_for_predict(trained, digits_root, tmp_pa
 
 
 def test_export_bad_input_is_one_line(trained, tmp_path):
-    from cnnkit.compress.export import export_weights, write_export
+    from cnnkit.compress.export import write_export
+    from cnnkit.tasks import export_weights
 
     with pytest.raises(CnnkitError, match="--opset 11 is too old"):
         export_weights(trained, "onnx", tmp_path / "m.onnx", opset=11)
@@ -77,7 +78,7 @@ def test_parity_check_catches_a_mismatch():
 @pytest.mark.parametrize("method,backend", [("ptq", "torch"), ("ptq", "onnx"), ("qat", "torch"), ("dynamic", "torch")])
 def test_int8_agrees_with_fp32(trained, tmp_path, method, backend):
     from cnnkit import Classifier
-    from cnnkit.compress.quantize import quantize_weights
+    from cnnkit.tasks import quantize_weights
 
     suffix = ".int8.onnx" if backend == "onnx" else ".int8.pt"
     path, report = quantize_weights(trained, "digits", method, backend, calib_images=64, epochs=1, out=tmp_path / f"m{suffix}",
@@ -97,7 +98,7 @@ def test_int8_agrees_with_fp32(trained, tmp_path, method, backend):
 
 
 def test_quantize_bad_input_is_one_line(trained, tmp_path):
-    from cnnkit.compress.quantize import quantize_weights
+    from cnnkit.tasks import quantize_weights
 
     with pytest.raises(CnnkitError, match="--method ptq needs calibration images"):
         quantize_weights(trained, None, "ptq")
@@ -134,7 +135,8 @@ class ScriptedClock:
 def test_bench_measures_what_it_says(trained, tmp_path, monkeypatch):
     from cnnkit import Classifier
     from cnnkit.compress import bench as bench_module
-    from cnnkit.compress.bench import bench, percentile, time_calls
+    from cnnkit.compress.bench import percentile, time_calls
+    from cnnkit.tasks import bench
 
     calls = []
 

@@ -39,7 +39,7 @@ def _images(sizes: list[tuple[int, int]], seed: int = 1) -> list[torch.Tensor]:
 
 
 def test_yolo_graph_matches_the_eager_detector_per_image_and_over_a_batch(tmp_path):
-    from cnnkit.compress.export import load_float
+    from cnnkit.tasks import load_float
     from cnnkit.detection_api import Detector
     from cnnkit.models.detectors import set_postprocess
     from cnnkit.models.yolo import fuse_batchnorm
@@ -66,7 +66,7 @@ def test_yolo_graph_matches_the_eager_detector_per_image_and_over_a_batch(tmp_pa
 
 
 def test_deployed_yolo_detects_what_eager_detects_on_any_image_shape(tmp_path):
-    from cnnkit.compress.export import export_weights
+    from cnnkit.tasks import export_weights
     from cnnkit.compress.runtime import read_metadata
     from cnnkit.detection_api import Detector
 
@@ -94,7 +94,7 @@ def test_deployed_yolo_detects_what_eager_detects_on_any_image_shape(tmp_path):
 
 
 def test_torchvision_detector_exports_through_the_tracer(tmp_path):
-    from cnnkit.compress.export import export_weights
+    from cnnkit.tasks import export_weights
     from cnnkit.detection_api import Detector
 
     weights = _weights(tmp_path, "ssdlite", imgsz=96)
@@ -142,10 +142,11 @@ def test_detection_parity_fails_on_moved_or_missing_boxes():
 
 
 def test_maskrcnn_exports_with_its_masks_and_runs_like_eager(tmp_path):
-    from cnnkit.compress.export import export_weights
+    from cnnkit.tasks import export_weights
     from cnnkit.compress.runtime import read_metadata
     from cnnkit.engine.checkpoint import save_state_dict
-    from cnnkit.instance_api import InstanceSegmenter, load_segmenter
+    from cnnkit.instance_api import InstanceSegmenter
+    from cnnkit.tasks import load as load_segmenter
     from cnnkit.models.detectors import set_postprocess
     from cnnkit.tasks.instance import detect_unpasted
 
@@ -178,7 +179,7 @@ def test_maskrcnn_exports_with_its_masks_and_runs_like_eager(tmp_path):
         assert torch.equal(g["labels"], w["labels"])
     with pytest.raises(CnnkitError, match="--format pt2 is not possible"):
         export_weights(weights, "pt2", tmp_path / "mrcnn.pt2")
-    from cnnkit.compress.quantize import quantize_weights
+    from cnnkit.tasks import quantize_weights
 
     with pytest.raises(CnnkitError, match="FX cannot trace for int8.*--backend onnx"):
         quantize_weights(weights, "unused", method="ptq")

@@ -53,7 +53,7 @@ def rewrite_zip(source: Path, target: Path, replace: dict[str, bytes] | None = N
 
 @pytest.fixture(scope="module")
 def exported(digits_classifier, tmp_path_factory):
-    from cnnkit.compress.export import export_weights
+    from cnnkit.tasks import export_weights
 
     folder = tmp_path_factory.mktemp("exported")
     files = {}

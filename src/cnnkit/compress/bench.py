@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from cnnkit.compress.owner import ModelOwner, require_metric
 from cnnkit.console import console
 from cnnkit.engine.rundir import write_json, write_text
 from cnnkit.errors import CnnkitError
@@ -92,8 +93,9 @@ def parse_list(text: str, what: str, allowed: tuple[str, ...] | None = None) -> 
 
 def bench(weights: str | Path, data: str | None, formats: list[str], batches: list[int], out: str | Path,
           runs: int = 30, warmup: int = 5, threads: int | None = None, calib_images: int = 256,
-          metric: bool = True) -> list[BenchRow]:
-    """Measure ``formats`` of ``weights`` at each batch size; bench.json and bench.md into ``out``."""
+          metric: bool = True, *, owner: ModelOwner) -> list[BenchRow]:
+    """Measure ``formats`` of ``weights`` at each batch size; bench.json and bench.md into ``out``. ``owner``: the
+    weights' task (cnnkit.tasks.owner_of)."""
     from cnnkit.compress.detect_graph import exports_any_batch
     from cnnkit.compress.export import load_float, parity_images, write_export
     from cnnkit.compress.quantize import quantize_weights
@@ -106,7 +108,7 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
     threads = torch.get_num_threads()
     weights, out = Path(weights), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    eager, metadata = load_float(weights)
+    eager, metadata = load_float(weights, owner)
     params = sum(p.numel() for p in eager.parameters())
     stem = weights.name.removesuffix(".safetensors")
     images = parity_images(metadata, data, None, limit=max(batches))
@@ -115,16 +117,16 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
         if fmt in ("eager", "bf16"):
             model, path = (eager if fmt == "eager" else Autocast(eager)), weights
         elif fmt == "int8":
-            path, _ = quantize_weights(weights, data, "ptq", "torch", calib_images, out=out / f"{stem}.int8.pt", evaluate=False)
+            path, _ = quantize_weights(weights, data, "ptq", "torch", calib_images, out=out / f"{stem}.int8.pt", evaluate=False, owner=owner)
             model = load_deployed(path, threads).model
         elif fmt == "onnx-int8":
-            path, _ = quantize_weights(weights, data, "ptq", "onnx", calib_images, out=out / f"{stem}.int8.onnx", evaluate=False)
+            path, _ = quantize_weights(weights, data, "ptq", "onnx", calib_images, out=out / f"{stem}.int8.onnx", evaluate=False, owner=owner)
             model = load_deployed(path, threads).model
         else:
             suffix = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}[fmt]
             path = write_export(eager, metadata, fmt, out / f"{stem}{suffix}", dynamic_batch=exports_any_batch(metadata))
             model = load_deployed(path, threads).model
-        name, value = (_metric(weights, path, fmt, data) if metric and data else (None, None))
+        name, value = (_metric(path, fmt, data, owner) if metric and data else (None, None))
         for batch in batches:
             inputs = images.repeat((batch + len(images) - 1) // len(images), 1, 1, 1)[:batch].contiguous()
             times = time_calls(model, inputs, runs, warmup)
@@ -140,18 +142,15 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
     return rows
 
 
-def _metric(weights: Path, path: Path, fmt: str, data: str) -> tuple[str, float]:
+def _metric(path: Path, fmt: str, data: str, owner: ModelOwner) -> tuple[str, float]:
     """The task metric of one variant on ``data``'s val split, through the task's own `val`."""
-    from cnnkit.compress.runtime import metric_owner, read_metadata as deployed_metadata
-    from cnnkit.engine.checkpoint import read_metadata
-
-    Owner, name, extra = metric_owner(read_metadata(weights) if path == weights else deployed_metadata(path))
-    owner = Owner.load(path)
+    name = require_metric(owner)
+    loaded = owner.load(path)
     if fmt == "bf16":
-        owner.model = Autocast(owner.model)
+        loaded.model = Autocast(loaded.model)
     with tempfile.TemporaryDirectory(prefix="cnnkit_bench_") as tmp:
         # in-process loading: forked workers can deadlock once ONNX Runtime's thread pools exist
-        return name, float(owner.val(data, "val", out=tmp, device="cpu", workers=0, **extra)[name])
+        return name, float(loaded.val(data, "val", out=tmp, device="cpu", workers=0, **owner.val_options)[name])
 
 
 def markdown(rows: list[BenchRow], metadata: dict[str, Any], threads: int, runs: int, warmup: int) -> str:

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnkit.config import INSTANCE_MODELS
 from cnnkit.errors import CnnkitError
 
 OUTPUT_NAMES = ["boxes", "scores", "labels"]
@@ -44,11 +45,11 @@ def is_traced_family(model: str) -> bool:
 def is_detection_graph(metadata: dict[str, Any]) -> bool:
     """Whether these weights export as a detection graph (letterboxed 0..1 input, padded detections
     out): the detectors, and Mask R-CNN (with its masks)."""
-    return metadata.get("task") == "detect" or metadata.get("model") == "maskrcnn"
+    return metadata.get("task") == "detect" or metadata.get("model") in INSTANCE_MODELS
 
 
 def output_names(metadata: dict[str, Any]) -> list[str]:
-    return OUTPUT_NAMES + ["masks"] if metadata.get("model") == "maskrcnn" else list(OUTPUT_NAMES)
+    return OUTPUT_NAMES + ["masks"] if metadata.get("model") in INSTANCE_MODELS else list(OUTPUT_NAMES)
 
 
 def exports_any_batch(metadata: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.compress.detect_graph import is_detection_graph, is_traced_family, output_names
+from cnnkit.compress.owner import ModelOwner
 from cnnkit.compress.runtime import META_FILE, load_deployed
 from cnnkit.console import console
 from cnnkit.engine.rundir import atomic_path
@@ -48,39 +49,19 @@ class Parity:
         return f"parity on {self.images} images: largest output difference {self.max_abs_diff:.2e} (outputs up to {self.output_scale:.3g}){agree}"
 
 
-def load_float(weights: str | Path, iou: float = 0.5, max_det: int = 100) -> tuple[nn.Module, dict[str, Any]]:
-    """(eval-mode float model on the CPU, metadata) of a cnnkit weights file of any exportable task; a
+def load_float(weights: str | Path, owner: ModelOwner, iou: float = 0.5, max_det: int = 100) -> tuple[nn.Module, dict[str, Any]]:
+    """(eval-mode float model on the CPU, metadata) of a cnnkit weights file that ``owner``'s task loads; a
     detector as its export graph, with NMS at ``iou`` and ``max_det`` detection slots per image."""
     from cnnkit.engine.checkpoint import read_metadata
 
     metadata = read_metadata(weights)
-    task = metadata.get("task")
-    if task == "classify":
-        from cnnkit.api import Classifier
+    if not is_detection_graph(metadata):
+        return owner.load(weights).model.eval().cpu(), metadata
+    from cnnkit.compress.detect_graph import detection_graph
 
-        owner = Classifier.load(weights)
-    elif task == "segment" and metadata.get("model") != "maskrcnn":
-        from cnnkit.segmentation_api import Segmenter
-
-        owner = Segmenter.load(weights)
-    elif is_detection_graph(metadata):  # the detectors, and Mask R-CNN
-        from cnnkit.compress.detect_graph import detection_graph
-
-        if not 0.0 < iou <= 1.0:
-            raise CnnkitError(f"--iou must be in (0, 1], got {iou}")
-        if task == "detect":
-            from cnnkit.detection_api import Detector as Owner
-        else:
-            from cnnkit.instance_api import InstanceSegmenter as Owner
-        return detection_graph(Owner.load(weights).model, max_det, iou), metadata
-    elif task == "embed":
-        from cnnkit.api import Embedder
-
-        owner = Embedder.load(weights)
-    else:
-        raise CnnkitError(f"{weights}: exporting a {task} '{metadata.get('model')}' is not supported",
-                          "classifiers, embedders, segmenters and detectors export")
-    return owner.model.eval().cpu(), metadata
+    if not 0.0 < iou <= 1.0:
+        raise CnnkitError(f"--iou must be in (0, 1], got {iou}")
+    return detection_graph(owner.load(weights).model, max_det, iou), metadata
 
 
 def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Path, dynamic_batch: bool = False,
@@ -334,11 +315,11 @@ def bundled_photos() -> list[np.ndarray]:
 
 def export_weights(weights: str | Path, fmt: str, out: str | Path | None = None, dynamic_batch: bool = False,
                    opset: int = DEFAULT_OPSET, data: str | None = None, images: list[str] | None = None,
-                   rtol: float = 1e-3, iou: float = 0.5, max_det: int = 100) -> tuple[Path, Parity]:
+                   rtol: float = 1e-3, iou: float = 0.5, max_det: int = 100, *, owner: ModelOwner) -> tuple[Path, Parity]:
     """`cnnkit export`: write the file, load it back, compare with eager on real images; a mismatch
-    beyond tolerance removes the file and is a one-line error."""
+    beyond tolerance removes the file and is a one-line error. ``owner``: the weights' task (cnnkit.tasks.owner_of)."""
     weights = Path(weights)
-    model, metadata = load_float(weights, iou, max_det)
+    model, metadata = load_float(weights, owner, iou, max_det)
     if fmt not in FORMATS:
         raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     path = Path(out) if out else weights.with_suffix(SUFFIX[fmt])

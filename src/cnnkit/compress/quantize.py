@@ -23,142 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
 
-from cnnkit.compress.runtime import META_FILE, QUANTIZED_FORMAT
+from cnnkit.compress.formats import META_FILE
+from cnnkit.compress.owner import ModelOwner, require_metric
+from cnnkit.compress.int8 import METHODS, calibrate, convert, dynamic, fx_api, prepare, save_quantized
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
-
-METHODS = ("ptq", "qat", "dynamic")
-
-
-@contextlib.contextmanager
-def _fx_api() -> Iterator[None]:
-    """torch.ao.quantization warns at every call that it is deprecated; said once in the docs instead."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
-        # rebuilding the structure converts uncalibrated observers; the file's scales replace theirs
-        warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
-        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-        yield
-
-
-def float_model(metadata: dict[str, Any]) -> nn.Module:
-    """The float network a weights file's metadata describes (weights not loaded)."""
-    task = metadata.get("task")
-    if task == "classify":
-        from cnnkit.models.backbones import build_classifier
-
-        return build_classifier(metadata["model"], len(metadata["class_names"]))
-    if task == "segment" and metadata.get("model") != "maskrcnn":
-        from cnnkit.models.segmenters import build_segmenter
-
-        return build_segmenter(metadata["model"], metadata.get("encoder"), len(metadata["class_names"]))
-    if task == "detect" and str(metadata.get("model")).startswith("yolo"):
-        from cnnkit.compress.detect_graph import detection_graph
-        from cnnkit.detection_api import Detector
-
-        deployed = metadata.get("deployed", {})
-        return detection_graph(Detector.from_metadata(metadata).model, int(deployed.get("max_det", 100)),
-                               float(deployed.get("iou", 0.5)))
-    raise CnnkitError(f"PyTorch int8 covers classifiers, semantic segmenters and the YOLO-style detectors, not a {task} "
-                      f"'{metadata.get('model')}'", "use --backend onnx (ONNX Runtime int8 of the exported model) instead")
-
-
-def _fx_part(model: nn.Module) -> tuple[nn.Module, str | None]:
-    """(the module FX quantizes, its attribute on ``model`` or None for the whole model): a detector's
-    network without its decoding and NMS, which stay in float."""
-    features = getattr(model, "features", None)
-    from cnnkit.compress.detect_graph import YoloFeatures
-
-    return (features, "features") if isinstance(features, YoloFeatures) else (model, None)
-
-
-def _example(metadata: dict[str, Any], batch: int = 1) -> torch.Tensor:
-    return torch.zeros(batch, 3, int(metadata["imgsz"]), int(metadata["imgsz"]))
-
-
-def prepare(model: nn.Module, metadata: dict[str, Any], method: str) -> nn.Module:
-    """The model with observers (ptq) or fake quantization (qat) inserted, by FX symbolic tracing."""
-    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
-
-    part, name = _fx_part(model)
-    with _fx_api():
-        try:
-            if method == "qat":
-                prepared = prepare_qat_fx(part.train(), get_default_qat_qconfig_mapping("x86"), (_example(metadata, 2),))
-            else:
-                prepared = prepare_fx(part.eval(), get_default_qconfig_mapping("x86"), (_example(metadata),))
-        except Exception as exc:  # FX cannot trace data-dependent Python control flow
-            raise CnnkitError(f"{metadata.get('model')}: FX cannot trace this network for int8 ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})", "use --backend onnx (ONNX Runtime int8) instead") from None
-    if name is None:
-        return prepared
-    setattr(model, name, prepared)
-    model.cnnkit_fx_part = name
-    return model
-
-
-def convert(prepared: nn.Module) -> nn.Module:
-    from torch.ao.quantization.quantize_fx import convert_fx
-
-    name = getattr(prepared, "cnnkit_fx_part", None)
-    part = getattr(prepared, name) if name else prepared
-    with _fx_api():
-        converted = convert_fx(part.eval())
-    if name is None:
-        return converted
-    setattr(prepared, name, converted)
-    return prepared.eval()
-
-
-def dynamic(model: nn.Module) -> nn.Module:
-    from torch.ao.quantization import quantize_dynamic
-
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        raise CnnkitError("--method dynamic quantizes Linear layers, and this network has none", "use --method ptq")
-
-    with _fx_api():
-        return quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8)
-
-
-def rebuild_quantized(metadata: dict[str, Any], method: str, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The int8 network of a ``.int8.pt`` file: the float network from the metadata, quantized by the
-    same method (structure only), then the file's int8 tensors, scales and zero points loaded."""
-    model = float_model(metadata)
-    shell = dynamic(model) if method == "dynamic" else convert(prepare(model, metadata, method))
-    with _fx_api():
-        shell.load_state_dict(state)
-    return shell.eval()
-
-
-def save_quantized(model: nn.Module, metadata: dict[str, Any], method: str, path: Path) -> Path:
-    """``.int8.pt``: the quantized state dict and the metadata, for ``torch.load(weights_only=True)``."""
-    meta = {**metadata, "deployed": {"format": "int8", "method": method, "backend": "torch-x86", "batch": None}}
-    if hasattr(model, "max_det"):  # a detector's NMS settings, which the rebuilt graph needs
-        meta["deployed"].update(max_det=model.max_det, iou=float(model.iou))
-    with atomic_path(path) as tmp:
-        torch.save({"format": QUANTIZED_FORMAT, "method": method, "metadata": json.dumps(meta),
-                    "state_dict": model.state_dict()}, tmp)
-    return path
-
-
-@torch.no_grad()
-def calibrate(prepared: nn.Module, batches: list[torch.Tensor]) -> None:
-    prepared.eval()
-    with _fx_api():
-        for batch in batches:
-            prepared(batch)
-
 
 def quantize_onnx(float_onnx: Path, out: Path, batches: list[torch.Tensor], per_channel: bool = True,
                   only_convolutions: bool = False) -> Path:
@@ -218,9 +93,10 @@ def _set_onnx_metadata(model: Any, meta: dict[str, Any]) -> None:
 
 def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq", backend: str = "torch", calib_images: int = 256,
                      epochs: int = 1, out: str | Path | None = None, lr: float = 1e-4, batch: int = 32, workers: int = 2,
-                     evaluate: bool = True) -> tuple[Path, dict[str, Any]]:
+                     evaluate: bool = True, *, owner: ModelOwner) -> tuple[Path, dict[str, Any]]:
     """`cnnkit quantize`: the int8 file (``NAME.int8.pt`` or ``NAME.int8.onnx`` beside the weights unless
-    ``out``), and a report with the task metric of fp32 and int8 on ``data``'s val split."""
+    ``out``), and a report with the task metric of fp32 and int8 on ``data``'s val split. ``owner``: the
+    weights' task (cnnkit.tasks.owner_of)."""
     from cnnkit.compress.export import data_images, load_float, model_inputs, write_export
 
     if method not in METHODS:
@@ -238,7 +114,7 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         raise CnnkitError(f"{recorded.get('model')}: torchvision's detection code (proposals, RoI pooling, per-image "
                           "post-processing) is Python control flow that FX cannot trace for int8",
                           "use --backend onnx: ONNX Runtime int8 of the exported model")
-    model, metadata = load_float(weights)
+    model, metadata = load_float(weights, owner)
     needs_data = method != "dynamic"
     if needs_data and not data:
         raise CnnkitError(f"--method {method} needs calibration images: pass --data ROOT (its train split is used)",
@@ -282,7 +158,7 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
               "calib_images": sum(len(b) for b in batches), "size_mb_fp32": weights.stat().st_size / 1e6,
               "size_mb_int8": path.stat().st_size / 1e6}
     if evaluate and data:
-        report.update(compare_metric(weights, path, data))
+        report.update(compare_metric(weights, path, data, owner=owner))
     return path, report
 
 
@@ -314,21 +190,20 @@ def _train_qat(model: nn.Module, metadata: dict[str, Any], data: str, epochs: in
     train_set = ImageDataset(dataset.splits["train"], classify_transforms(imgsz, True, spec_from_config(cfg)), intensity)
     val_set = ImageDataset(dataset.splits["val"], classify_transforms(imgsz, False), intensity)
     prepared = prepare(model, metadata, "qat")
-    with _fx_api():
+    with fx_api():
         fit(ClassifyTask(dataset.classes), prepared, train_set, val_set, cfg, run_dir, {**metadata, "qat": True}, collate_skipping_none)
     return prepared
 
 
-def compare_metric(weights: str | Path, deployed: str | Path, data: str, split: str = "val") -> dict[str, Any]:
+def compare_metric(weights: str | Path, deployed: str | Path, data: str, split: str = "val", *, owner: ModelOwner) -> dict[str, Any]:
     """The task metric (classify top1, detect map, segment miou or Mask R-CNN's mask_map) of the fp32
-    weights and of a deployed file, on the same split of ``data``. In-process loading (workers=0): forking loader workers after ONNX Runtime or
-    the exporter have started their thread pools can deadlock the children."""
+    weights and of a deployed file, on the same split of ``data``, through ``owner``'s val. In-process loading
+    (workers=0): forking loader workers after ONNX Runtime or the exporter have started their thread pools can
+    deadlock the children."""
     import tempfile
 
-    from cnnkit.compress.runtime import metric_owner, read_metadata as read_deployed
-
-    Owner, name, extra = metric_owner(read_deployed(deployed))
+    name = require_metric(owner)
     with tempfile.TemporaryDirectory(prefix="cnnkit_val_") as tmp:
-        fp32 = Owner.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0, **extra)[name]
-        int8 = Owner.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0, **extra)[name]
+        fp32 = owner.load(weights).val(data, split, out=Path(tmp) / "fp32", device="cpu", workers=0, **owner.val_options)[name]
+        int8 = owner.load(deployed).val(data, split, out=Path(tmp) / "int8", device="cpu", workers=0, **owner.val_options)[name]
     return {"metric": name, "split": split, "fp32": fp32, "int8": int8, "change_points": (int8 - fp32) * 100}

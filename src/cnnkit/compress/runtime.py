@@ -25,16 +25,8 @@ import torch
 import torch.nn as nn
 
 from cnnkit.compress.archives import check_onnx_external_data, check_pt2, check_torchscript, weights_only_loading
+from cnnkit.compress.formats import META_FILE, QUANTIZED_FORMAT, SUFFIXES, is_deployed  # noqa: F401 - read here by others
 from cnnkit.errors import CnnkitError
-
-META_FILE = "cnnkit.json"  # extra file of .ts/.pt2, metadata_props key of .onnx
-QUANTIZED_FORMAT = "cnnkit-int8"
-SUFFIXES = (".onnx", ".pt2", ".ts", ".int8.pt")
-
-
-def is_deployed(path: str | Path) -> bool:
-    return str(path).endswith(SUFFIXES)
-
 
 @dataclass
 class Deployed:
@@ -156,7 +148,7 @@ def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
     elif path.suffix == ".ts":
         model, kind = _load_torchscript(path, {}).eval(), "torchscript"
     else:
-        from cnnkit.compress.quantize import rebuild_quantized
+        from cnnkit.compress.int8 import rebuild_quantized
 
         saved = _read_quantized(path)
         model, kind = rebuild_quantized(metadata, saved["method"], saved["state_dict"]), "int8"
@@ -197,27 +189,3 @@ def _read_quantized(path: Path) -> dict[str, Any]:
     if not isinstance(saved, dict) or saved.get("format") != QUANTIZED_FORMAT:
         raise CnnkitError(f"{path}: not a cnnkit int8 file", "write one with `cnnkit quantize --weights W --data ROOT`")
     return saved
-
-
-
-def metric_owner(metadata: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
-    """(the class whose ``load`` and ``val`` measure a model of this metadata, its headline metric, extra
-    ``val`` options): what `quantize` and `bench` report beside each variant."""
-    task, model = metadata.get("task"), metadata.get("model")
-    if task == "classify":
-        from cnnkit.api import Classifier
-
-        return Classifier, "top1", {}
-    if task == "detect":
-        from cnnkit.detection_api import Detector
-
-        return Detector, "map", {}
-    if task == "segment" and model == "maskrcnn":
-        from cnnkit.instance_api import InstanceSegmenter
-
-        return InstanceSegmenter, "mask_map", {}
-    if task == "segment":
-        from cnnkit.segmentation_api import Segmenter
-
-        return Segmenter, "miou", {"hd95": False}
-    raise CnnkitError(f"bench and quantize measure classify, detect and segment metrics, not {task}")

@@ -336,7 +336,7 @@ def _colour_masks(report: SegmentationReport, root: Path, facts: list[_MaskFacts
     coloured = [f for f in facts if f.colours is not None]
     if not coloured:
         return
-    from cnnkit.data.convert_masks import VOC_BOUNDARY, VOC_CLASSES, voc_colours
+    from cnnkit.data.palettes import VOC_BOUNDARY, VOC_CLASSES, voc_colours
 
     colours = sum((f.colours for f in coloured), Counter())
     voc = {colour: index for index, colour in enumerate(voc_colours())}

@@ -21,7 +21,6 @@ into place at the end, so a failed conversion leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -33,36 +32,14 @@ from PIL import Image
 
 from cnnkit.console import warn
 from cnnkit.data.images import open_image
+from cnnkit.data.palettes import VOC_BOUNDARY, VOC_CLASSES, Palette, read_palette, unpack_colour, voc_colours  # noqa: F401 - VOC_*, voc_colours: read here by others
 from cnnkit.data.segmentation import MASK_IGNORE, MEDICAL_SUFFIXES, SegmentSample, is_segmentation_layout, stem_of, suffix_of
 from cnnkit.engine.rundir import copy_file, temp_dir, write_json, write_text
 from cnnkit.errors import CnnkitError
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-VOC_BOUNDARY = (224, 224, 192)  # the outline VOC draws around objects: "don't care", i.e. ignore
 UNKNOWN_CHOICES = ("error", "ignore")
 INDEX_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # one value per pixel
 THREADS = 8
-
-
-@dataclass
-class Palette:
-    """Class names with their colours (index k = names[k]); ``ignore`` colours become 255."""
-
-    source: str  # "voc" or the file
-    names: list[str]
-    colours: list[tuple[int, int, int]]
-    ignore: list[tuple[int, int, int]] = field(default_factory=list)
-
-    def lookup(self) -> dict[int, int]:
-        """Packed 0xRRGGBB -> class index (or 255)."""
-        table = {_pack(c): MASK_IGNORE for c in self.ignore}
-        table.update({_pack(c): k for k, c in enumerate(self.colours)})
-        return table
-
-    def describe(self) -> str:
-        known = [f"{c} {n}" for c, n in zip(self.colours, self.names)] + [f"{c} ignore" for c in self.ignore]
-        return ", ".join(known)
 
 
 @dataclass
@@ -79,73 +56,6 @@ class MasksConversion:
     unknown_pixels: int = 0  # pixels of colours not in the palette, set to 255 (--unknown ignore)
 
 
-def _pack(colour) -> int:
-    r, g, b = (int(v) for v in colour)
-    return (r << 16) | (g << 8) | b
-
-
-def _unpack(packed: int) -> tuple[int, int, int]:
-    return (packed >> 16) & 255, (packed >> 8) & 255, packed & 255
-
-
-# ---------------------------------------------------------------------------------------- palettes
-
-def voc_colours() -> list[tuple[int, int, int]]:
-    """Pascal VOC's 21 class colours, as cnnkit draws them (tasks/segment.py's palette)."""
-    from cnnkit.tasks.segment import palette
-
-    return [tuple(int(v) for v in colour) for colour in palette(len(VOC_CLASSES))]
-
-
-def read_palette(spec: str | Path) -> Palette:
-    """``voc``, or a file: text lines ``NAME R G B`` (``#`` comments) or JSON ``{"name": [r, g, b], …}``,
-    in class-index order (background first)."""
-    if str(spec).lower() == "voc":
-        return Palette("voc", list(VOC_CLASSES), voc_colours(), [VOC_BOUNDARY])
-    path = Path(spec)
-    if not path.is_file():
-        raise CnnkitError(f"--palette {spec}: no such file", "pass voc, or a file with lines `NAME R G B` in class-index order")
-    text = path.read_text(encoding="utf-8")
-    entries: list[tuple[str, object, str]] = []  # (name, colour as written, where)
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CnnkitError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, dict) or not data:
-            raise CnnkitError(f"{path}: expected a JSON object {{\"name\": [r, g, b], …}} in class-index order")
-        entries = [(str(name), colour, f"{path}: {name!r}") for name, colour in data.items()]
-    else:
-        for number, line in enumerate(text.splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
-            if line:
-                fields = line.rsplit(maxsplit=3)  # a name may hold spaces; the colour is the last three fields
-                entries.append((fields[0] if len(fields) == 4 else "", fields[1:], f"{path}:{number}"))
-    names, colours = [], []
-    for name, colour, where in entries:
-        if not name or not isinstance(colour, list) or len(colour) != 3:
-            raise CnnkitError(f"{where}: expected `NAME R G B`",
-                              "one class per line, in class-index order, e.g. `background 0 0 0`")
-        try:
-            rgb = tuple(int(v) for v in colour)
-        except (TypeError, ValueError):
-            raise CnnkitError(f"{where}: colour {colour} is not three integers") from None
-        if not all(0 <= v <= 255 for v in rgb):
-            raise CnnkitError(f"{where}: colour {rgb} out of range 0..255")
-        if name in names:
-            raise CnnkitError(f"{where}: class name {name!r} appears twice", "each line names one class index")
-        if rgb in colours:
-            raise CnnkitError(f"{where}: colour {rgb} is also class {colours.index(rgb)} ({names[colours.index(rgb)]})",
-                              "each class needs its own colour")
-        names.append(name)
-        colours.append(rgb)
-    if not names:
-        raise CnnkitError(f"{path}: no classes", "one line `NAME R G B` per class, background first")
-    if len(names) > MASK_IGNORE:
-        raise CnnkitError(f"{path}: {len(names)} classes; index masks hold at most {MASK_IGNORE} (255 = ignore)")
-    return Palette(str(path), names, colours)
-
-
 def colours_to_indices(rgb: np.ndarray, palette: Palette, lookup: dict[int, int], path: Path,
                        unknown: str) -> tuple[np.ndarray, Counter]:
     """HxWx3 colours -> HxW uint8 class indices, and the pixels of each colour not in the palette
@@ -153,7 +63,7 @@ def colours_to_indices(rgb: np.ndarray, palette: Palette, lookup: dict[int, int]
     packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
     colours, inverse, counts = np.unique(packed.ravel(), return_inverse=True, return_counts=True)
     table = np.array([lookup.get(int(c), -1) for c in colours], dtype=np.int64)
-    strange = Counter({_unpack(int(c)): int(n) for c, n, k in zip(colours, counts, table) if k < 0})
+    strange = Counter({unpack_colour(int(c)): int(n) for c, n, k in zip(colours, counts, table) if k < 0})
     if strange and unknown == "error":
         (colour, pixels), *others = strange.most_common()
         more = f" (and {len(others)} more unknown colours, {sum(n for _, n in others)} px)" if others else ""
@@ -205,7 +115,7 @@ def convert_to_masks(source: str | Path, out: str | Path, palette: str | Path | 
 
 def _run(jobs: list, work, label: str, progress: bool) -> list:
     """work(job) for every job in a thread pool (PNG coding releases the GIL), in order, with a progress bar."""
-    from cnnkit.engine.callbacks import progress_bar
+    from cnnkit.console import progress_bar
 
     results = []
     bar = progress_bar(transient=True) if progress and jobs else None

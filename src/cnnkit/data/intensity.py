@@ -77,18 +77,18 @@ def read_values(path: str | Path, spec: IntensitySpec | None = None, slice_index
 
 def read_pixels(path: str | Path, spec: IntensitySpec | None = None, slice_index: int | None = None) -> np.ndarray:
     """HxWx3: uint8 for 8-bit pictures read as they are (the spec allows it), else float32 in [0, 1] (read_values)."""
-    from cnnkit.data.images import is_medical_file, load_image, needs_values, open_image
+    from cnnkit.data.decode import is_medical_file, needs_values, open_image, read_picture
 
     spec = spec or IntensitySpec()
     path = Path(path)
     if not is_medical_file(path) and spec.eight_bit_as_is:
         try:
-            with open_image(path, check_limit=False) as probe:  # the header only: load_image applies the limit
+            with open_image(path, check_limit=False) as probe:  # the header only: read_picture applies the limit
                 eight_bit = not needs_values(probe, spec)
         except (OSError, ValueError, SyntaxError):
-            eight_bit = True  # load_image raises the one-line error
+            eight_bit = True  # read_picture raises the one-line error
         if eight_bit:
-            return np.asarray(load_image(path))
+            return np.asarray(read_picture(path))
     return read_values(path, spec, slice_index)
 
 

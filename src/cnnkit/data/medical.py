@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnkit.data.images import IMAGE_EXTENSIONS, is_deep_colour_tiff, open_image, orientation, to_rgb, upright
+from cnnkit.data.decode import IMAGE_EXTENSIONS, is_deep_colour_tiff, open_image, orientation, to_rgb, upright
 from cnnkit.errors import CnnkitError
 from cnnkit.libwarnings import reading
 

@@ -26,12 +26,12 @@ import numpy as np
 from PIL import Image
 
 from cnnkit.console import console, warn
-from cnnkit.data.images import IMAGE_EXTENSIONS, dicom_without_suffix, displayed_size, open_image
+from cnnkit.data.images import IMAGE_EXTENSIONS, dicom_without_suffix, displayed_size, open_image, stem_of  # noqa: F401 - stem_of: read here by others
+from cnnkit.data.palettes import MASK_IGNORE
 from cnnkit.data.sources import walk_files
 from cnnkit.errors import CnnkitError
 
 SPLITS = ("train", "val", "test")
-MASK_IGNORE = 255
 MEDICAL_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz")
 
 
@@ -54,16 +54,6 @@ class SegmentationData:
     splits: dict[str, list[SegmentSample]]
     ignore_index: int = MASK_IGNORE
     pixel_counts: dict[str, np.ndarray] = field(default_factory=dict)  # per split: true pixels of each class
-
-
-def stem_of(path: Path) -> str:
-    """NAME of NAME.png, and of NAME.nii.gz; the whole name of a DICOM file named without a suffix (IM0001,
-    1.2.840.…: its mask is masks/SPLIT/1.2.840.….png)."""
-    name = path.name
-    for suffix in (".nii.gz",):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name if dicom_without_suffix(path) else path.stem
 
 
 def suffix_of(path: Path) -> str:
@@ -248,7 +238,7 @@ def check_masks(data: SegmentationData, infer_classes: bool = False) -> dict[str
     """Read every mask once: same size as its image, values among the classes (or the ignore index),
     not a colour image. Returns the true pixel count of every class per split. With
     ``infer_classes`` (no classes.txt), the classes are 0..max value found, named class_K."""
-    from cnnkit.engine.callbacks import progress_bar
+    from cnnkit.console import progress_bar
 
     samples = [(split, s) for split, items in data.splits.items() for s in items if s.mask is not None]
     num_classes = len(data.classes)

@@ -174,7 +174,7 @@ def output_names(relatives: Sequence[str | PurePosixPath], endings: str | Iterab
     ``x.png`` -> ``x.png.png``); any left colliding (the same relative path from two sources, e.g. two
     files named directly) get ``-2``, ``-3``, … in input order, the first keeping its name
     (``x.png``, ``x-2.png``). Deterministic for the same inputs in the same order."""
-    from cnnkit.data.segmentation import stem_of  # knows .nii.gz; imported here: that module walks folders with this one
+    from cnnkit.data.decode import stem_of  # knows .nii.gz and DICOM files without a suffix
 
     # never outside the output folder, whatever a caller passes
     relatives = [PurePosixPath(*[p for p in PurePosixPath(str(r).replace(os.sep, "/")).parts if p not in ("/", "..")] or ["_"])

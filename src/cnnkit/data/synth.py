@@ -434,7 +434,7 @@ def _swap_in(tmp: Path, root: Path) -> None:
 
 def _numbered(splits: list[str], label: str, progress: bool):
     """(index, split, file stem) of each image in turn, counted by a progress bar redrawn at most 4 times a second."""
-    from cnnkit.engine.callbacks import progress_bar
+    from cnnkit.console import progress_bar
 
     n = len(splits)
     bar = progress_bar(transient=True, auto_refresh=False) if progress else None

@@ -14,36 +14,10 @@ import io
 import time
 from pathlib import Path
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
-from cnnkit.console import console
+from cnnkit.console import console, progress_bar
 from cnnkit.engine.rundir import write_text
-
-
-def progress_bar(transient: bool = False, auto_refresh: bool = True) -> Progress:
-    """The one progress-bar style: description, bar, done/total, throughput, elapsed and ETA."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TextColumn("[cyan]{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=transient,
-        auto_refresh=auto_refresh,
-        # in a log file or CI a live bar only leaves blank lines; the summary lines say enough
-        disable=not console.is_terminal,
-    )
 
 
 class EpochProgress:

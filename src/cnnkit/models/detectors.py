@@ -398,3 +398,11 @@ def for_inference(net: nn.Module) -> nn.Module:
     from cnnkit.models.yolo import YoloDetector, fuse_batchnorm
 
     return fuse_batchnorm(net) if isinstance(net, YoloDetector) else net
+
+
+def detector_from_metadata(metadata: dict[str, Any]) -> nn.Module:
+    """The detector network a weights file's metadata describes (architecture, backbone, anchors, classes, size,
+    YOLO options), freshly built: its weights are not loaded."""
+    anchors = Anchors.from_dict(metadata["anchors"]) if metadata.get("anchors") else None
+    return build_detector(metadata["model"], len(metadata["class_names"]), int(metadata["imgsz"]), metadata.get("backbone"),
+                          anchors, yolo=YoloOptions.from_dict(metadata.get("yolo")))

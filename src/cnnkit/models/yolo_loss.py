@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cnnkit.models.yolo import anchor_points, decode_boxes, distances_from_logits, encode_boxes
+from cnnkit.models.yolo_ops import anchor_points, decode_boxes, distances_from_logits, encode_boxes
 
 TOPK, ALPHA, BETA = 10, 1.0, 6.0
 GAIN_BOX, GAIN_CLS, GAIN_DFL = 7.5, 0.5, 1.5

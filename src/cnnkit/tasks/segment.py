@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from cnnkit.console import warn
+from cnnkit.data.palettes import palette  # noqa: F401 - drawing colours, read here by the task's users
 from cnnkit.data.intensity import IntensitySpec, read_pixels
 from cnnkit.data.segmentation import SegmentSample, read_mask
 from cnnkit.errors import CnnkitError
@@ -271,19 +272,7 @@ def _nanmean(values: np.ndarray) -> float | None:
 
 
 # ==================================================================== drawings
-def palette(num_classes: int) -> np.ndarray:
-    """[num_classes, 3] uint8 colours: black background, then Pascal VOC's bit-spread colours (distinct
-    and the same in every tool that uses them)."""
-    colours = np.zeros((max(num_classes, 1), 3), np.uint8)
-    for k in range(num_classes):
-        c, r, g, b = k, 0, 0, 0
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        colours[k] = (r, g, b)
-    return colours
+
 
 
 def overlay(pixels: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:

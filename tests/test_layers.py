@@ -1,0 +1,155 @@
+"""The import graph of src/cnnkit, read from the source (every import, function-level ones included):
+no cycle anywhere, and imports only flow down the layers that docs/architecture.md draws
+
+    cli -> task table (cnnkit.tasks) -> task façades -> {compress, retrieval, task functions}
+        -> {engine, evaluate} -> {data, augment, models} -> {config, registry, errors, console}
+
+A module imports its own layer or lower ones. EDGES_TO_REMOVE lists the upward imports still in the code
+(issue 20 removes them step by step); the test fails on any other, and on an entry that is gone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "src" / "cnnkit"
+
+# (layer, module prefixes), lowest first; the first matching prefix decides (longest prefixes listed first)
+LAYERS = [
+    (0, ("cnnkit.errors", "cnnkit.console", "cnnkit.version", "cnnkit.registry", "cnnkit.config", "cnnkit.libwarnings",
+         "cnnkit.engine.rundir")),  # atomic writes, which data writers use too
+    (1, ("cnnkit.data", "cnnkit.augment", "cnnkit.models")),
+    (2, ("cnnkit.engine", "cnnkit.evaluate")),
+    # cnnkit.tasks.X: a task's plain functions; `augment preview` and SMOTE on backbone features are tools
+    # that read data, run models and draw
+    (3, ("cnnkit.compress", "cnnkit.retrieval", "cnnkit.tasks.", "cnnkit.augment.preview", "cnnkit.data.smote")),
+    # the task façades and the task table (cnnkit/tasks/__init__.py), which names the façades without importing them
+    (4, ("cnnkit.api", "cnnkit.detection_api", "cnnkit.segmentation_api", "cnnkit.instance_api", "cnnkit.distill_api",
+         "cnnkit.tasks")),
+    (5, ("cnnkit.cli", "cnnkit.__main__", "cnnkit")),
+]
+
+# Upward imports not yet removed: (importer, imported). Shrink this list; never grow it.
+EDGES_TO_REMOVE = {
+    # option checks run by config's validate(), which belong beside the options' users (configs per task)
+    ("cnnkit.config", "cnnkit.augment.presets"),
+    ("cnnkit.config", "cnnkit.data.medical"),
+    ("cnnkit.config", "cnnkit.models.detectors"),
+    ("cnnkit.config", "cnnkit.models.segmenters"),
+}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the cnnkit modules it imports anywhere in its source (``from pkg import mod`` is an edge to
+    pkg.mod, not to pkg)."""
+    mods = modules()
+    graph: dict[str, set[str]] = {name: set() for name in mods}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                submodules = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in mods]
+                targets = submodules + ([base] if len(submodules) < len(node.names) else [])
+            else:
+                continue
+            for target in targets:
+                while target and target not in mods:  # cnnkit.x.func -> cnnkit.x
+                    target = target.rpartition(".")[0]
+                if target.startswith("cnnkit") and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def layer(module: str) -> int:
+    """The layer of a module: its longest matching prefix in LAYERS ("cnnkit.tasks." matches the task modules,
+    "cnnkit.tasks" the table alone)."""
+    matches = [(len(prefix), rank) for rank, prefixes in LAYERS for prefix in prefixes
+               if module == prefix or (module.startswith(prefix if prefix.endswith(".") else prefix + "."))]
+    assert matches, f"{module} is in no layer: add it to LAYERS"
+    return max(matches)[1]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_imports_flow_down_the_layers():
+    graph = import_graph()
+    upward = {(a, b) for a, targets in graph.items() for b in targets if layer(b) > layer(a)}
+    assert upward - EDGES_TO_REMOVE == set(), "imports against the layers (see docs/architecture.md)"
+    assert EDGES_TO_REMOVE - upward == set(), "these upward imports are gone: remove them from EDGES_TO_REMOVE"
+
+
+def test_the_checks_catch_what_they_claim():
+    """The two checks on a made-up graph: a cycle through three modules, and an upward edge."""
+    graph = {"cnnkit.data.a": {"cnnkit.data.b"}, "cnnkit.data.b": {"cnnkit.data.c"}, "cnnkit.data.c": {"cnnkit.data.a"},
+             "cnnkit.errors": {"cnnkit.cli"}, "cnnkit.cli": set()}
+    assert cycles(graph) == [["cnnkit.data.a", "cnnkit.data.b", "cnnkit.data.c"]]
+    assert layer("cnnkit.errors") < layer("cnnkit.cli")
+    assert layer("cnnkit.tasks.classify") == 3 and layer("cnnkit.tasks") == 4 and layer("cnnkit") == 5
+
+
+@pytest.mark.parametrize("command", [["--help"], ["models", "--help"], ["classify", "train", "--help"]])
+def test_help_imports_no_torch(command):
+    """`--help` prints in a fraction of a second: nothing on its path imports torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['cnnkit', *sys.argv[1:]]\n"
+            "from cnnkit import cli\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == "False", done.stderr[-2000:]

@@ -1,0 +1,44 @@
+"""The task table (cnnkit.tasks): which task owns a file, and the contract every task's class keeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnkit import tasks
+from cnnkit.errors import CnnkitError
+
+
+@pytest.mark.parametrize("metadata, owner", [
+    ({"task": "classify", "model": "resnet18"}, "classify"),
+    ({"task": "detect", "model": "yolo_n"}, "detect"),
+    ({"task": "segment", "model": "unet"}, "segment"),
+    ({"task": "segment", "model": "maskrcnn"}, "instance"),
+    ({"task": "embed", "model": "resnet18"}, "embed"),
+])
+def test_task_of_decides_the_owner(metadata, owner):
+    assert tasks.task_of(metadata).name == owner
+
+
+def test_an_unknown_task_is_one_line_naming_the_file():
+    with pytest.raises(CnnkitError, match=r"w.safetensors: weights of an unknown task 'ocr'") as info:
+        tasks.task_of({"task": "ocr"}, "w.safetensors")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("owner", sorted(tasks.TASKS))
+def test_every_task_class_keeps_the_contract(owner):
+    """What the CLI, distillation, export, quantize and bench call on a task's class, parametrised over the
+    table as timm tests every registered model."""
+    entry = tasks.TASKS[owner]
+    cls = entry.load_class()
+    assert callable(getattr(cls, "load")) and callable(getattr(cls, "train"))
+    assert callable(getattr(cls, "val"))
+    if owner != "embed":
+        assert callable(getattr(cls, "predict"))
+        assert entry.metric  # quantize and bench report it
+
+
+def test_load_refuses_a_file_of_another_task(digits_classifier):
+    with pytest.raises(CnnkitError, match=r"weights of a 'classify' model, not 'segment'"):
+        tasks.load(digits_classifier, "segment")
+    assert tasks.load(digits_classifier, "classify").class_names
