@@ -24,7 +24,7 @@ LAYERS = [
     (2, ("cnnkit.engine", "cnnkit.evaluate")),
     # cnnkit.tasks.X: a task's plain functions; `augment preview` and SMOTE on backbone features are tools
     # that read data, run models and draw
-    (3, ("cnnkit.compress", "cnnkit.retrieval", "cnnkit.tasks.", "cnnkit.augment.preview", "cnnkit.data.smote")),
+    (3, ("cnnkit.runner", "cnnkit.compress", "cnnkit.retrieval", "cnnkit.tasks.", "cnnkit.augment.preview", "cnnkit.data.smote")),
     # the task façades and the task table (cnnkit/tasks/__init__.py), which names the façades without importing them
     (4, ("cnnkit.api", "cnnkit.detection_api", "cnnkit.segmentation_api", "cnnkit.instance_api", "cnnkit.distill_api",
          "cnnkit.tasks")),

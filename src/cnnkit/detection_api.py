@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _intensity_options, _train_and_reload, evaluate_run_splits, publish_run, report_summary
+from cnnkit.api import _intensity_options
+from cnnkit.runner import Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
 from cnnkit.console import Skips, console, warn
@@ -126,7 +127,7 @@ class Detector:
             defaults.update(self.yolo.to_dict())
         if self.weights_path is not None:
             defaults["weights"] = str(self.weights_path)
-        return _train_and_reload(self, DetectConfig, DETECT, data, defaults, options)
+        return train_and_reload(self, DetectConfig, DETECT, data, defaults, options)
 
     # ---------------------------------------------------------------- val
     def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 8, device: str = "auto",

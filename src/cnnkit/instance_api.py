@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import Recipe, Run, _train_and_reload, evaluate_run_splits, publish_run, report_summary
+from cnnkit.runner import Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
 from cnnkit.console import Skips, console, warn
@@ -109,7 +109,7 @@ class InstanceSegmenter:
                     **INSTANCE_DEFAULTS}
         if self.weights_path is not None:
             defaults["weights"] = str(self.weights_path)
-        return _train_and_reload(self, SegmentConfig, INSTANCE, data, defaults, options)
+        return train_and_reload(self, SegmentConfig, INSTANCE, data, defaults, options)
 
     # ---------------------------------------------------------------- val
     def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 4, device: str = "auto",
