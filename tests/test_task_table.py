@@ -42,3 +42,12 @@ def test_load_refuses_a_file_of_another_task(digits_classifier):
     with pytest.raises(CnnkitError, match=r"weights of a 'classify' model, not 'segment'"):
         tasks.load(digits_classifier, "segment")
     assert tasks.load(digits_classifier, "classify").class_names
+
+
+def test_the_table_and_the_registry_agree_on_instance_models():
+    """The table decides ownership without importing the models; the registry knows the models by task."""
+    from cnnkit import registry
+    from cnnkit.config import INSTANCE_MODELS
+    import cnnkit.models  # noqa: F401 - runs the registrations
+
+    assert sorted(registry.names("instance")) == sorted(INSTANCE_MODELS)
