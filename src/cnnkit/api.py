@@ -37,7 +37,7 @@ from cnnkit.evaluate.report import write_report
 from cnnkit.models.backbones import build_classifier
 from cnnkit.tasks import classify
 from cnnkit.tasks import embed as embed_task
-from cnnkit.runner import Recipe, Run, evaluate_run_splits, publish_run, resolve_run, train_and_reload  # noqa: F401
+from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, resolve_run, train_and_reload  # noqa: F401
 from cnnkit.runner import train as run_training
 
 TASK = "classify"
@@ -360,7 +360,7 @@ def _smote_training(cfg: TrainConfig, dataset, model: nn.Module, task, device: t
 
 CLASSIFY = Recipe(
     task=TASK,
-    build_model=lambda cfg, dataset: build_classifier(cfg.model, len(dataset.classes), cfg.pretrained),
+    build_model=lambda cfg, dataset: Built(build_classifier(cfg.model, len(dataset.classes), cfg.pretrained)),
     make_task=lambda cfg, dataset: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
                                                          focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0,
                                                          mix=batch_mixer(spec_from_config(cfg), len(dataset.classes))),
@@ -503,7 +503,7 @@ def finish_embed_run(cfg, run_dir: Path, dataset, device: torch.device) -> dict[
 def _build_embed_model(cfg, dataset):
     from cnnkit.models.embedder import build_embedder
 
-    return build_embedder(cfg.model, cfg.dim, cfg.pretrained)
+    return Built(build_embedder(cfg.model, cfg.dim, cfg.pretrained))
 
 
 def _embed_sampler(cfg, samples):

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.api import _intensity_options
-from cnnkit.runner import Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
+from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
 from cnnkit.console import Skips, console, warn
@@ -401,7 +401,7 @@ def evaluate_detector(det: Detector, images: list[DetectionImage], categories: l
 
 
 # ==================================================================== the training recipe
-def _build_model(cfg: DetectConfig, dataset: DetectionData) -> nn.Module:
+def _build_model(cfg: DetectConfig, dataset: DetectionData) -> Built:
     family, backbone = parse_model(cfg.model, cfg.backbone)
     anchors = None
     if family == "fasterrcnn" and cfg.anchors == "auto":
@@ -410,16 +410,14 @@ def _build_model(cfg: DetectConfig, dataset: DetectionData) -> nn.Module:
         anchors = fit_anchors(sides, aspects, cfg.imgsz, *pyramid_levels(family, backbone))
     model = build_detector(family, len(dataset.categories), cfg.imgsz, backbone, anchors, cfg.pretrained,
                            cfg.conf, cfg.iou, cfg.max_det, yolo=yolo_options(cfg))
-    model.cnnkit_anchors = anchors
-    model.cnnkit_cost = model_cost(model, cfg.imgsz)
+    params, gflops = model_cost(model, cfg.imgsz)
     if dist_utils.is_main():
-        params, gflops = model.cnnkit_cost
         console.print(f"{cfg.model}{f' ({backbone})' if backbone else ''}: {params / 1e6:.2f} M parameters, "
                       f"{gflops:.2f} GFLOPs at {cfg.imgsz}x{cfg.imgsz}")
         if anchors is not None:
             console.print(f"anchors: sides {', '.join(f'{s:g}' for s in sorted({v for level in anchors.sizes for v in level}))} px, "
                           f"height/width {', '.join(f'{r:g}' for r in anchors.ratios)} (fitted to the training boxes at --imgsz {cfg.imgsz})")
-    return model
+    return Built(model, {"anchors": anchors.to_dict() if anchors is not None else None, "params": params, "gflops": gflops})
 
 
 def yolo_options(cfg: DetectConfig) -> YoloOptions | None:
@@ -427,14 +425,11 @@ def yolo_options(cfg: DetectConfig) -> YoloOptions | None:
 
 
 def _metadata(cfg: DetectConfig, dataset: DetectionData, model: nn.Module) -> dict[str, Any]:
-    anchors = getattr(model, "cnnkit_anchors", None)
     _, backbone = parse_model(cfg.model, cfg.backbone)
-    params, gflops = getattr(model, "cnnkit_cost", (None, None))
     yolo = yolo_options(cfg)
     return {"class_names": [name for _, name in dataset.categories], "num_classes": len(dataset.categories),
             "category_ids": [int(cid) for cid, _ in dataset.categories], "backbone": backbone,
-            "anchors": anchors.to_dict() if anchors is not None else None,
-            "yolo": yolo.to_dict() if yolo is not None else None, "params": params, "gflops": gflops,
+            "yolo": yolo.to_dict() if yolo is not None else None,
             # the detector normalises inside (torchvision's transform); its inputs are 0..1 RGB
             "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.api import CLASSIFY, Classifier, Run, resolve_run, train
+from cnnkit.runner import Built
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.compress.runtime import is_deployed
 from cnnkit.config import DistillConfig, SegmentDistillConfig
@@ -58,15 +59,16 @@ def run_distillation(cfg: DistillConfig, explicit: set[str]) -> Run:
     cfg = _teacher_intensity(cfg, explicit, teacher)
     made: dict[str, DistillTask] = {}
 
-    def build_model(cfg: DistillConfig, dataset) -> nn.Module:
+    def build_model(cfg: DistillConfig, dataset) -> Built:
         columns = teacher_columns(teacher.class_names, dataset.classes, cfg.teacher, cfg.data)
-        student = CLASSIFY.build_model(cfg, dataset)
+        built = CLASSIFY.build_model(cfg, dataset)
+        student = built.model
         task = DistillTask(CLASSIFY.make_task(cfg, dataset), teacher.model, TeacherInput(
             IMAGENET_MEAN, IMAGENET_STD, cfg.imgsz, teacher.mean, teacher.std, teacher.imgsz),
             cfg.temperature, cfg.alpha, columns, _hint(cfg))
         task.attach_hint(student, cfg.imgsz, teacher.imgsz)
         made["task"] = task
-        return student
+        return built
 
     def metadata(cfg: DistillConfig, dataset, model: nn.Module) -> dict[str, Any]:
         return {**CLASSIFY.metadata(cfg, dataset, model), "distilled_from": _provenance(cfg, teacher.model_name)}
@@ -88,9 +90,10 @@ def run_segment_distillation(cfg: SegmentDistillConfig, explicit: set[str]) -> R
     _check_same_inputs(cfg, teacher)
     made: dict[str, DistillTask] = {}
 
-    def build_model(cfg: SegmentDistillConfig, dataset) -> nn.Module:
+    def build_model(cfg: SegmentDistillConfig, dataset) -> Built:
         columns = teacher_columns(teacher.class_names, dataset.classes, cfg.teacher, cfg.data)
-        student = SEGMENT.build_model(cfg, dataset)
+        built = SEGMENT.build_model(cfg, dataset)
+        student = built.model
         # tiled runs see windows at the images' own resolution, as the teacher did: no resizing
         teacher_side = cfg.imgsz if cfg.tile else teacher.imgsz
         task = DistillTask(SEGMENT.make_task(cfg, dataset), teacher.model, TeacherInput(
@@ -98,7 +101,7 @@ def run_segment_distillation(cfg: SegmentDistillConfig, explicit: set[str]) -> R
             cfg.temperature, cfg.alpha, columns, _hint(cfg))
         task.attach_hint(student, cfg.imgsz, teacher_side)
         made["task"] = task
-        return student
+        return built
 
     def metadata(cfg: SegmentDistillConfig, dataset, model: nn.Module) -> dict[str, Any]:
         return {**SEGMENT.metadata(cfg, dataset, model),

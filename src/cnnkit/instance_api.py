@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.runner import Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
+from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import SegmentConfig
 from cnnkit.console import Skips, console, warn
@@ -321,7 +321,7 @@ def instance_config(cfg: SegmentConfig, explicit: set[str]) -> SegmentConfig:
     return dataclasses.replace(cfg, **{k: v for k, v in INSTANCE_DEFAULTS.items() if k not in explicit})
 
 
-def _build_model(cfg: SegmentConfig, dataset: DetectionData) -> nn.Module:
+def _build_model(cfg: SegmentConfig, dataset: DetectionData) -> Built:
     _, backbone = parse_segmenter(cfg.model, cfg.encoder)
     anchors = None
     if cfg.anchors == "auto":
@@ -329,27 +329,22 @@ def _build_model(cfg: SegmentConfig, dataset: DetectionData) -> nn.Module:
         sides, aspects = box_statistics([i.boxes for i in train], [(i.width, i.height) for i in train], cfg.imgsz)
         anchors = fit_anchors(sides, aspects, cfg.imgsz, *pyramid_levels(MODEL, backbone))
     model = build_maskrcnn(len(dataset.categories), cfg.imgsz, backbone, anchors, cfg.pretrained, cfg.conf, cfg.iou, cfg.max_det)
-    model.cnnkit_anchors = anchors
-    model.cnnkit_cost = model_cost(model, cfg.imgsz)
+    params, gflops = model_cost(model, cfg.imgsz)
     if dist_utils.is_main():
-        params, gflops = model.cnnkit_cost
         console.print(f"{MODEL} ({backbone}, mask head {'x'.join(map(str, model.cnnkit_mask_layers))}): {params / 1e6:.2f} M "
                       f"parameters, {gflops:.2f} GFLOPs at {cfg.imgsz}x{cfg.imgsz} (blank image)")
         if anchors is not None:
             sides = sorted({v for level in anchors.sizes for v in level})
             console.print(f"anchors: sides {', '.join(f'{s:g}' for s in sides)} px, height/width "
                           f"{', '.join(f'{r:g}' for r in anchors.ratios)} (fitted to the training boxes at --imgsz {cfg.imgsz})")
-    return model
+    return Built(model, {"anchors": anchors.to_dict() if anchors is not None else None, "params": params, "gflops": gflops})
 
 
 def _metadata(cfg: SegmentConfig, dataset: DetectionData, model: nn.Module) -> dict[str, Any]:
-    anchors = getattr(model, "cnnkit_anchors", None)
     _, backbone = parse_segmenter(cfg.model, cfg.encoder)
-    params, gflops = getattr(model, "cnnkit_cost", (None, None))
     return {"class_names": [name for _, name in dataset.categories], "num_classes": len(dataset.categories),
             "category_ids": [int(cid) for cid, _ in dataset.categories], "backbone": backbone,
-            "anchors": anchors.to_dict() if anchors is not None else None, "mask_layers": model.cnnkit_mask_layers,
-            "params": params, "gflops": gflops,
+            "mask_layers": model.cnnkit_mask_layers,
             # Mask R-CNN normalises inside (torchvision's transform); its inputs are 0..1 RGB
             "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 

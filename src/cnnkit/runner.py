@@ -7,7 +7,7 @@ its model builder, engine task, weights metadata and finish, and where it has it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,13 +41,22 @@ class Run:
     best_epoch: int = 0
 
 
+@dataclass
+class Built:
+    """A recipe's model, and what building it found that the weights file records (fitted anchors, parameters,
+    GFLOPs): returned with the model instead of riding on it as attributes."""
+
+    model: nn.Module
+    record: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What a task brings to a training run; everything else (run directory, resume, data, transfer,
     the engine, DDP) is shared. Plain functions of (cfg, class names)."""
 
     task: str
-    build_model: Callable[[Any, Any], nn.Module]  # (cfg, dataset) -> model
+    build_model: Callable[[Any, Any], Built]  # (cfg, dataset) -> the model and what its weights record of the build
     make_task: Callable[[Any, Any], Any]  # (cfg, dataset with .classes and .splits) -> the engine's task
     metadata: Callable[[Any, Any, nn.Module], dict[str, Any]]  # (cfg, dataset, model) -> what the weights file records
     finish: Callable[[Any, Path, Any, torch.device], dict[str, Any]]
@@ -107,7 +116,8 @@ def _train_run(cfg: TrainConfig, run_dir: Path, recipe: "Recipe") -> Run:
     data_root = data_root or resolve_data(cfg.data, recipe.task)
     dataset = recipe.load_data(cfg, data_root)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = recipe.build_model(cfg, dataset)
+    built = recipe.build_model(cfg, dataset)
+    model = built.model
     if cfg.weights and not cfg.resume:
         copied, skipped = load_matching(model, read_state_dict(cfg.weights), cfg.weights)
         if main:
@@ -124,7 +134,7 @@ def _train_run(cfg: TrainConfig, run_dir: Path, recipe: "Recipe") -> Run:
     metadata = {"task": recipe.task, "model": cfg.model, "imgsz": cfg.imgsz, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                 "intensity": spec_of(cfg).to_dict(),  # how predict and val read images deeper than 8 bits, as training did
                 "cnnkit_version": __version__, "val_split": cfg.val_split, "split_seed": cfg.seed,
-                **recipe.metadata(cfg, dataset, model)}
+                **built.record, **recipe.metadata(cfg, dataset, model)}
     train_set, val_set = recipe.make_sets(cfg, dataset)
     if main:
         write_yaml(run_dir / "config.yaml", cfg.to_dict())

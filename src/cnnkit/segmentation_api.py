@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.runner import Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
+from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, MASK_IGNORE, dense_transforms, spec_from_config
 from cnnkit.config import INSTANCE_MODELS, SegmentConfig
 from cnnkit.console import Skips, console, warn
@@ -258,22 +258,20 @@ def _load_data(cfg: SegmentConfig, root: Path) -> SegmentationData:
     return dataset
 
 
-def _build_model(cfg: SegmentConfig, dataset: SegmentationData) -> nn.Module:
+def _build_model(cfg: SegmentConfig, dataset: SegmentationData) -> Built:
     model = build_segmenter(cfg.model, cfg.encoder, len(dataset.classes), cfg.pretrained)
-    model.cnnkit_cost = segmenter_cost(model, cfg.imgsz)
+    params, gflops = segmenter_cost(model, cfg.imgsz)
     if dist_utils.is_main():
-        params, gflops = model.cnnkit_cost
         _, encoder = parse_segmenter(cfg.model, cfg.encoder)
         console.print(f"{cfg.model} ({encoder}): {params / 1e6:.2f} M parameters, {gflops:.2f} GFLOPs at {cfg.imgsz}x{cfg.imgsz}")
-    return model
+    return Built(model, {"params": params, "gflops": gflops})
 
 
 def _metadata(cfg: SegmentConfig, dataset: SegmentationData, model: nn.Module) -> dict[str, Any]:
-    params, gflops = getattr(model, "cnnkit_cost", (None, None))
     _, encoder = parse_segmenter(cfg.model, cfg.encoder)
     return {"class_names": dataset.classes, "num_classes": len(dataset.classes), "encoder": encoder,
             "ignore_index": cfg.ignore_index, "intensity": _intensity(cfg).to_dict(), "tile": cfg.tile,
-            "tile_overlap": cfg.tile_overlap, "loss": cfg.loss, "params": params, "gflops": gflops}
+            "tile_overlap": cfg.tile_overlap, "loss": cfg.loss}
 
 
 def _make_sets(cfg: SegmentConfig, dataset: SegmentationData):
