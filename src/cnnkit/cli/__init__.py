@@ -1,0 +1,45 @@
+"""The command line: `cnnkit TASK MODE [options]`. Options become a config, the config one API call.
+
+Every user error is a CnnkitError: one line on stderr and exit code 2; `--debug` anywhere on the
+line shows the full traceback instead. Anything else is a bug: exit code 1. The commands live beside
+this file, one module per task (classify, detect, segment, embed), data, and the cross-cutting tools;
+options.py holds the apps and the option helpers they share.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from cnnkit.cli import classify, data, detect, embed, segment, tools  # noqa: F401 - each registers its commands
+from cnnkit.cli.options import app, config_command, pixel_limited, takes_sources  # noqa: F401 - the CLI's API
+from cnnkit.errors import CnnkitError
+from cnnkit.libwarnings import routed_warnings
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv = [sys.argv[0], *[a for a in sys.argv[1:] if a != "--debug"]]
+    try:
+        if debug:  # Python's own warnings, whole
+            app()
+        else:
+            with routed_warnings():  # pydicom's, PyTorch's, … as one cnnkit line each, naming the file
+                app()
+    except CnnkitError as exc:
+        if debug:
+            raise
+        print(f"cnnkit: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("cnnkit: interrupted (a training run continues with --resume)", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+        if debug:
+            raise
+        print(f"cnnkit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, and please report it)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

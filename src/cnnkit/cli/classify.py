@@ -1,0 +1,160 @@
+"""`cnnkit classify train|val|predict|features|explain` and `cnnkit augment preview`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cnnkit.cli.options import augment_app, classify_app, config_command, missing_sources, pixel_limited, takes_sources
+from cnnkit.config import PreviewConfig, TrainConfig
+from cnnkit.errors import CnnkitError
+
+
+@config_command(classify_app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")
+def classify_train(cfg: TrainConfig, explicit: set[str]) -> None:
+    from cnnkit.api import train
+
+    train(cfg, explicit)
+
+
+@config_command(augment_app, "preview", PreviewConfig,
+                "Draw -n images of a dataset before and after augmentation (a --preset and any per-operation option) into one PNG.")
+def augment_preview(cfg: PreviewConfig, explicit: set[str]) -> None:
+    from cnnkit.augment.presets import describe
+    from cnnkit.augment.preview import preview_dataset
+    from cnnkit.console import console
+
+    path = preview_dataset(cfg.data, cfg.spec, cfg.out, cfg.n, cfg.seed, cfg.imgsz, cfg.split)
+    console.print(f"{describe(cfg.spec)}\npreview: {path}")
+
+
+@classify_app.command("val")
+@pixel_limited
+def classify_val(
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    data: str = typer.Option("digits", "--data", help="dataset root or built-in name"),
+    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: val/ beside the weights' run)"),
+    batch: int = typer.Option(64, "--batch", help="batch size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
+) -> None:
+    """Evaluate weights on a dataset split: metrics.json, plots and report.html."""
+    from cnnkit.api import Classifier
+
+    Classifier.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers)
+
+
+@classify_app.command("predict")
+@pixel_limited
+@takes_sources()
+def classify_predict(
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="images, folders or glob patterns (quote globs)"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    topk: int = typer.Option(5, "--topk", help="how many classes to list per image"),
+    batch: int = typer.Option(32, "--batch", help="batch size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file","label","score","topk"}] to this file'),
+) -> None:
+    """Classify images and print a table (and JSON with --save-json)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnkit.api import Classifier
+    from cnnkit.console import console
+    from cnnkit.engine.rundir import write_json
+
+    results = Classifier.load(weights).predict(sources, topk=topk, batch=batch, device=device)
+    table = Table("label", "score", f"top-{topk}", "file")
+    for r in results:
+        table.add_row(r["label"], f"{r['score']:.3f}", ", ".join(f"{l} {s:.2f}" for l, s in r["topk"][1:]), r["file"])
+    Console().print(table)  # stdout: results; progress and messages go to stderr
+    if save_json:
+        write_json(save_json, results)
+        console.print(f"{len(results)} predictions written to {save_json}")
+
+
+def _print_layers(clf) -> None:
+    """The model's modules whose output is a feature map, as a table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnkit.tasks.features import list_layers
+
+    table = Table("layer", "type", "output (C, H, W)")
+    for name, kind, shape in list_layers(clf.model, clf.imgsz):
+        table.add_row(name, kind, " x ".join(map(str, shape)))
+    Console().print(table)  # stdout: results; messages go to stderr
+
+
+@classify_app.command("features")
+@pixel_limited
+@takes_sources(required=False)  # --layers list needs none
+def classify_features(
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="image folders, files or glob patterns "
+                                                  "(quote globs)"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.npz", help="the .npz to write: features [N, D], files [N], labels [N] when the folders name the classes"),
+    batch: int = typer.Option(64, "--batch", min=1, help="batch size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    layers: Optional[str] = typer.Option(None, "--layers", metavar="A,B|list", help="comma-separated module names whose outputs are also saved, "
+                                         "as layer:NAME [N, C, H, W] float16; 'list' prints the usable names"),
+) -> None:
+    """Pooled features (the classifier's input) of every image, saved as an .npz for search, clustering or probes."""
+    from cnnkit.api import Classifier
+    from cnnkit.console import console
+
+    clf = Classifier.load(weights)
+    if layers is not None and layers.strip() == "list":
+        _print_layers(clf)
+        return
+    if not sources:
+        raise missing_sources("SOURCE")
+    if out is None or out.is_dir():
+        raise CnnkitError(f"--out {out}: is a folder" if out else "missing --out", "pass --out FILE.npz")
+    names = [n.strip() for n in (layers or "").split(",") if n.strip()]
+    arrays = clf.features(sources, out, layers=names, batch=batch, device=device, workers=workers)
+    n, dims = arrays["features"].shape
+    notes = ["labels from class folders" if "labels" in arrays else "no labels (files are not in class folders)"]
+    if names:
+        notes.append(f"layers {', '.join(names)}")
+    console.print(f"{n} images, {dims} dims, {'; '.join(notes)}: written to {out}", soft_wrap=True, markup=False)
+
+
+@classify_app.command("explain")
+@pixel_limited
+@takes_sources(required=False)  # --layers list needs none
+def classify_explain(
+    sources: Optional[list[str]] = typer.Argument(None, metavar="IMAGE", help="images, folders or glob patterns (quote globs)"),
+    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    target: Optional[str] = typer.Option(None, "--target", metavar="CLASS", help="class to explain, by name or index (default: the predicted class)"),
+    out: Path = typer.Option(Path("runs/classify/explain"), "--out", metavar="DIR", help="folder for a PNG per image, at the "
+                             "image's path below the folder or glob it came from (created)"),
+    layers: Optional[str] = typer.Option(None, "--layers", metavar="A,B,C|list", help="comma-separated module names whose strongest "
+                                         "channels are shown (default: an early, a middle and the last conv stage); 'list' prints the usable names"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+) -> None:
+    """Explain predictions: per image a PNG with the input, the Grad-CAM heatmap of the predicted (or --target)
+    class and the strongest feature maps of an early, a middle and a late layer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnkit.api import Classifier
+    from cnnkit.console import console
+
+    clf = Classifier.load(weights)
+    if layers is not None and layers.strip() == "list":
+        _print_layers(clf)
+        return
+    if not sources:
+        raise missing_sources("IMAGE")
+    names = [n.strip() for n in (layers or "").split(",") if n.strip()]
+    results = clf.explain(sources, out=out, target=target, layers=names or None, device=device)
+    table = Table("file", "predicted", "score", "target", "png")
+    for r in results:
+        table.add_row(r["file"], r["label"], f"{r['score']:.3f}", r["target"], r["png"])
+    Console().print(table)  # stdout: results; messages go to stderr
+    console.print(f"{len(results)} explanations written to {out}", soft_wrap=True, markup=False)

@@ -1,0 +1,118 @@
+"""`cnnkit data check|synth|convert`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cnnkit.cli.options import data_app, pixel_limited
+from cnnkit.errors import CnnkitError
+
+
+@data_app.command("check")
+@pixel_limited
+def data_check(
+    root: str = typer.Argument(..., help="dataset root (ImageFolder, a COCO / YOLO / VOC detection layout, or a segmentation "
+                               "masks layout: images/ + masks/ + classes.txt) or built-in name"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout instead of tables"),
+) -> None:
+    """Check a dataset: counts per split and class, imbalance, sizes and modes, unreadable files,
+    duplicates across splits; for detection layouts boxes per class, box sizes, objects per image,
+    empty, tiny and duplicate boxes; for segmentation masks pairing, sizes, values against classes.txt,
+    colour masks, empty masks and pixel share per class. Exits 2 when it finds errors."""
+    from cnnkit.data.builtin import resolve_data
+    from cnnkit.data.check import check_imagefolder, print_report
+    from cnnkit.data.check_detection import check_detection
+    from cnnkit.data.check_segmentation import check_segmentation, print_segmentation_report
+    from cnnkit.data.detection import detect_layout
+    from cnnkit.data.segmentation import is_segmentation_layout
+
+    resolved = resolve_data(root)
+    if is_segmentation_layout(resolved):  # before COCO: a masks dataset may carry COCO instances too (synth cells)
+        report = check_segmentation(resolved, progress=not as_json)
+        show = print_segmentation_report
+    else:
+        layout = detect_layout(resolved)
+        report = check_detection(resolved, layout) if layout else check_imagefolder(resolved, progress=not as_json)
+        show = print_report
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        show(report)
+    if report.has_errors():
+        raise typer.Exit(2)
+
+
+@data_app.command("synth")
+def data_synth(
+    kind: str = typer.Argument(..., help="what to generate: shapes or cells"),
+    task: Optional[str] = typer.Option(None, "--task", help="shapes: detect (COCO + YOLO layouts, the default) or segment "
+                                       "(masks + classes.txt); cells always writes segmentation labels"),
+    n: int = typer.Option(500, "--n", help="number of images (train + val)"),
+    imgsz: int = typer.Option(320, "--imgsz", help="square image side in pixels (32 to 4096)"),
+    out: Path = typer.Option(..., "--out", help="folder to create; must be new or empty unless --force"),
+    seed: int = typer.Option(0, "--seed", help="the same seed writes byte-identical files"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the images in the val split"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
+) -> None:
+    """Generate a synthetic dataset: shapes (circle, square, triangle, star, cross) on real photos, with occlusion,
+    uneven illumination and noise; or cells, 16-bit fluorescence-microscopy-like images with semantic and instance labels."""
+    from cnnkit.console import console
+    from cnnkit.data.synth import synth_dataset
+
+    summary = synth_dataset(kind, out, task=task, n=n, imgsz=imgsz, seed=seed, val_fraction=val_fraction, force=force)
+    if kind == "cells":
+        layouts = "16-bit images/, masks/, instances/, COCO annotations/ and classes.txt"
+    else:
+        layouts = "COCO annotations/ and YOLO data.yaml" if summary["task"] == "detect" else "masks/ and classes.txt"
+    images = summary["images"]
+    console.print(f"{images['train']} train + {images['val']} val images, {summary['objects']} objects of "
+                  f"{len(summary['classes'])} classes ({layouts}) written to {out}", soft_wrap=True, markup=False)
+
+
+@data_app.command("convert")
+def data_convert(
+    source: str = typer.Argument(..., help="dataset root: COCO, YOLO (or its data.yaml) or Pascal VOC detection; for --to masks "
+                                 "COCO instances or a masks layout with colour masks"),
+    to: str = typer.Option(..., "--to", help="target layout: coco, yolo or voc (detection), or masks (segmentation: "
+                           "images/SPLIT, masks/SPLIT index PNGs, classes.txt)"),
+    out: Path = typer.Option(..., "--out", help="new folder to write (must not exist or be empty)"),
+    copy: bool = typer.Option(False, "--copy", help="copy images instead of hard-linking them"),
+    strict: bool = typer.Option(False, "--strict", help="boxes outside the image are errors instead of being clipped"),
+    palette: Optional[str] = typer.Option(None, "--palette", metavar="voc|FILE", help="--to masks from colour masks: map each "
+                                          "colour to its class index by Pascal VOC's colours (voc; its boundary colour -> 255) "
+                                          "or a file: lines `NAME R G B` in class-index order, or JSON "
+                                          "{\"name\": [r, g, b], ...}"),
+    unknown: str = typer.Option("error", "--unknown", metavar="error|ignore", help="--to masks --palette: a colour not in the "
+                                "palette is an error (error), or set to 255 = ignore with a warning (ignore)"),
+) -> None:
+    """Convert a detection dataset between COCO, YOLO and Pascal VOC (boxes, category names and,
+    where the target can hold them, the dataset's own ids); or make segmentation index masks
+    (--to masks) from COCO instance polygons / RLE or from colour masks (--palette)."""
+    target = to.lower()
+    if target not in ("coco", "yolo", "voc", "masks"):
+        raise CnnkitError(f"--to {to}: unknown target layout",
+                          "choose one of coco, yolo, voc (detection) or masks (segmentation)")
+    if target == "masks":
+        from cnnkit.data.convert_masks import convert_to_masks
+
+        result = convert_to_masks(source, out, palette=palette, unknown=unknown.lower(), copy=copy)
+        images = sum(result.images.values())
+        per_split = ", ".join(f"{n} {split}" for split, n in result.images.items())
+        done = (f"{result.objects} objects, {result.crowd} crowd regions" if result.source_layout in ("coco", "yolo")
+                else f"{result.recoloured} masks mapped by palette {palette}" if palette else "index masks copied")
+        classes = f"{len(result.classes)} classes (background first)" if result.classes else "no classes.txt"
+        typer.echo(f"{result.source_layout} -> masks: {images} images ({per_split}), {done}, {classes} written to {out}",
+                   err=True)
+        return
+    if palette is not None or unknown != "error":
+        raise CnnkitError("--palette and --unknown apply to --to masks only", f"drop them for --to {target}")
+    from cnnkit.data.detection import convert
+
+    data = convert(source, target, out, copy=copy, strict=strict)
+    images = sum(len(images) for images in data.splits.values())
+    typer.echo(f"{data.layout} -> {target}: {images} images, {data.num_boxes()} boxes, "
+               f"{len(data.categories)} categories written to {out}", err=True)
