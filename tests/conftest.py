@@ -96,3 +96,26 @@ def assert_resumed_from(log: str, saved_epoch: int, epochs: int) -> None:
     # the row each finished epoch prints: "epoch N/E  train_loss …" (not the wrapped tail of the line above)
     ran = [int(n) for n in re.findall(rf"^epoch (\d+)/{epochs}  \S", log, flags=re.MULTILINE)]
     assert ran == list(range(saved_epoch + 1, epochs + 1)), (ran, log)
+
+
+def write_dicom(path: Path, pixels, bits_stored: int = 16, modality: str = "OT") -> Path:
+    """A real DICOM file (explicit VR little endian, secondary capture, MONOCHROME2) holding ``pixels`` [H, W]
+    as unsigned 16-bit samples of which ``bits_stored`` are used."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.PixelData = np.asarray(pixels).astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cnnkit_here
+from conftest import run_cnnkit_here, write_dicom
 
 
 def _image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
@@ -24,23 +24,8 @@ def _image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
 
 
 def _dicom(path: Path, size: tuple[int, int]) -> Path:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Columns, ds.Rows = size
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = np.random.default_rng(size[0]).integers(0, 4096, (size[1], size[0]), dtype=np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    """A 12-bit CT slice of ``size`` (width, height) with seeded noise."""
+    return write_dicom(path, np.random.default_rng(size[0]).integers(0, 4096, (size[1], size[0])), bits_stored=12, modality="CT")
 
 
 def _size(path: Path) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cnnkit, run_cnnkit_here
+from conftest import run_cnnkit, run_cnnkit_here, write_dicom
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_unet_on_16_bit_cells_with_tiles_and_dicom(cells, tmp_path):
     tiles = [np.asarray(Image.open(p)) for p in sorted((cells / "images/val").glob("*.png"))[:4]]
     big = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3 % len(tiles)]]]).astype(np.uint16)
     Image.fromarray(big).save(tmp_path / "big.png")
-    _write_dicom(tmp_path / "slice.dcm", tiles[0])
+    write_dicom(tmp_path / "slice.dcm", tiles[0])
     out = tmp_path / "pred"
     pred = run_cnnkit("segment", "predict", str(tmp_path / "big.png"), str(tmp_path / "slice.dcm"), "--weights",
                       str(run_dir / "weights/best.safetensors"), "--out", str(out), "--save-json", str(tmp_path / "p.json"))
@@ -178,24 +178,6 @@ def test_unet_on_16_bit_cells_with_tiles_and_dicom(cells, tmp_path):
     for predicted in (big_mask[:128, :128], dicom_mask):
         overlap = ((predicted == 1) & (truth == 1)).sum()
         assert 2 * overlap / ((predicted == 1).sum() + (truth == 1).sum()) >= 0.5
-
-
-def _write_dicom(path: Path, pixels: np.ndarray) -> None:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
 
 
 def test_bad_segmentation_data_is_one_line(shapes, tmp_path):
