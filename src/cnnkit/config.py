@@ -85,7 +85,10 @@ class _Options:
 
 
 @dataclass
-class TrainConfig(_Options):
+class TrainOptions(_Options):
+    """The training options every task shares: data, model, schedule, augmentation, intensity, device, run
+    directory, transfer. Each task's config inherits them and adds its own (TrainConfig: classification's)."""
+
     data: str = option("digits", "dataset root (ImageFolder: ROOT/train/CLASS/*.png, ROOT/val/…), or a built-in name: digits")
     model: str = option("tiny_cnn", "model name: tiny_cnn, any timm model (resnet18, efficientnet_b0, …) or tv:NAME for torchvision")
     epochs: int = option(20, "number of epochs")
@@ -105,17 +108,6 @@ class TrainConfig(_Options):
     patience: int = option(0, "stop after this many epochs without improvement (0 = off)")
     precise_bn: int = option(0, "before each validation, recompute BatchNorm statistics over this many training batches "
                              "with the current weights (PreciseBN; short runs from scratch need it; 0 = off)")
-    label_smoothing: float = option(0.0, "label smoothing for the cross-entropy loss")
-    loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
-                       ("ce", "focal"))
-    focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
-    balance: str = option("none", "class imbalance: weights (loss weighted per class), oversample (every class as often "
-                          "as the largest, per epoch), undersample (every class cut to the smallest, a new subset "
-                          "each epoch), smote (the head alone, on SMOTE-balanced features of the frozen backbone: "
-                          "needs --backbone-from, --weights or --pretrained; no augmentation applies)",
-                          ("none", "weights", "oversample", "undersample", "smote"))
-    class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
-                                "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
     augment: str = option("light", "augmentation preset; the options below override one operation of it each "
                           "(`cnnkit augment preview` shows the result)", ("none", "light", "medium", "heavy"))
     fliplr: float | None = option(None, "horizontal flip probability (preset: 0.5; use 0 for digits and text)")
@@ -136,8 +128,6 @@ class TrainConfig(_Options):
                                    "a colour or another part of the image (random erasing in pieces; medium 0.25, heavy 0.5)")
     illumination: float | None = option(None, "probability of a random lighting change: gamma, a shadow gradient, colour "
                                         "temperature (medium 0.2, heavy 0.5)")
-    mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")
-    cutmix: float | None = option(None, "classification: CutMix with this alpha; 0 = off (heavy 1.0; with --mixup, one of them per batch)")
     val_split: float = option(0.2, "fraction of train held out for validation when ROOT has no val/")
     normalize: str = option("auto", "intensity scaling of images deeper than 8 bits (16-bit PNG/TIFF, float, DICOM, NIfTI; "
                             "8-bit pictures are read as they are): auto (DICOM: its window; else per-image percentiles "
@@ -168,6 +158,25 @@ class TrainConfig(_Options):
                            "gradual (unfreeze top-down, a chunk an epoch); auto = finetune with a weights source, else scratch",
                            ("auto", "scratch", "linear", "finetune", "gradual"))
     backbone_lr_mult: float = option(0.1, "backbone learning rate as a fraction of --lr when fine-tuning")
+
+
+@dataclass
+class TrainConfig(TrainOptions):
+    """`classify train`: the shared options plus classification's loss, class-imbalance handling and batch mixing."""
+
+    label_smoothing: float = option(0.0, "label smoothing for the cross-entropy loss")
+    loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
+                       ("ce", "focal"))
+    focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
+    balance: str = option("none", "class imbalance: weights (loss weighted per class), oversample (every class as often "
+                          "as the largest, per epoch), undersample (every class cut to the smallest, a new subset "
+                          "each epoch), smote (the head alone, on SMOTE-balanced features of the frozen backbone: "
+                          "needs --backbone-from, --weights or --pretrained; no augmentation applies)",
+                          ("none", "weights", "oversample", "undersample", "smote"))
+    class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
+                                "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
+    mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")
+    cutmix: float | None = option(None, "classification: CutMix with this alpha; 0 = off (heavy 1.0; with --mixup, one of them per batch)")
 
     def validate(self) -> "TrainConfig":
         super().validate()
@@ -253,7 +262,52 @@ def check_distill_options(cfg: Any, teacher_command: str) -> None:
         raise CnnkitError(f"--hint-weight must be 0 or more, got {cfg.hint_weight}")
 
 
-class _DetectOptions(_Options):
+# classification's own options, which the other tasks' configs do not have
+CLASSIFY_ONLY = tuple(f.name for f in fields(TrainConfig) if f.name not in {g.name for g in fields(TrainOptions)})
+
+
+@dataclass
+class DetectConfig(TrainOptions):
+    """`detect train`: the shared training options (with a detector's defaults) plus the detector's."""
+
+    data: str = option("shapes", "dataset root in COCO (annotations/SPLIT.json), YOLO (data.yaml) or Pascal VOC (Annotations/, "
+                       "ImageSets/Main/) layout, auto-detected; or the built-in: shapes (synthetic, 800 train / 200 val at 320 px)")
+    model: str = option("fasterrcnn", "detector: fasterrcnn (two-stage: FPN, region proposal network, RoI heads; see --backbone), "
+                        "ssd (VGG16), ssdlite (MobileNetV3-Large), or cnnkit's own single-stage anchor-free yolo_n, yolo_s, "
+                        "yolo_m (nano to medium; fastest on a CPU: see docs/detection.md)")
+    epochs: int = option(11, "number of epochs")
+    batch: int = option(8, "global batch size (split across processes under torchrun)")
+    imgsz: int = option(320, "longer image side after resize, in pixels (ssd/ssdlite: square side)")
+    lr: float = option(0.001, "peak learning rate")
+    optimizer: str = option("adamw", "optimizer (AdamW learnt faster from scratch on the shapes benchmark)", ("adamw", "sgd"))
+    weight_decay: float = option(1e-4, "weight decay (not applied to biases and norm layers)")
+    precise_bn: int = option(16, "before each validation, recompute BatchNorm statistics over this many training batches "
+                             "with the current weights (PreciseBN: without it a detector trained from scratch for minutes "
+                             "finds next to nothing in eval mode; 0 = off)")
+    clip_grad: float = option(10.0, "clip the gradient norm to this value (0 = off); keeps early detector training stable")
+
+    backbone: str | None = option(None, "fasterrcnn backbone: mobilenet_v3_large (default), resnet50, or any timm CNN "
+                                  "(resnet18, efficientnet_b0, convnext_tiny, …) through a feature pyramid; yolo_*: "
+                                  "cnnkit's CSP backbone (default) or any timm CNN with stride 8/16/32 stages")
+    anchors: str = option("auto", "anchor sizes: auto (spread over the training boxes' sizes at --imgsz) or torchvision's "
+                          "defaults (32-512 px; the ones COCO-pretrained weights learnt)", ("auto", "torchvision"))
+    conf: float = option(0.001, "keep detections scoring at least this (validation: low, so that mAP sees the whole "
+                         "precision-recall curve)")
+    iou: float = option(0.5, "IoU threshold of the non-maximum suppression")
+    max_det: int = option(100, "at most this many detections per image")
+    classes: str | None = option(None, "train on (and detect) only these classes: comma-separated names or "
+                                 "dataset ids; other objects count as background")
+    strict: bool = option(False, "refuse boxes outside the image instead of clipping them with a warning")
+    mosaic: float | None = option(None, "probability that a training image is a mosaic of four (boxes follow); "
+                                  "default 1 for yolo_*, 0 for torchvision's detectors")
+    close_mosaic: float = option(0.15, "turn mosaic off for this fraction of the last epochs (training ends on "
+                                 "whole images)")
+    dfl: bool = option(True, "yolo_*: box sides as distributions over 16 bins with distribution focal loss; "
+                       "--no-dfl regresses one value per side")
+    box_loss: str = option("ciou", "yolo_*: IoU loss of the boxes", ("ciou", "giou"))
+    cls_loss: str = option("bce", "yolo_*: classification loss against the task-aligned targets: binary "
+                           "cross-entropy, or varifocal", ("bce", "varifocal"))
+
     def validate(self) -> "DetectConfig":
         super().validate()
         from cnnkit.models.detectors import parse_model
@@ -273,57 +327,6 @@ class _DetectOptions(_Options):
             raise CnnkitError(f"{yolo_only[0]} applies to the YOLO-style detectors ({', '.join(YOLO_MODELS)}), not {self.model}",
                               "torchvision's detectors keep their own losses")
         return self
-
-
-# classification's own options, left out of detection's
-CLASSIFY_ONLY = ("label_smoothing", "loss", "focal_gamma", "balance", "class_weights", "mixup", "cutmix")
-_DETECT_DEFAULTS = {
-    "data": option("shapes", "dataset root in COCO (annotations/SPLIT.json), YOLO (data.yaml) or Pascal VOC (Annotations/, "
-                   "ImageSets/Main/) layout, auto-detected; or the built-in: shapes (synthetic, 800 train / 200 val at 320 px)"),
-    "model": option("fasterrcnn", "detector: fasterrcnn (two-stage: FPN, region proposal network, RoI heads; see --backbone), "
-                    "ssd (VGG16), ssdlite (MobileNetV3-Large), or cnnkit's own single-stage anchor-free yolo_n, yolo_s, "
-                    "yolo_m (nano to medium; fastest on a CPU: see docs/detection.md)"),
-    "epochs": option(11, "number of epochs"),
-    "batch": option(8, "global batch size (split across processes under torchrun)"),
-    "imgsz": option(320, "longer image side after resize, in pixels (ssd/ssdlite: square side)"),
-    "lr": option(0.001, "peak learning rate"),
-    "optimizer": option("adamw", "optimizer (AdamW learnt faster from scratch on the shapes benchmark)", ("adamw", "sgd")),
-    "weight_decay": option(1e-4, "weight decay (not applied to biases and norm layers)"),
-    "precise_bn": option(16, "before each validation, recompute BatchNorm statistics over this many training batches "
-                         "with the current weights (PreciseBN: without it a detector trained from scratch for minutes "
-                         "finds next to nothing in eval mode; 0 = off)"),
-    "clip_grad": option(10.0, "clip the gradient norm to this value (0 = off); keeps early detector training stable"),
-}
-_DETECT_EXTRA = [
-    ("backbone", "str | None", option(None, "fasterrcnn backbone: mobilenet_v3_large (default), resnet50, or any timm CNN "
-                                      "(resnet18, efficientnet_b0, convnext_tiny, …) through a feature pyramid; yolo_*: "
-                                      "cnnkit's CSP backbone (default) or any timm CNN with stride 8/16/32 stages")),
-    ("anchors", "str", option("auto", "anchor sizes: auto (spread over the training boxes' sizes at --imgsz) or torchvision's "
-                              "defaults (32-512 px; the ones COCO-pretrained weights learnt)", ("auto", "torchvision"))),
-    ("conf", "float", option(0.001, "keep detections scoring at least this (validation: low, so that mAP sees the whole "
-                             "precision-recall curve)")),
-    ("iou", "float", option(0.5, "IoU threshold of the non-maximum suppression")),
-    ("max_det", "int", option(100, "at most this many detections per image")),
-    ("classes", "str | None", option(None, "train on (and detect) only these classes: comma-separated names or "
-                                     "dataset ids; other objects count as background")),
-    ("strict", "bool", option(False, "refuse boxes outside the image instead of clipping them with a warning")),
-    ("mosaic", "float | None", option(None, "probability that a training image is a mosaic of four (boxes follow); "
-                                      "default 1 for yolo_*, 0 for torchvision's detectors")),
-    ("close_mosaic", "float", option(0.15, "turn mosaic off for this fraction of the last epochs (training ends on "
-                                     "whole images)")),
-    ("dfl", "bool", option(True, "yolo_*: box sides as distributions over 16 bins with distribution focal loss; "
-                           "--no-dfl regresses one value per side")),
-    ("box_loss", "str", option("ciou", "yolo_*: IoU loss of the boxes", ("ciou", "giou"))),
-    ("cls_loss", "str", option("bce", "yolo_*: classification loss against the task-aligned targets: binary "
-                               "cross-entropy, or varifocal", ("bce", "varifocal"))),
-]
-DetectConfig = dataclasses.make_dataclass(
-    "DetectConfig",
-    [(f.name, f.type, _DETECT_DEFAULTS.get(f.name) or field(default=f.default, metadata=f.metadata))
-     for f in fields(TrainConfig) if f.name not in CLASSIFY_ONLY] + [(n, t, f) for n, t, f in _DETECT_EXTRA],
-    bases=(_DetectOptions,))
-DetectConfig.__module__ = __name__
-DetectConfig.__doc__ = "`detect train`: the shared training options (less classification's) plus the detector's."
 
 
 # augmentation options that are probabilities (checked to lie in [0, 1])
@@ -417,8 +420,37 @@ def write_yaml(path: str | Path, config: dict[str, Any]) -> None:
     write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
-class _SegmentOptions(_Options):
-    def validate(self) -> "SegmentConfig":
+@dataclass
+class SegmentOptions(TrainOptions):
+    """What every segmentation run has: the shared training options (with a segmenter's defaults), the pixel
+    loss, the encoder, ignored pixels and tiling. SegmentConfig adds Mask R-CNN's options, SegmentDistillConfig
+    the teacher's."""
+
+    data: str = option("shapes", "dataset root: images/SPLIT/NAME.png with masks/SPLIT/NAME.png (class index per pixel, "
+                       "255 = ignore) and classes.txt; DICOM (.dcm) and NIfTI (.nii.gz, one sample per slice) images too; "
+                       "or a built-in: shapes (synthetic scenes, 800 train / 200 val at 256 px), cells (synthetic 16-bit "
+                       "microscopy)")
+    model: str = option("unet", "semantic: unet, fpn, pan, deeplabv3plus, fcn (with --encoder); instance: maskrcnn")
+    epochs: int = option(20, "number of epochs")
+    batch: int = option(8, "global batch size (split across processes under torchrun)")
+    imgsz: int = option(256, "training side in pixels (a multiple of 32): whole images are resized to it, or with --tile "
+                        "windows of this size are cut at the images' own resolution")
+    lr: float = option(0.001, "peak learning rate")
+    weight_decay: float = option(1e-4, "weight decay (not applied to biases and norm layers)")
+    loss: str = option("ce_dice", "pixel loss: cross-entropy, Dice, their sum, or focal (segmentation_models_pytorch's Dice "
+                       "and focal; pixels at --ignore-index left out)", ("ce", "dice", "ce_dice", "focal"))
+
+    encoder: str | None = option(None, "encoder of unet/fpn/pan/deeplabv3plus/fcn: any timm CNN — resnet18 (default), "
+                                 "resnet34, vgg16, densenet121, mobilenet_v3, efficientnet_b0, …; --pretrained loads its "
+                                 "ImageNet weights, --backbone-from a cnnkit classifier's")
+    ignore_index: int = option(255, "mask value that is not scored nor learnt from (borders, unlabelled pixels)")
+    tile: bool = option(False, "train on random --imgsz windows at the images' own resolution and validate/predict "
+                        "with overlapping sliding windows (microscopy, slides, scans larger than --imgsz)")
+    tile_overlap: float = option(0.25, "overlap of neighbouring windows in tiled inference (fraction of the side)")
+    hd95: bool = option(True, "measure the 95th-percentile Hausdorff distance per class in validation")
+    focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
+
+    def validate(self) -> "SegmentOptions":
         super().validate()
         from cnnkit.models.segmenters import check_input_size, parse_segmenter
 
@@ -443,55 +475,39 @@ class _SegmentOptions(_Options):
         return self
 
 
-# options of classification that a pixel task does not have
-_NOT_SEGMENT = ("label_smoothing", "balance", "class_weights", "mixup", "cutmix")
-_SEGMENT_DEFAULTS = {
-    "data": option("shapes", "dataset root: images/SPLIT/NAME.png with masks/SPLIT/NAME.png (class index per pixel, "
-                   "255 = ignore) and classes.txt; DICOM (.dcm) and NIfTI (.nii.gz, one sample per slice) images too; "
-                   "or a built-in: shapes (synthetic scenes, 800 train / 200 val at 256 px), cells (synthetic 16-bit "
-                   "microscopy)"),
-    "model": option("unet", "semantic: unet, fpn, pan, deeplabv3plus, fcn (with --encoder); instance: maskrcnn"),
-    "epochs": option(20, "number of epochs"),
-    "batch": option(8, "global batch size (split across processes under torchrun)"),
-    "imgsz": option(256, "training side in pixels (a multiple of 32): whole images are resized to it, or with --tile "
-                    "windows of this size are cut at the images' own resolution"),
-    "lr": option(0.001, "peak learning rate"),
-    "weight_decay": option(1e-4, "weight decay (not applied to biases and norm layers)"),
-    "loss": option("ce_dice", "pixel loss: cross-entropy, Dice, their sum, or focal (segmentation_models_pytorch's Dice "
-                   "and focal; pixels at --ignore-index left out)", ("ce", "dice", "ce_dice", "focal")),
-}
-_SEGMENT_EXTRA = [
-    ("encoder", "str | None", option(None, "encoder of unet/fpn/pan/deeplabv3plus/fcn: any timm CNN — resnet18 (default), "
-                                     "resnet34, vgg16, densenet121, mobilenet_v3, efficientnet_b0, …; --pretrained loads its "
-                                     "ImageNet weights, --backbone-from a cnnkit classifier's")),
-    ("ignore_index", "int", option(255, "mask value that is not scored nor learnt from (borders, unlabelled pixels)")),
-    ("tile", "bool", option(False, "train on random --imgsz windows at the images' own resolution and validate/predict "
-                            "with overlapping sliding windows (microscopy, slides, scans larger than --imgsz)")),
-    ("tile_overlap", "float", option(0.25, "overlap of neighbouring windows in tiled inference (fraction of the side)")),
-    ("hd95", "bool", option(True, "measure the 95th-percentile Hausdorff distance per class in validation")),
-    # instance segmentation (maskrcnn) only
-    ("anchors", "str", option("auto", "maskrcnn: anchor sizes, auto (spread over the training boxes' sizes at --imgsz) or "
-                              "torchvision's defaults (32-512 px; the ones COCO-pretrained weights learnt)",
-                              ("auto", "torchvision"))),
-    ("conf", "float", option(0.001, "maskrcnn: keep instances scoring at least this in validation (low, so that mAP sees "
-                             "the whole precision-recall curve)")),
-    ("iou", "float", option(0.5, "maskrcnn: IoU threshold of the non-maximum suppression")),
-    ("max_det", "int", option(100, "maskrcnn: at most this many instances per image")),
-]
 # options that only an instance model has, with their defaults (a semantic model refuses them changed)
 INSTANCE_ONLY = {"anchors": "auto", "conf": 0.001, "iou": 0.5, "max_det": 100}
 # options that only the semantic models have, with their defaults (maskrcnn refuses them changed)
 SEMANTIC_ONLY = {"loss": "ce_dice", "tile": False, "ignore_index": 255, "normalize": "auto", "window": None}
-SegmentConfig = dataclasses.make_dataclass(
-    "SegmentConfig",
-    [(f.name, f.type, _SEGMENT_DEFAULTS.get(f.name) or field(default=f.default, metadata=f.metadata))
-     for f in fields(TrainConfig) if f.name not in _NOT_SEGMENT] + [(n, t, f) for n, t, f in _SEGMENT_EXTRA],
-    bases=(_SegmentOptions,))
-SegmentConfig.__module__ = __name__
-SegmentConfig.__doc__ = "`segment train`: the shared training options plus the segmenter's."
 
 
-class _SegmentDistillOptions(_SegmentOptions):
+@dataclass
+class SegmentConfig(SegmentOptions):
+    """`segment train`: the segmentation options plus Mask R-CNN's (instance segmentation)."""
+
+    anchors: str = option("auto", "maskrcnn: anchor sizes, auto (spread over the training boxes' sizes at --imgsz) or "
+                          "torchvision's defaults (32-512 px; the ones COCO-pretrained weights learnt)",
+                          ("auto", "torchvision"))
+    conf: float = option(0.001, "maskrcnn: keep instances scoring at least this in validation (low, so that mAP sees "
+                         "the whole precision-recall curve)")
+    iou: float = option(0.5, "maskrcnn: IoU threshold of the non-maximum suppression")
+    max_det: int = option(100, "maskrcnn: at most this many instances per image")
+
+
+@dataclass
+class SegmentDistillConfig(SegmentOptions):
+    """`segment distill`: a semantic student segmenter trained from a frozen teacher segmenter."""
+
+    model: str = option("unet", "the student: unet, fpn, pan, deeplabv3plus, fcn, with --encoder (--model and --student are "
+                        "one option)", aliases=("--student",))
+    teacher: str | None = option(None, "the teacher: weights/best.safetensors of a `cnnkit segment train` run of a "
+                                 "semantic model on the same classes")
+    temperature: float = option(4.0, "softmax temperature of the soft targets (higher: more of the teacher's dark knowledge)")
+    alpha: float = option(0.9, "weight of the soft-target (per-pixel KL) term; the student's --loss on the masks gets 1 - alpha")
+    hint_layer: str | None = option(None, "feature distillation: the teacher layer whose output the student imitates (e.g. layer3)")
+    student_layer: str | None = option(None, "feature distillation: the student layer regressed onto --hint-layer (e.g. features.6)")
+    hint_weight: float = option(1.0, "weight of the feature (hint) loss")
+
     def validate(self) -> "SegmentDistillConfig":
         if self.model in INSTANCE_MODELS:
             raise CnnkitError("segment distill trains a semantic student (unet, fpn, pan, deeplabv3plus, fcn), not maskrcnn",
@@ -499,21 +515,3 @@ class _SegmentDistillOptions(_SegmentOptions):
         super().validate()
         check_distill_options(self, "cnnkit segment train --model unet --encoder resnet34 …")
         return self
-
-
-_DISTILL_FIELDS = [(f.name, f.type, option(None, "the teacher: weights/best.safetensors of a `cnnkit segment train` run of a "
-                                             "semantic model on the same classes") if f.name == "teacher"
-                    else option(0.9, "weight of the soft-target (per-pixel KL) term; the student's --loss on the masks gets "
-                                "1 - alpha") if f.name == "alpha"
-                    else field(default=f.default, metadata=f.metadata))
-                   for f in fields(DistillConfig) if f.name in ("teacher", "temperature", "alpha", "hint_layer", "student_layer",
-                                                                "hint_weight")]
-_SEGMENT_STUDENT = option("unet", "the student: unet, fpn, pan, deeplabv3plus, fcn, with --encoder (--model and --student are "
-                          "one option)", aliases=("--student",))
-SegmentDistillConfig = dataclasses.make_dataclass(
-    "SegmentDistillConfig",
-    [(f.name, f.type, _SEGMENT_STUDENT if f.name == "model" else field(default=f.default, metadata=f.metadata))
-     for f in fields(SegmentConfig) if f.name not in INSTANCE_ONLY] + _DISTILL_FIELDS,
-    bases=(_SegmentDistillOptions,))
-SegmentDistillConfig.__module__ = __name__
-SegmentDistillConfig.__doc__ = "`segment distill`: a semantic student segmenter trained from a frozen teacher segmenter."
