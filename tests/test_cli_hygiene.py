@@ -96,7 +96,7 @@ def test_library_warning_lines():
 
 def test_detect_predict_raises_no_torch_warning(tmp_path):
     """Decoded images are read-only arrays: torch.from_numpy warned (non-writable tensors) on the first image."""
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
 
     Image.fromarray(np.full((40, 30, 3), 100, np.uint8)).save(tmp_path / "x.png")
     with warnings.catch_warnings(record=True) as caught:

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-import cnnkit.api
+import cnnkit.runner
+import cnnkit.tasks.classify.api
 import cnnkit.cli
 from conftest import run_cli
 from cnnkit.config import TrainConfig, read_yaml_options, write_yaml
@@ -25,7 +26,8 @@ def captured(monkeypatch) -> list[TrainConfig]:
     def record(cfg, *args, **kwargs):
         configs.append(cfg)
 
-    monkeypatch.setattr(cnnkit.api, "train", record)
+    monkeypatch.setattr(cnnkit.tasks.classify.api, "train", record)  # what `classify train` calls
+    monkeypatch.setattr(cnnkit.runner, "train", record)  # what the other tasks' `train` call
     return configs
 
 

@@ -72,7 +72,7 @@ def test_segment_predict_mirrors_the_inputs_and_records_each_output(inputs):
 
 
 def test_instance_predict_writes_masks_and_overlays_per_input(inputs):
-    from cnnkit.instance_api import InstanceSegmenter
+    from cnnkit.tasks.instance.api import InstanceSegmenter
 
     seg = InstanceSegmenter(class_names=["thing"], imgsz=64)
     results = seg.predict(["photos", "one/p.png", "two/p.png"], out="pred", conf=0.0, device="cpu")
@@ -87,7 +87,7 @@ def test_instance_predict_writes_masks_and_overlays_per_input(inputs):
 def test_detect_predict_mirrors_images_and_videos(inputs, monkeypatch):
     import cv2
 
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
 
     writer = cv2.VideoWriter("photos/x.mp4", cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (32, 24))
     for k in range(3):
@@ -134,13 +134,14 @@ class Bar:
 
 @pytest.mark.parametrize("verb", ["classify", "detect"])
 def test_predict_advances_a_progress_bar_per_image(verb, inputs, monkeypatch):
-    import cnnkit.api
-    import cnnkit.detection_api
+    import cnnkit.tasks.classify.api
+    import cnnkit.tasks.detect.api
 
     Bar.tasks = []
-    monkeypatch.setattr(cnnkit.api if verb == "classify" else cnnkit.detection_api, "progress_bar", lambda *a, **k: Bar())
+    monkeypatch.setattr(cnnkit.tasks.classify.api if verb == "classify" else cnnkit.tasks.detect.api, "progress_bar",
+                        lambda *a, **k: Bar())
     if verb == "classify":
-        results = cnnkit.api.Classifier("tiny_cnn", class_names=["a", "b"], imgsz=16).predict(["photos"], batch=2, device="cpu")
+        results = cnnkit.tasks.classify.api.Classifier("tiny_cnn", class_names=["a", "b"], imgsz=16).predict(["photos"], batch=2, device="cpu")
     else:
-        results = cnnkit.detection_api.Detector("yolo_n", class_names=["a", "b"], imgsz=64).predict(["photos"], batch=2, device="cpu")
+        results = cnnkit.tasks.detect.api.Detector("yolo_n", class_names=["a", "b"], imgsz=64).predict(["photos"], batch=2, device="cpu")
     assert len(results) == 3 and Bar.tasks == [{"description": verb, "total": 3, "done": 3}]

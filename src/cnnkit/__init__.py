@@ -5,24 +5,28 @@ from cnnkit.version import __version__
 
 def __getattr__(name: str):
     # importing torch takes seconds: load the API only when it is used (keeps `cnnkit --help` fast)
-    if name in ("Classifier", "Embedder"):
-        from cnnkit import api
+    if name == "Classifier":
+        from cnnkit.tasks.classify.api import Classifier
 
-        return getattr(api, name)
+        return Classifier
+    if name == "Embedder":
+        from cnnkit.tasks.embed.api import Embedder
+
+        return Embedder
     if name == "Detector":
-        from cnnkit.detection_api import Detector
+        from cnnkit.tasks.detect.api import Detector
 
         return Detector
     if name == "Segmenter":
-        from cnnkit.segmentation_api import Segmenter
+        from cnnkit.tasks.segment.api import Segmenter
 
         return Segmenter
     if name == "InstanceSegmenter":
-        from cnnkit.instance_api import InstanceSegmenter
+        from cnnkit.tasks.instance.api import InstanceSegmenter
 
         return InstanceSegmenter
     if name == "distill":
-        from cnnkit.distill_api import distill
+        from cnnkit.tasks.distill.api import distill
 
         return distill
     raise AttributeError(name)

@@ -162,7 +162,7 @@ def test_bad_augmentation_options_are_one_line_errors(call, message):
 
 
 def test_mixup_and_cutmix_give_class_probabilities_that_the_loss_accepts():
-    from cnnkit.tasks.classify import classification_loss
+    from cnnkit.tasks.classify.task import classification_loss
 
     torch.manual_seed(0)
     mixer = batch_mixer(AugmentSpec(mixup=0.4, cutmix=1.0), num_classes=5)

@@ -19,7 +19,7 @@ CLASSES = ["circle", "square", "triangle"]
 def _weights(tmp_path: Path, model: str, imgsz: int = 64, seed: int = 0) -> Path:
     """A detector's weights file as a run writes it; a random network whose outputs still vary with the
     image (its class biases raised, so that many cells pass the score threshold)."""
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
     from cnnkit.engine.checkpoint import save_state_dict
 
     torch.manual_seed(seed)
@@ -40,7 +40,7 @@ def _images(sizes: list[tuple[int, int]], seed: int = 1) -> list[torch.Tensor]:
 
 def test_yolo_graph_matches_the_eager_detector_per_image_and_over_a_batch(tmp_path):
     from cnnkit.tasks import load_float
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
     from cnnkit.models.detectors import set_postprocess
     from cnnkit.models.yolo import fuse_batchnorm
 
@@ -68,7 +68,7 @@ def test_yolo_graph_matches_the_eager_detector_per_image_and_over_a_batch(tmp_pa
 def test_deployed_yolo_detects_what_eager_detects_on_any_image_shape(tmp_path):
     from cnnkit.tasks import export_weights
     from cnnkit.compress.runtime import read_metadata
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
 
     weights = _weights(tmp_path, "yolo_n")
     path, parity = export_weights(weights, "pt2", tmp_path / "yolo.pt2", dynamic_batch=True)
@@ -95,7 +95,7 @@ def test_deployed_yolo_detects_what_eager_detects_on_any_image_shape(tmp_path):
 
 def test_torchvision_detector_exports_through_the_tracer(tmp_path):
     from cnnkit.tasks import export_weights
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
 
     weights = _weights(tmp_path, "ssdlite", imgsz=96)
     path, parity = export_weights(weights, "torchscript", tmp_path / "ssd.ts")
@@ -145,10 +145,10 @@ def test_maskrcnn_exports_with_its_masks_and_runs_like_eager(tmp_path):
     from cnnkit.tasks import export_weights
     from cnnkit.compress.runtime import read_metadata
     from cnnkit.engine.checkpoint import save_state_dict
-    from cnnkit.instance_api import InstanceSegmenter
+    from cnnkit.tasks.instance.api import InstanceSegmenter
     from cnnkit.tasks import load as load_segmenter
     from cnnkit.models.detectors import set_postprocess
-    from cnnkit.tasks.instance import detect_unpasted
+    from cnnkit.tasks.instance.task import detect_unpasted
 
     torch.manual_seed(0)
     seg = InstanceSegmenter("maskrcnn", CLASSES, imgsz=64, backbone="resnet18")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from cnnkit.config import EmbedConfig, TrainConfig
 from cnnkit.data.loaders import BalancedSampler, class_weights
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.classify import classification_loss
+from cnnkit.tasks.classify.task import classification_loss
 
 LABELS = [0] * 100 + [1] * 20 + [2] * 5  # 20:1 imbalance
 

@@ -136,7 +136,7 @@ def _colour_dataset(root: Path, colours: dict[str, np.ndarray]) -> Path:
 
 
 def _voc_mask() -> np.ndarray:
-    from cnnkit.tasks.segment import palette
+    from cnnkit.tasks.segment.task import palette
 
     colours = palette(21)
     rgb = np.zeros((12, 16, 3), np.uint8)

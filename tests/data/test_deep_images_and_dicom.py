@@ -115,7 +115,7 @@ def test_a_distilled_student_reads_images_as_its_teacher():
     from types import SimpleNamespace
 
     from cnnkit.config import DistillConfig
-    from cnnkit.distill_api import _teacher_intensity
+    from cnnkit.tasks.distill.api import _teacher_intensity
 
     teacher = SimpleNamespace(intensity=IntensitySpec("window", (0.0, 4095.0)))
     cfg = _teacher_intensity(DistillConfig(teacher="t.safetensors"), {"teacher"}, teacher)
@@ -158,7 +158,7 @@ def coco12(root: Path, count: int = 4) -> Path:
 def test_a_12_bit_png_reaches_the_detector_with_its_range(tmp_path):
     from cnnkit.augment.presets import dense_transforms
     from cnnkit.data.detection import load_detection
-    from cnnkit.tasks.detect import DetectionSet
+    from cnnkit.tasks.detect.task import DetectionSet
 
     root = coco12(tmp_path / "coco", count=1)
     data = load_detection(root)
@@ -168,7 +168,7 @@ def test_a_12_bit_png_reaches_the_detector_with_its_range(tmp_path):
 
 
 def test_detector_trains_on_12_bit_pngs_and_records_the_intensity(tmp_path, cnnkit_home):
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
     from cnnkit.engine.checkpoint import read_metadata
 
     root = coco12(tmp_path / "coco")
@@ -317,7 +317,7 @@ def test_segment_predict_on_a_cifti_file_exits_2_with_one_line(tmp_path, monkeyp
 
 def tiny_segmenter(tmp_path: Path) -> Path:
     from cnnkit.engine.checkpoint import save_state_dict
-    from cnnkit.segmentation_api import Segmenter
+    from cnnkit.tasks.segment.api import Segmenter
 
     seg = Segmenter("unet", encoder="resnet18", class_names=["background", "thing"], imgsz=32)
     meta = {"task": "segment", "model": seg.model_name, "encoder": seg.encoder, "class_names": seg.class_names,

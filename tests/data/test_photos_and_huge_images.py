@@ -122,7 +122,7 @@ def detection_sample(root: Path, index: int = 0):
     """(image [3, H, W] float, target boxes [N, 4]) of the dataset's index-th train image, as training sees it."""
     from cnnkit.augment.presets import dense_transforms
     from cnnkit.data.detection import load_detection
-    from cnnkit.tasks.detect import DetectionSet
+    from cnnkit.tasks.detect.task import DetectionSet
 
     data = load_detection(root)
     images = data.splits["train"]
@@ -220,7 +220,7 @@ def test_a_recorded_size_that_fits_neither_picture_is_an_error_never_a_stretch(t
 def test_detect_predict_draws_on_the_upright_photo_and_skips_a_bomb(bomb, tmp_path, monkeypatch, capsys):
     import torch
 
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
     from cnnkit.engine.checkpoint import save_state_dict
 
     torch.manual_seed(0)
@@ -282,7 +282,7 @@ def test_a_bomb_is_one_line_naming_it_and_the_option(bomb):
 def test_segmentation_pixels_of_a_bomb_are_a_user_error(bomb, tmp_path):
     """load_pixels probes the mode first, and 16-bit files go through read_intensity: both one line."""
     from cnnkit.data.medical import read_intensity
-    from cnnkit.tasks.segment import Intensity, load_pixels
+    from cnnkit.tasks.segment.task import Intensity, load_pixels
 
     for read in (lambda: load_pixels(bomb, None, Intensity()), lambda: read_intensity(bomb)):
         with pytest.raises(CnnkitError, match="pixel limit"):

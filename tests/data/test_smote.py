@@ -146,7 +146,7 @@ def _options(root, weights, out):
 def smote_run(imbalanced_digits, tmp_path_factory):
     """One uninterrupted run, recording the labels of every training batch the loss saw."""
     from cnnkit import api
-    from cnnkit.tasks import classify
+    from cnnkit.tasks.classify import task as classify
 
     root, weights = imbalanced_digits
     seen: list[list[int]] = []

@@ -56,7 +56,7 @@ def _cvat(root: Path, polygons: bool = False) -> Path:
 
 
 def test_cvat_coco_export_is_coco_with_val_cut_from_train(tmp_path, monkeypatch, capsys):
-    from cnnkit.detection_api import load_split_data
+    from cnnkit.tasks.detect.api import load_split_data
 
     root = _cvat(tmp_path / "cvat")
     assert detect_layout(root) == "coco"  # was None: read as an ImageFolder with classes 'annotations', 'images'
@@ -82,7 +82,7 @@ def test_cvat_coco_export_is_coco_with_val_cut_from_train(tmp_path, monkeypatch,
 
 
 def test_cvat_polygons_train_instance_segmentation(tmp_path):
-    from cnnkit.instance_api import load_instance_data
+    from cnnkit.tasks.instance.api import load_instance_data
 
     data = load_instance_data(str(_cvat(tmp_path / "cvat", polygons=True)), 0.25, 0)
     assert {split: len(images) for split, images in data.splits.items()} == {"train": 3, "val": 1}
@@ -205,7 +205,7 @@ def test_data_yaml_path_key_lists_and_parent_relative_paths(tmp_path):
 
 
 def test_yolo_segmentation_rows_give_boxes_and_polygons(tmp_path, monkeypatch, capsys):
-    from cnnkit.instance_api import load_instance_data
+    from cnnkit.tasks.instance.api import load_instance_data
 
     root = tmp_path / "seg"
     # a triangle and a quadrilateral (normalised polygons) in a 50x40 image, and one plain box row

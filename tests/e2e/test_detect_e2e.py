@@ -43,7 +43,7 @@ def _untrained(weights: Path, data: Path, out: Path) -> dict:
     freshly initialised weights (seed 0, as the run's)."""
     import torch
 
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
     from cnnkit.engine.checkpoint import read_metadata
 
     torch.manual_seed(0)

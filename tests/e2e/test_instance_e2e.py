@@ -35,7 +35,7 @@ def _untrained(weights: Path, data: Path) -> dict:
     """Metrics of a Mask R-CNN with the trained one's architecture, anchors and classes, but its initial weights."""
     import torch
 
-    from cnnkit.instance_api import InstanceSegmenter, evaluate_instances, load_instance_data
+    from cnnkit.tasks.instance.api import InstanceSegmenter, evaluate_instances, load_instance_data
 
     trained = InstanceSegmenter.load(weights)
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def _boxes_as_masks(results: list[dict], images, categories) -> dict:
     """Mask metrics of the same predictions with each mask replaced by its filled box: what a mask head that
     learned nothing about shapes would give."""
     from cnnkit.evaluate.coco import coco_evaluate
-    from cnnkit.tasks.instance import encode
+    from cnnkit.tasks.instance.task import encode
 
     filled = []
     for r in results:
@@ -88,7 +88,7 @@ def test_maskrcnn_fits_shapes_then_val_and_predict(shapes, tmp_path):
     # the mask head itself learns shapes: masks that merely filled their boxes score on circles and squares (the
     # same predictions with filled boxes as masks measured 0.034 map50, 0.008 map against 0.064 and 0.038), and the
     # mask loss (per-pixel BCE in each box; log 2 = 0.69 for a head that says 0.5 everywhere) falls (1.96 -> 0.55)
-    from cnnkit.instance_api import load_instance_data
+    from cnnkit.tasks.instance.api import load_instance_data
 
     dataset = load_instance_data(str(data), 0.2, 0)
     filled = _boxes_as_masks(json.loads((run_dir / "predictions.json").read_text()), dataset.splits["val"], dataset.categories)
@@ -121,7 +121,7 @@ def test_maskrcnn_fits_shapes_then_val_and_predict(shapes, tmp_path):
     assert len(found) == len(images) and (out / "classes.txt").read_text().split() == ["background", "circle", "square",
                                                                                        "triangle", "star", "cross"]
     assert sum(len(r["instances"]) for r in found) > 0
-    from cnnkit.tasks.instance import decode
+    from cnnkit.tasks.instance.task import decode
 
     for image, result in zip(images, found):
         semantic = np.asarray(Image.open(out / "masks" / f"{image.stem}.png"))

@@ -37,7 +37,7 @@ def _untrained(weights: Path, data: Path, **options) -> dict:
     import torch
 
     from cnnkit.data.segmentation import load_segmentation
-    from cnnkit.segmentation_api import Segmenter, evaluate_segmenter
+    from cnnkit.tasks.segment.api import Segmenter, evaluate_segmenter
 
     trained = Segmenter.load(weights)
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_segment_distill_learns_from_the_teachers_pixels(handful_unet, tmp_path)
     # map is resized to the student's; the result is an ordinary segmenter's weights
     from safetensors import safe_open
 
-    from cnnkit.segmentation_api import Segmenter
+    from cnnkit.tasks.segment.api import Segmenter
 
     data, teacher_dir = handful_unet
     out = tmp_path / "student"

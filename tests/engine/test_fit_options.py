@@ -15,7 +15,7 @@ from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.trainer import fit, seed_everything
 from cnnkit.models.backbones import build_classifier
-from cnnkit.tasks.classify import ClassifyTask
+from cnnkit.tasks.classify.task import ClassifyTask
 
 
 @pytest.fixture(scope="module")

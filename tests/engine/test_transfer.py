@@ -16,7 +16,7 @@ from cnnkit.engine.transfer import head_names, load_backbone, plan_transfer
 from cnnkit.errors import CnnkitError
 from cnnkit.models.backbones import build_classifier
 from cnnkit.models.tiny_cnn import TinyCNN
-from cnnkit.tasks.classify import ClassifyTask
+from cnnkit.tasks.classify.task import ClassifyTask
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from cnnkit.engine.optim import build_optimizer, build_scheduler, lr_factor, par
 from cnnkit.engine.rundir import atomic_path, next_run_dir, write_json, write_text
 from cnnkit.errors import CnnkitError
 from cnnkit.models.tiny_cnn import TinyCNN
-from cnnkit.tasks.classify import classification_metrics
+from cnnkit.tasks.classify.task import classification_metrics
 
 
 # ---------------------------------------------------------------------------- learning-rate schedule

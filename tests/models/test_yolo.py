@@ -209,7 +209,7 @@ def test_timm_backbone_and_bad_backbones():
 
 
 def test_mosaic_moves_boxes_with_their_pixels():
-    from cnnkit.tasks.detect import mosaic
+    from cnnkit.tasks.detect.task import mosaic
 
     torch.manual_seed(1)
     samples = []
@@ -229,7 +229,7 @@ def test_mosaic_moves_boxes_with_their_pixels():
 
 
 def test_mosaic_set_turns_off_for_the_last_epochs():
-    from cnnkit.tasks.detect import MosaicSet
+    from cnnkit.tasks.detect.task import MosaicSet
 
     base = [(torch.zeros(3, 64, 64), {"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}, i)
             for i in range(4)]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from cnnkit.augment.presets import augment_spec, dense_transforms
 from cnnkit.data.detection import DetectionImage
-from cnnkit.tasks.detect import DetectionSet, DetectTask, collate_detection, confusion_matrix, pad_detections, pr_curves
+from cnnkit.tasks.detect.task import DetectionSet, DetectTask, collate_detection, confusion_matrix, pad_detections, pr_curves
 
 
 def _image(path: Path, mode: str, size=(64, 48)) -> Path:
@@ -138,7 +138,7 @@ def test_val_confusion_matrix_from_coco_results_by_hand(tmp_path, monkeypatch):
     """What val draws: results in COCO form (x, y, w, h boxes, the dataset's category ids 17 and 90), only
     those scoring at least 0.25 counted."""
     from cnnkit.evaluate import plots
-    from cnnkit.tasks import detect
+    from cnnkit.tasks.detect import task as detect
 
     drawn = {}
     real = plots.plot_confusion_matrix
@@ -200,7 +200,7 @@ def test_confusion_matrix_leaves_detections_on_ignored_regions_out():
     one elsewhere stays a false alarm, and a missed true box stays a miss."""
     import numpy as np
 
-    from cnnkit.tasks.detect import confusion_matrix
+    from cnnkit.tasks.detect.task import confusion_matrix
 
     truth = [(np.array([[0, 0, 10, 10]], float), np.array([0]))]
     predicted = [(np.array([[0, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]], float), np.array([0, 1, 1]))]

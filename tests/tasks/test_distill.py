@@ -13,8 +13,8 @@ from safetensors import safe_open
 
 from cnnkit.engine.checkpoint import deployable_state, save_state_dict
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.classify import ClassifyTask
-from cnnkit.tasks.distill import HINT_MODULE, DistillTask, Hint, TeacherInput, distillation_loss
+from cnnkit.tasks.classify.task import ClassifyTask
+from cnnkit.tasks.distill.task import HINT_MODULE, DistillTask, Hint, TeacherInput, distillation_loss
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_teacher_input_renormalises_and_resizes():
 
 
 def test_teacher_columns_follow_class_names_and_refuse_other_classes():
-    from cnnkit.distill_api import teacher_columns
+    from cnnkit.tasks.distill.api import teacher_columns
 
     assert teacher_columns(["a", "b", "c"], ["a", "b", "c"], "t", "d") is None
     assert teacher_columns(["c", "a", "b"], ["a", "b", "c"], "t", "d").tolist() == [1, 2, 0]
@@ -117,7 +117,7 @@ def test_distill_on_digits_writes_a_plain_classifier(digits_classifier, tmp_path
 
 
 def test_distill_refuses_a_teacher_of_another_task(tmp_path):
-    from cnnkit.distill_api import load_teacher
+    from cnnkit.tasks.distill.api import load_teacher
 
     path = save_state_dict({"w": torch.zeros(1)}, tmp_path / "det.safetensors", {"task": "detect", "model": "yolo_n"})
     with pytest.raises(CnnkitError, match="weights of a 'detect' model; --teacher needs a classifier's"):
@@ -155,7 +155,7 @@ class _PixelNet(nn.Module):
 
 
 def test_segment_distill_task_resizes_the_teachers_map_and_ignores_unlabelled_pixels():
-    from cnnkit.tasks.segment import Inference, SegmentTask, segmentation_loss
+    from cnnkit.tasks.segment.task import Inference, SegmentTask, segmentation_loss
 
     torch.manual_seed(0)
     # the teacher sees the 16-px batch at its own 32 px and answers at half resolution: a 16x16 map again
@@ -175,7 +175,7 @@ def test_segment_distill_task_resizes_the_teachers_map_and_ignores_unlabelled_pi
 
 
 def test_segment_distill_refuses_other_teachers(tmp_path):
-    from cnnkit.distill_api import load_teacher
+    from cnnkit.tasks.distill.api import load_teacher
 
     classifier = save_state_dict({"w": torch.zeros(1)}, tmp_path / "cls.safetensors", {"task": "classify", "model": "tiny_cnn"})
     with pytest.raises(CnnkitError, match="weights of a 'classify' model; --teacher needs a semantic segmenter's"):

@@ -15,7 +15,7 @@ from conftest import run_cli
 from cnnkit import Classifier
 from cnnkit.augment.presets import classify_transforms
 from cnnkit.engine.checkpoint import load_weights, save_weights
-from cnnkit.tasks.explain import gradcam, pick_layers, resolve_target, strongest_maps
+from cnnkit.tasks.classify.explain import gradcam, pick_layers, resolve_target, strongest_maps
 
 IMGSZ = 16
 

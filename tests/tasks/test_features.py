@@ -17,7 +17,7 @@ from cnnkit.data.images import load_image
 from cnnkit.engine.checkpoint import save_weights
 from cnnkit.models.backbones import build_classifier
 from cnnkit.models.tiny_cnn import TinyCNN
-from cnnkit.tasks.features import extract_features, list_layers, pooled_features, save_npz
+from cnnkit.tasks.classify.features import extract_features, list_layers, pooled_features, save_npz
 
 CLASSES = ["cat", "dog"]
 META = {"task": "classify", "model": "tiny_cnn", "class_names": CLASSES, "num_classes": 2, "imgsz": 16,

@@ -16,7 +16,7 @@ from cnnkit.augment.presets import augment_spec, dense_transforms
 from cnnkit.data.detection import DetectionImage, read_coco
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate.coco import coco_evaluate
-from cnnkit.tasks.instance import InstanceSet, InstanceTask, decode, encode, instance_metrics, paste, rasterise, tighten_to_masks
+from cnnkit.tasks.instance.task import InstanceSet, InstanceTask, decode, encode, instance_metrics, paste, rasterise, tighten_to_masks
 
 TRIANGLE = [20.0, 10.0, 70.0, 30.0, 30.0, 55.0]  # x, y pairs, inside a 96 x 64 image
 SQUARE = [60.0, 38.0, 90.0, 38.0, 90.0, 62.0, 60.0, 62.0]
@@ -235,7 +235,7 @@ def _coco_file(root: Path, annotations: list[dict], width=96, height=64) -> Path
 
 
 def test_read_coco_keeps_segmentations_beside_their_boxes(tmp_path):
-    from cnnkit.detection_api import restrict_categories
+    from cnnkit.tasks.detect.api import restrict_categories
 
     blob = encode(np.ones((64, 96), np.uint8))
     root = _coco_file(tmp_path, [
@@ -260,7 +260,7 @@ def test_read_coco_keeps_segmentations_beside_their_boxes(tmp_path):
     (None, "without 'segmentation'"),
 ])
 def test_bad_segmentations_are_one_line(tmp_path, segmentation, expected):
-    from cnnkit.instance_api import load_instance_data
+    from cnnkit.tasks.instance.api import load_instance_data
 
     ann = {"category_id": 9, "bbox": [60, 40, 25, 20]}
     other = {"category_id": 4, "bbox": [20, 10, 50, 45], "segmentation": [TRIANGLE]}

@@ -117,7 +117,7 @@ def test_dilating_decoder_on_vgg_and_unknown_encoder_are_one_line():
 
 @pytest.mark.parametrize("kind", ["ce", "dice", "ce_dice", "focal"])
 def test_losses_ignore_the_ignore_index_and_decrease(kind):
-    from cnnkit.tasks.segment import segmentation_loss
+    from cnnkit.tasks.segment.task import segmentation_loss
 
     loss = segmentation_loss(kind, 3, 255)
     masks = torch.randint(0, 3, (2, 8, 8))
@@ -152,7 +152,7 @@ class _Local(nn.Module):
 
 
 def test_window_starts_cover_the_side_flush_with_the_end():
-    from cnnkit.tasks.segment import window_starts
+    from cnnkit.tasks.segment.task import window_starts
 
     assert window_starts(100, 128, 96) == [0]
     assert window_starts(300, 128, 96) == [0, 96, 172]
@@ -162,7 +162,7 @@ def test_window_starts_cover_the_side_flush_with_the_end():
 
 
 def test_sliding_window_matches_the_whole_image_away_from_tile_borders():
-    from cnnkit.tasks.segment import sliding_window
+    from cnnkit.tasks.segment.task import sliding_window
 
     model = _Local().eval()
     image = torch.randn(3, 150, 210)
@@ -178,7 +178,7 @@ def test_sliding_window_matches_the_whole_image_away_from_tile_borders():
 
 
 def test_sliding_window_memory_is_bounded_by_the_window():
-    from cnnkit.tasks.segment import sliding_window
+    from cnnkit.tasks.segment.task import sliding_window
 
     model = _Local().eval()
     image = torch.zeros(3, 1024, 768)
@@ -189,7 +189,7 @@ def test_sliding_window_memory_is_bounded_by_the_window():
 
 
 def test_images_smaller_than_the_window_are_padded_and_cropped_back():
-    from cnnkit.tasks.segment import sliding_window
+    from cnnkit.tasks.segment.task import sliding_window
 
     model = _Local().eval()
     torch.manual_seed(1)
@@ -210,7 +210,7 @@ def test_images_smaller_than_the_window_are_padded_and_cropped_back():
 
 
 def test_resized_inference_returns_each_image_at_its_own_size():
-    from cnnkit.tasks.segment import Inference, segment_probabilities
+    from cnnkit.tasks.segment.task import Inference, segment_probabilities
 
     model = _Local().eval()
     with torch.no_grad():
@@ -220,7 +220,7 @@ def test_resized_inference_returns_each_image_at_its_own_size():
 
 
 def test_overlay_paints_classes_and_leaves_background():
-    from cnnkit.tasks.segment import overlay, palette
+    from cnnkit.tasks.segment.task import overlay, palette
 
     colours = palette(3)
     assert len({tuple(c) for c in colours}) == 3 and tuple(colours[0]) == (0, 0, 0)
@@ -239,7 +239,7 @@ def test_a_classifiers_backbone_moves_into_the_encoder(tmp_path):
     import timm
 
     from cnnkit.engine.checkpoint import load_weights, save_weights
-    from cnnkit.segmentation_api import Segmenter
+    from cnnkit.tasks.segment.api import Segmenter
 
     torch.manual_seed(1)
     classifier = timm.create_model("resnet18", num_classes=7)
@@ -264,8 +264,8 @@ def _nifti(path: Path, volume: np.ndarray) -> Path:
 
 def test_nifti_volumes_are_one_sample_per_slice_and_predict_writes_each_slice(tmp_path):
     from cnnkit.data.segmentation import load_segmentation
-    from cnnkit.segmentation_api import Segmenter
-    from cnnkit.tasks.segment import Intensity, SegmentSet, collate_segmentation
+    from cnnkit.tasks.segment.api import Segmenter
+    from cnnkit.tasks.segment.task import Intensity, SegmentSet, collate_segmentation
     from cnnkit.augment.presets import dense_transforms
 
     rng = np.random.default_rng(0)

@@ -1,16 +1,20 @@
 """The command line: `cnnkit TASK MODE [options]`. Options become a config, the config one API call.
 
 Every user error is a CnnkitError: one line on stderr and exit code 2; `--debug` anywhere on the
-line shows the full traceback instead. Anything else is a bug: exit code 1. The commands live beside
-this file, one module per task (classify, detect, segment, embed), data, and the cross-cutting tools;
-options.py holds the apps and the option helpers they share.
+line shows the full traceback instead. Anything else is a bug: exit code 1. Each task's commands live
+in its folder (cnnkit/tasks/<task>/cli.py); data.py and tools.py beside this file hold the data and
+cross-cutting commands, options.py the apps and the option helpers they all share.
 """
 
 from __future__ import annotations
 
 import sys
 
-from cnnkit.cli import classify, data, detect, embed, segment, tools  # noqa: F401 - each registers its commands
+from cnnkit.cli import data, tools  # noqa: F401 - each registers its commands
+from cnnkit.tasks.classify import cli as classify_cli  # noqa: F401
+from cnnkit.tasks.detect import cli as detect_cli  # noqa: F401
+from cnnkit.tasks.embed import cli as embed_cli  # noqa: F401
+from cnnkit.tasks.segment import cli as segment_cli  # noqa: F401
 from cnnkit.cli.options import app, config_command, pixel_limited, takes_sources  # noqa: F401 - the CLI's API
 from cnnkit.errors import CnnkitError
 from cnnkit.libwarnings import routed_warnings

@@ -18,7 +18,7 @@ from cnnkit.errors import CnnkitError
                 "training option applies; the result is an ordinary classifier's weights under runs/distill/. Segmenters: "
                 "`cnnkit segment distill`.")
 def distill_command(cfg: DistillConfig, explicit: set[str]) -> None:
-    from cnnkit.distill_api import run_distillation
+    from cnnkit.tasks.distill.api import run_distillation
 
     run_distillation(cfg, explicit)
 
@@ -47,7 +47,7 @@ def robustness(
     from rich.console import Console
     from rich.table import Table
 
-    from cnnkit.api import Classifier
+    from cnnkit.tasks.classify.api import Classifier
     from cnnkit.console import console
 
     severity_list = _severity_list(severities)
@@ -190,7 +190,7 @@ def demo(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
 ) -> None:
     """Train tiny_cnn on the built-in digits (1,797 real handwritten digits) and write the report."""
-    from cnnkit.api import train
+    from cnnkit.tasks.classify.api import train
     from cnnkit.engine.rundir import next_run_dir
 
     run_dir = out or next_run_dir("classify", None, prefix="demo")

@@ -141,7 +141,7 @@ class TorchvisionGraph(nn.Module):
         self.with_masks = getattr(getattr(net, "roi_heads", None), "mask_predictor", None) is not None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from cnnkit.tasks.instance import detect_unpasted
+        from cnnkit.tasks.instance.task import detect_unpasted
 
         images = list(x.unbind(0))
         found = detect_unpasted(self.net, images) if self.with_masks else self.net(images)

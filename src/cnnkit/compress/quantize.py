@@ -171,7 +171,7 @@ def _train_qat(model: nn.Module, metadata: dict[str, Any], data: str, epochs: in
     from cnnkit.data.imagefolder import load_imagefolder
     from cnnkit.data.loaders import ImageDataset, collate_skipping_none
     from cnnkit.engine.trainer import fit
-    from cnnkit.tasks.classify import ClassifyTask
+    from cnnkit.tasks.classify.task import ClassifyTask
 
     if metadata.get("task") != "classify":
         raise CnnkitError("--method qat trains classifiers", "use --method ptq for this model")

@@ -80,7 +80,7 @@ def smote_features(model: nn.Module, samples: list[tuple[Path, int]], class_name
                    batch: int, workers: int, device: torch.device, seed: int, intensity: Any = None) -> FeatureDataset:
     """The training split as SMOTE-balanced pooled features of ``model``'s backbone (``transform``:
     the evaluation one; the features are computed once). Unreadable images are skipped with a warning."""
-    from cnnkit.tasks.features import extract_features
+    from cnnkit.tasks.classify.features import extract_features
 
     arrays = extract_features(model, [path for path, _ in samples], [label for _, label in samples], transform,
                               batch, workers, device, intensity=intensity)

@@ -41,11 +41,11 @@ class Owner:
 
 
 TASKS: dict[str, Owner] = {owner.name: owner for owner in (
-    Owner("classify", "cnnkit.api:Classifier", "top1"),
-    Owner("detect", "cnnkit.detection_api:Detector", "map"),
-    Owner("segment", "cnnkit.segmentation_api:Segmenter", "miou", {"hd95": False}),
-    Owner("instance", "cnnkit.instance_api:InstanceSegmenter", "mask_map"),
-    Owner("embed", "cnnkit.api:Embedder", ""),
+    Owner("classify", "cnnkit.tasks.classify.api:Classifier", "top1"),
+    Owner("detect", "cnnkit.tasks.detect.api:Detector", "map"),
+    Owner("segment", "cnnkit.tasks.segment.api:Segmenter", "miou", {"hd95": False}),
+    Owner("instance", "cnnkit.tasks.instance.api:InstanceSegmenter", "mask_map"),
+    Owner("embed", "cnnkit.tasks.embed.api:Embedder", ""),
 )}
 
 

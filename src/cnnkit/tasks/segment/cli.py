@@ -17,14 +17,14 @@ from cnnkit.errors import CnnkitError
                 "Train a segmenter on images/ + masks/ + classes.txt (or --data shapes / cells); --model maskrcnn: "
                 "instance segmentation on COCO instances (polygons or RLE).")
 def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
-    from cnnkit.api import train
+    from cnnkit.runner import train
 
     if cfg.model in INSTANCE_MODELS:
-        from cnnkit.instance_api import INSTANCE, instance_config
+        from cnnkit.tasks.instance.api import INSTANCE, instance_config
 
         train(instance_config(cfg, explicit), explicit, recipe=INSTANCE)
         return
-    from cnnkit.segmentation_api import SEGMENT
+    from cnnkit.tasks.segment.api import SEGMENT
 
     train(cfg, explicit, recipe=SEGMENT)
 
@@ -36,7 +36,7 @@ def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
                 "--loss on the masks) and optionally one teacher layer's features. Every segment train option applies; "
                 "the result is an ordinary segmenter's weights under runs/distill/.")
 def segment_distill(cfg, explicit: set[str]) -> None:
-    from cnnkit.distill_api import run_segment_distillation
+    from cnnkit.tasks.distill.api import run_segment_distillation
 
     run_segment_distillation(cfg, explicit)
 
@@ -64,7 +64,7 @@ def segment_val(
     their own size): metrics.json, confusion matrix, overlays and report.html. maskrcnn weights: COCO
     mask and box mAP (pycocotools), predictions.json, PR curves, samples and report.html."""
     from cnnkit import tasks
-    from cnnkit.instance_api import InstanceSegmenter
+    from cnnkit.tasks.instance.api import InstanceSegmenter
 
     seg = tasks.load(weights, "segment")
     if isinstance(seg, InstanceSegmenter):
@@ -103,7 +103,7 @@ def segment_predict(
     from cnnkit.console import console
     from cnnkit.engine.rundir import next_run_dir, write_json
     from cnnkit import tasks
-    from cnnkit.instance_api import InstanceSegmenter
+    from cnnkit.tasks.instance.api import InstanceSegmenter
 
     if overlap is not None and not 0.0 <= overlap < 1.0:
         raise CnnkitError(f"--overlap must be at least 0 and below 1, got {overlap}")

@@ -19,7 +19,8 @@ from cnnkit.errors import CnnkitError
 
 @config_command(embed_app, "train", EmbedConfig, "Train an embedding model (metric learning) on an ImageFolder whose classes are identities.")
 def embed_train(cfg: EmbedConfig, explicit: set[str]) -> None:
-    from cnnkit.api import EMBED_RECIPE, train
+    from cnnkit.runner import train
+    from cnnkit.tasks.embed.api import EMBED_RECIPE
 
     train(cfg, explicit, EMBED_RECIPE)
 
@@ -37,7 +38,7 @@ def embed_val(
     workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
 ) -> None:
     """Retrieval quality: each query image against the gallery split; metrics.json with recall@1, recall@5, map."""
-    from cnnkit.api import Embedder
+    from cnnkit.tasks.embed.api import Embedder
 
     Embedder.load(weights).val(data, query_split, gallery_split, out, batch=batch, device=device, workers=workers)
 
@@ -62,7 +63,7 @@ def embed_index(
     workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
 ) -> None:
     """Build a FAISS index of a folder's embeddings (vectors, files and the model are stored with it), or --add / --remove images."""
-    from cnnkit.api import build_index
+    from cnnkit.tasks.embed.api import build_index
     from cnnkit.retrieval.index import KINDS
 
     if kind not in KINDS:
@@ -85,7 +86,7 @@ def embed_search(
     """Nearest gallery images of each query, by cosine similarity: a table, a contact sheet and JSON."""
     from rich.console import Console
 
-    from cnnkit.api import search_index
+    from cnnkit.tasks.embed.api import search_index
     from cnnkit.console import console
     from cnnkit.engine.rundir import next_run_dir, write_json
     from cnnkit.retrieval.sheets import contact_sheet
@@ -139,7 +140,7 @@ def embed_dedup(
     """Groups of near-duplicate images (linked by similarity >= --threshold), largest first."""
     from rich.console import Console
 
-    from cnnkit.api import dedup
+    from cnnkit.tasks.embed.api import dedup
     from cnnkit.console import console
     from cnnkit.engine.rundir import next_run_dir, write_json
 
@@ -171,7 +172,7 @@ def embed_cluster(
     """Group images with spherical k-means on their embeddings; a contact sheet per cluster (most typical first)."""
     from rich.console import Console
 
-    from cnnkit.api import cluster
+    from cnnkit.tasks.embed.api import cluster
     from cnnkit.console import console
     from cnnkit.engine.rundir import next_run_dir, write_json
     from cnnkit.retrieval.sheets import contact_sheet

@@ -31,7 +31,7 @@ from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate.report import write_report
 from cnnkit.models.segmenters import build_segmenter, parse_segmenter, segmenter_cost
-from cnnkit.tasks import segment
+from cnnkit.tasks.segment import task as segment
 
 TASK = "segment"
 

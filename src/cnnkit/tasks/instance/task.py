@@ -29,7 +29,7 @@ from cnnkit.data.images import load_image_in_frame
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate import plots
 from cnnkit.evaluate.coco import coco_evaluate, coco_precision, coco_rle
-from cnnkit.tasks.detect import CONFUSION_CONF, DetectionSet, DetectTask
+from cnnkit.tasks.detect.task import CONFUSION_CONF, DetectionSet, DetectTask
 
 MASK_THRESHOLD = 0.5  # a pasted mask probability above this is the object (torchvision's and Detectron2's choice)
 

@@ -15,8 +15,8 @@ from cnnkit.config import DetectConfig
 @config_command(detect_app, "train", DetectConfig,
                 "Train a detector on a COCO, YOLO or Pascal VOC dataset (auto-detected), or --data shapes.")
 def detect_train(cfg: DetectConfig, explicit: set[str]) -> None:
-    from cnnkit.api import train
-    from cnnkit.detection_api import DETECT
+    from cnnkit.runner import train
+    from cnnkit.tasks.detect.api import DETECT
 
     train(cfg, explicit, recipe=DETECT)
 
@@ -43,7 +43,7 @@ def detect_val(
 ) -> None:
     """COCO mAP (pycocotools) of weights on a split: metrics.json, predictions.json (COCO results, the
     dataset's own ids), PR curves, confusion matrix, samples and report.html."""
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
 
     _check_postprocess(conf, iou, max_det)
     Detector.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers, conf=conf,
@@ -73,7 +73,7 @@ def detect_predict(
     from rich.console import Console
 
     from cnnkit.console import console
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
     from cnnkit.engine.rundir import next_run_dir, write_json
 
     _check_postprocess(conf, iou, max_det)

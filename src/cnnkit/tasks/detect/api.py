@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.api import _intensity_options
+from cnnkit.tasks.classify.api import _intensity_options
 from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.config import DetectConfig
@@ -50,7 +50,7 @@ from cnnkit.models.detectors import (
     pyramid_levels,
     set_postprocess,
 )
-from cnnkit.tasks import detect
+from cnnkit.tasks.detect import task as detect
 
 TASK = "detect"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")

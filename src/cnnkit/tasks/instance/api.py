@@ -28,7 +28,7 @@ from cnnkit.data.builtin import resolve_data
 from cnnkit.data.detection import DetectionData, DetectionImage, detect_layout
 from cnnkit.data.images import is_image_file, load_image
 from cnnkit.data.sources import expand_source_files, output_names
-from cnnkit.detection_api import load_split_data
+from cnnkit.tasks.detect.api import load_split_data
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.checkpoint import load_weights
@@ -39,8 +39,8 @@ from cnnkit.evaluate.report import write_report
 from cnnkit.models.detectors import (Anchors, box_statistics, build_maskrcnn, fit_anchors, model_cost, pyramid_levels,
                                      set_postprocess)
 from cnnkit.models.segmenters import INSTANCE_MODELS, parse_segmenter
-from cnnkit.tasks import instance
-from cnnkit.tasks.detect import collate_detection
+from cnnkit.tasks.instance import task as instance
+from cnnkit.tasks.detect.task import collate_detection
 
 TASK = "segment"
 MODEL = "maskrcnn"

@@ -14,7 +14,7 @@ from cnnkit.errors import CnnkitError
 
 @config_command(classify_app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")
 def classify_train(cfg: TrainConfig, explicit: set[str]) -> None:
-    from cnnkit.api import train
+    from cnnkit.tasks.classify.api import train
 
     train(cfg, explicit)
 
@@ -42,7 +42,7 @@ def classify_val(
     workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
 ) -> None:
     """Evaluate weights on a dataset split: metrics.json, plots and report.html."""
-    from cnnkit.api import Classifier
+    from cnnkit.tasks.classify.api import Classifier
 
     Classifier.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers)
 
@@ -62,7 +62,7 @@ def classify_predict(
     from rich.console import Console
     from rich.table import Table
 
-    from cnnkit.api import Classifier
+    from cnnkit.tasks.classify.api import Classifier
     from cnnkit.console import console
     from cnnkit.engine.rundir import write_json
 
@@ -81,7 +81,7 @@ def _print_layers(clf) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cnnkit.tasks.features import list_layers
+    from cnnkit.tasks.classify.features import list_layers
 
     table = Table("layer", "type", "output (C, H, W)")
     for name, kind, shape in list_layers(clf.model, clf.imgsz):
@@ -104,7 +104,7 @@ def classify_features(
                                          "as layer:NAME [N, C, H, W] float16; 'list' prints the usable names"),
 ) -> None:
     """Pooled features (the classifier's input) of every image, saved as an .npz for search, clustering or probes."""
-    from cnnkit.api import Classifier
+    from cnnkit.tasks.classify.api import Classifier
     from cnnkit.console import console
 
     clf = Classifier.load(weights)
@@ -142,7 +142,7 @@ def classify_explain(
     from rich.console import Console
     from rich.table import Table
 
-    from cnnkit.api import Classifier
+    from cnnkit.tasks.classify.api import Classifier
     from cnnkit.console import console
 
     clf = Classifier.load(weights)

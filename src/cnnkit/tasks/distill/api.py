@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cnnkit.api import CLASSIFY, Classifier, Run, resolve_run, train
+from cnnkit.runner import Run, resolve_run, train
+from cnnkit.tasks.classify.api import CLASSIFY, Classifier
 from cnnkit.runner import Built
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.compress.runtime import is_deployed
@@ -30,7 +31,7 @@ from cnnkit.config import DistillConfig, SegmentDistillConfig
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks import task_of
-from cnnkit.tasks.distill import DistillTask, Hint, TeacherInput
+from cnnkit.tasks.distill.task import DistillTask, Hint, TeacherInput
 
 RUNS_UNDER = "distill"  # runs/distill/NAME
 
@@ -82,7 +83,7 @@ def run_segment_distillation(cfg: SegmentDistillConfig, explicit: set[str]) -> R
     """A semantic student segmenter from a frozen semantic teacher: per-pixel KL on the teacher's class
     map (resized to the student's output), pixels at --ignore-index left out, plus the student's own
     --loss on the masks; the weights are an ordinary segmenter's."""
-    from cnnkit.segmentation_api import SEGMENT
+    from cnnkit.tasks.segment.api import SEGMENT
 
     if cfg.resume:
         cfg, _ = resolve_run(cfg, explicit, RUNS_UNDER)
@@ -124,7 +125,7 @@ def _provenance(cfg: Any, teacher_model: str) -> dict[str, Any]:
 def _teacher_intensity(cfg: DistillConfig, explicit: set[str], teacher: Classifier) -> DistillConfig:
     """The student reads images deeper than 8 bits as the teacher learnt to (its --normalize and --window,
     unless given: then they must agree), so the soft targets describe the pictures the student sees."""
-    from cnnkit.api import _intensity_options
+    from cnnkit.tasks.classify.api import _intensity_options
     from cnnkit.data.intensity import spec_of
 
     if not explicit & {"normalize", "window"}:
@@ -139,7 +140,7 @@ def _teacher_intensity(cfg: DistillConfig, explicit: set[str], teacher: Classifi
 def _check_same_inputs(cfg: SegmentDistillConfig, teacher: Any) -> None:
     """The teacher must see the pixels as it was trained to: the same intensity scaling and the same
     whole-image or tiled view (a tiled teacher knows the images' own scale, a resized one --imgsz's)."""
-    from cnnkit.segmentation_api import _intensity
+    from cnnkit.tasks.segment.api import _intensity
 
     if _intensity(cfg) != teacher.intensity:
         raise CnnkitError(f"{cfg.teacher}: the teacher was trained with intensity scaling {teacher.intensity.to_dict()}, "

@@ -24,7 +24,7 @@ from PIL import Image
 
 from cnnkit.engine.rundir import write_bytes
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.features import LAYERS_HINT, capture_outputs, check_layers, list_layers
+from cnnkit.tasks.classify.features import LAYERS_HINT, capture_outputs, check_layers, list_layers
 
 K_MAPS = 4
 DPI = 100
