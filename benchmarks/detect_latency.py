@@ -62,7 +62,7 @@ def training_minutes(history: Path) -> dict[str, float]:
 def build_all(imgsz: int, weights: dict[str, str], classes: int, conf: float) -> dict[str, tuple[torch.nn.Module, dict]]:
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
-    from cnnkit.detection_api import Detector
+    from cnnkit.tasks.detect.api import Detector
     from cnnkit.models.detectors import build_detector, for_inference, model_cost, set_postprocess
 
     models = {}

@@ -31,7 +31,7 @@ from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine.distributed import select_device
 from cnnkit.models.backbones import build_classifier
-from cnnkit.tasks.features import extract_features, pooled_features
+from cnnkit.tasks.classify.features import extract_features, pooled_features
 
 
 def bare_loop(model, samples, transform, batch, workers, device) -> tuple[float, np.ndarray]:

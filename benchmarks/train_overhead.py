@@ -31,7 +31,7 @@ from cnnkit.data.images import load_image
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.trainer import fit, seed_everything
 from cnnkit.models.backbones import build_classifier
-from cnnkit.tasks.classify import ClassifyTask
+from cnnkit.tasks.classify.task import ClassifyTask
 
 
 def load_tensors(imgsz: int, repeat: int) -> tuple[TensorDataset, TensorDataset, list[str]]:

@@ -37,7 +37,7 @@ from cnnkit.engine.checkpoint import load_weights, read_state_dict
 from cnnkit.engine.trainer import evaluate, fit, make_loader, seed_everything
 from cnnkit.engine.transfer import load_backbone, plan_transfer
 from cnnkit.models.backbones import build_classifier
-from cnnkit.tasks.classify import ClassifyTask
+from cnnkit.tasks.classify.task import ClassifyTask
 
 IMGSZ = 32
 
@@ -71,7 +71,7 @@ def pretrain_embedder(train, val, cfg: TrainConfig, run_dir: Path) -> float:
     images, as `cnnkit embed train` does; its backbone transfers through --backbone-from alike."""
     from cnnkit.data.loaders import PerClassSampler
     from cnnkit.models.embedder import build_embedder
-    from cnnkit.tasks.embed import EmbedTask
+    from cnnkit.tasks.embed.task import EmbedTask
 
     seed_everything(cfg.seed)
     model = build_embedder(cfg.model, 128)
