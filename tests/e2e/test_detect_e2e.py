@@ -101,6 +101,18 @@ def test_fasterrcnn_fits_then_val_and_predict(shapes, tmp_path):
     assert labels and labels <= {"circle", "square", "star"}
     assert all(score >= 0.25 for r in found for score in r["scores"])
     # at --conf 0.25 the fitted objects of the asked classes are found where they are, with their class (7 of 8)
+    matched, total = _found_in_place(found, data, classes={"circle", "square", "star"})
+    assert total >= 6 and matched >= 0.5 * total, (matched, total)
+    assert len(list((tmp_path / "annotated").glob("*.png"))) == len(images)
+    import cv2
+
+    capture = cv2.VideoCapture(str(tmp_path / "annotated/clip.mp4"))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0) and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+
+
+def _found_in_place(found: list[dict], data: Path, classes: set[str] | None = None) -> tuple[int, int]:
+    """(true boxes of the train split that a prediction row covers at IoU >= 0.5 with their class, true boxes
+    counted), over the image rows of `detect predict --save-json`; ``classes``: only the boxes of these."""
     import numpy as np
     import torch
     from torchvision.ops import box_iou
@@ -109,25 +121,20 @@ def test_fasterrcnn_fits_then_val_and_predict(shapes, tmp_path):
 
     dataset = load_detection(data)
     names = dict(dataset.categories)
-    by_file = {image.path.name: image for image in dataset.splits["train"]}
+    truth = {image.path.name: image for image in dataset.splits["train"]}
     matched = total = 0
     for row in (r for r in found if "frame" not in r):
-        image = by_file[Path(row["file"]).name]
+        image = truth[Path(row["file"]).name]
         predicted = torch.tensor(row["boxes"], dtype=torch.float32).reshape(-1, 4)
         for box, label in zip(image.boxes, image.labels):
-            if names[int(label)] not in {"circle", "square", "star"}:
+            if classes is not None and names[int(label)] not in classes:
                 continue
             total += 1
             same = torch.tensor([name == names[int(label)] for name in row["labels"]], dtype=torch.bool)
             if same.any():
                 overlaps = box_iou(torch.as_tensor(np.asarray(box, dtype=np.float32)[None]), predicted)[0]
                 matched += bool(((overlaps >= 0.5) & same).any())
-    assert total >= 6 and matched >= 0.5 * total, (matched, total)
-    assert len(list((tmp_path / "annotated").glob("*.png"))) == len(images)
-    import cv2
-
-    capture = cv2.VideoCapture(str(tmp_path / "annotated/clip.mp4"))
-    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0) and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    return matched, total
 
 
 def _video(frames: list[Path], path: Path, fps: float) -> Path:
@@ -189,25 +196,7 @@ def test_yolo_overfits_a_handful_of_images_then_predicts(shapes, tmp_path):
     assert len([r for r in found if "frame" not in r]) == len(images)
     assert [r["frame"] for r in found if "frame" in r] == list(range(2 * len(images)))
     # predict (BatchNorm folded, --conf 0.25) finds the fitted objects where they are, with their class
-    import numpy as np
-    import torch
-    from torchvision.ops import box_iou
-
-    from cnnkit.data.detection import load_detection
-
-    dataset = load_detection(data)
-    names = dict(dataset.categories)
-    truth = {image.path.name: image for image in dataset.splits["train"]}
-    matched = total = 0
-    for row in (r for r in found if "frame" not in r):
-        image = truth[Path(row["file"]).name]
-        predicted = torch.tensor(row["boxes"], dtype=torch.float32).reshape(-1, 4)
-        for box, label in zip(image.boxes, image.labels):
-            total += 1
-            if len(predicted):
-                overlaps = box_iou(torch.as_tensor(np.asarray(box, dtype=np.float32)[None]), predicted)[0]
-                same = torch.tensor([name == names[int(label)] for name in row["labels"]])
-                matched += bool(((overlaps >= 0.5) & same).any())
+    matched, total = _found_in_place(found, data)
     assert matched >= 0.8 * total, (matched, total)
     assert (tmp_path / "annotated/clip.mp4").is_file()
 
