@@ -72,9 +72,9 @@ def _is_text(name: str, data: bytes) -> bool:
     return base in _TEXT_NAMES or (base.endswith(".json") and not data.startswith((_ZIP_MAGIC, b"\x80")))
 
 
-def check_pt2(path: str | Path) -> None:
-    """CnnkitError unless every member of a ``.pt2`` is raw tensor data, text, an extra file or a pickle
-    that ``torch.load(weights_only=True)`` accepts."""
+def check_pt2(path: str | Path) -> dict[str, bytes]:
+    """The members of a ``.pt2`` (name -> bytes); CnnkitError unless every one is raw tensor data, text, an
+    extra file or a pickle that ``torch.load(weights_only=True)`` accepts."""
     path = Path(path)
     members = _zip_members(path)
     raw = _raw_payloads(path, members)
@@ -91,6 +91,7 @@ def check_pt2(path: str | Path) -> None:
             torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure means "not plain tensors": refuse
             raise _refuse(path, name, f"is not plain tensors ({_load_failure(exc)})") from None
+    return members
 
 
 def _load_failure(exc: Exception) -> str:

@@ -104,10 +104,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             model = onnx.load(str(path), load_external_data=False)
             check_onnx_external_data(path, model)
             text = {p.key: p.value for p in model.metadata_props}.get(META_FILE)
-        elif path.suffix == ".pt2":
-            extra = {META_FILE: ""}
-            _load_program(path, extra)
-            text = extra[META_FILE] or None
+        elif path.suffix == ".pt2":  # the extra file, read from the checked archive: no program deserialised
+            text = next((data for name, data in check_pt2(path).items() if name.partition("/")[2] == f"extra/{META_FILE}"), None)
         elif path.suffix == ".ts":
             extra = {META_FILE: ""}
             _load_torchscript(path, extra)
@@ -144,7 +142,7 @@ def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
         model: nn.Module = OnnxModule(path, threads)
         kind = "onnx"
     elif path.suffix == ".pt2":
-        model, kind = ExportedProgram(_load_program(path, {}).module()), "pt2"
+        model, kind = ExportedProgram(_load_program(path).module()), "pt2"
     elif path.suffix == ".ts":
         model, kind = _load_torchscript(path, {}).eval(), "torchscript"
     else:
@@ -166,10 +164,10 @@ def load_deployed_for(path: str | Path, task: str) -> tuple[nn.Module, dict[str,
     return deployed.model, deployed.metadata
 
 
-def _load_program(path: Path, extra: dict[str, Any]) -> Any:
+def _load_program(path: Path) -> Any:
     check_pt2(path)
     with weights_only_loading():
-        return torch.export.load(str(path), extra_files=extra)
+        return torch.export.load(str(path))
 
 
 def _load_torchscript(path: Path, extra: dict[str, Any]) -> Any:
