@@ -57,7 +57,7 @@ class Recipe:
 
     task: str
     build_model: Callable[[Any, Any], Built]  # (cfg, dataset) -> the model and what its weights record of the build
-    make_task: Callable[[Any, Any], Any]  # (cfg, dataset with .classes and .splits) -> the engine's task
+    make_task: Callable[[Any, Any, nn.Module], Any]  # (cfg, dataset with .classes and .splits, model) -> the engine's task
     metadata: Callable[[Any, Any, nn.Module], dict[str, Any]]  # (cfg, dataset, model) -> what the weights file records
     finish: Callable[[Any, Path, Any, torch.device], dict[str, Any]]
     train_sampler: Callable[[Any, list], Any] | None = None  # (cfg, train samples) -> Sampler; None = shuffled
@@ -135,6 +135,7 @@ def _train_run(cfg: TrainConfig, run_dir: Path, recipe: "Recipe") -> Run:
                 "intensity": spec_of(cfg).to_dict(),  # how predict and val read images deeper than 8 bits, as training did
                 "cnnkit_version": __version__, "val_split": cfg.val_split, "split_seed": cfg.seed,
                 **built.record, **recipe.metadata(cfg, dataset, model)}
+    task = recipe.make_task(cfg, dataset, model)
     train_set, val_set = recipe.make_sets(cfg, dataset)
     if main:
         write_yaml(run_dir / "config.yaml", cfg.to_dict())
@@ -142,7 +143,6 @@ def _train_run(cfg: TrainConfig, run_dir: Path, recipe: "Recipe") -> Run:
         counts = ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
         console.print(f"cnnkit {__version__}  {recipe.task} {cfg.model} ({n_params / 1e6:.2f}M params)  {len(dataset.classes)} classes  "
                       f"images: {counts}  device {device}" + (f" x{dist_utils.world_size()}" if dist_utils.world_size() > 1 else ""))
-    task = recipe.make_task(cfg, dataset)
     if main and plan.mode != "scratch":
         console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
     sampler = recipe.train_sampler(cfg, dataset.splits["train"]) if recipe.train_sampler else None

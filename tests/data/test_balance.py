@@ -84,8 +84,8 @@ def test_classify_recipe_wires_balancing():
     samples = [(f"{i}.png", label) for i, label in enumerate(LABELS)]
     dataset = SimpleNamespace(classes=["a", "b", "c"], splits={"train": samples})
     plain = TrainConfig()
-    assert CLASSIFY.train_sampler(plain, samples) is None and CLASSIFY.make_task(plain, dataset).class_weights is None
+    assert CLASSIFY.train_sampler(plain, samples) is None and CLASSIFY.make_task(plain, dataset, None).class_weights is None
     sampler = CLASSIFY.train_sampler(replace(plain, balance="undersample"), samples)
     assert Counter(LABELS[i] for i in sampler) == {0: 5, 1: 5, 2: 5}
-    task = CLASSIFY.make_task(replace(plain, balance="weights", loss="focal"), dataset)
+    task = CLASSIFY.make_task(replace(plain, balance="weights", loss="focal"), dataset, None)
     assert task.class_weights[2] > task.class_weights[0] and task.focal_gamma == 2.0

@@ -199,8 +199,10 @@ def test_scales_grow_and_cost_is_counted():
 def test_timm_backbone_and_bad_backbones():
     from cnnkit.errors import CnnkitError
 
+    from cnnkit.models import backbone_module
+
     model = build_yolo("yolo_n", 2, 128, backbone="resnet18")
-    assert model.cnnkit_backbone == "backbone.body"
+    assert backbone_module(model) == "backbone.body"
     assert model([torch.rand(3, 128, 128)], [{"boxes": torch.tensor([[5.0, 5.0, 50.0, 50.0]]), "labels": torch.tensor([1])}])
     with pytest.raises(CnnkitError, match="--backbone resnet_nope"):
         build_yolo("yolo_n", 2, 128, backbone="resnet_nope")

@@ -93,7 +93,7 @@ def test_hint_regressor_is_trained_but_not_deployed():
     losses["loss"].backward()
     assert regressor[0].weight.grad is not None and regressor[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
-    deployed = deployable_state(student)
+    deployed = deployable_state(student, task.training_only)
     assert not any(k.startswith(HINT_MODULE) for k in deployed) and set(deployed) < set(student.state_dict())
     with pytest.raises(CnnkitError, match="the teacher has no layer 'features.9'.*top-level layers are features, fc"):
         DistillTask(ClassifyTask(["a"]), teacher, task.teacher_input, hint=Hint("features.9", "features.2")).attach_hint(_tiny(), 8, 8)

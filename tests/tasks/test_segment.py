@@ -93,13 +93,14 @@ def test_palette_masks_are_index_masks(tmp_path):
 @pytest.mark.parametrize("model,encoder", [("unet", "resnet18"), ("fpn", "mobilenet_v3"), ("pan", "resnet18"),
                                            ("deeplabv3plus", "efficientnet_b0"), ("fcn", "resnet18"), ("unet", "vgg16")])
 def test_models_map_images_to_logits_of_the_same_size(model, encoder):
+    from cnnkit.models import backbone_module
     from cnnkit.models.segmenters import build_segmenter
 
     net = build_segmenter(model, encoder, 4).eval()
     with torch.no_grad():
         logits = net(torch.randn(1, 3, 128, 160))
     assert logits.shape == (1, 4, 128, 160)
-    assert any(n.startswith(net.cnnkit_backbone + ".") for n, _ in net.named_parameters())
+    assert any(n.startswith(backbone_module(net) + ".") for n, _ in net.named_parameters())
 
 
 def test_dilating_decoder_on_vgg_and_unknown_encoder_are_one_line():

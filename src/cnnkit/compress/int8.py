@@ -66,6 +66,14 @@ def _fx_part(model: nn.Module) -> tuple[nn.Module, str | None]:
     return (features, "features") if isinstance(features, YoloFeatures) else (model, None)
 
 
+def _prepared_part(prepared: nn.Module) -> str | None:
+    """The attribute that ``prepare`` replaced with FX's traced module, or None when it traced the whole model."""
+    from torch.fx import GraphModule
+
+    features = getattr(prepared, "features", None)
+    return "features" if not isinstance(prepared, GraphModule) and isinstance(features, GraphModule) else None
+
+
 def _example(metadata: dict[str, Any], batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, 3, int(metadata["imgsz"]), int(metadata["imgsz"]))
 
@@ -88,14 +96,13 @@ def prepare(model: nn.Module, metadata: dict[str, Any], method: str) -> nn.Modul
     if name is None:
         return prepared
     setattr(model, name, prepared)
-    model.cnnkit_fx_part = name
     return model
 
 
 def convert(prepared: nn.Module) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    name = getattr(prepared, "cnnkit_fx_part", None)
+    name = _prepared_part(prepared)
     part = getattr(prepared, name) if name else prepared
     with fx_api():
         converted = convert_fx(part.eval())

@@ -29,11 +29,11 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def deployable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict a weights file holds: all of it but the submodules the model names in
-    ``cnnkit_training_only`` (distillation's hint regressor), which the checkpoint keeps for --resume."""
+def deployable_state(model: nn.Module, training_only: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The state dict a weights file holds: all of it but the ``training_only`` submodules (a task's, such
+    as distillation's hint regressor), which the checkpoint keeps for --resume."""
     model = unwrap(model)
-    skip = tuple(f"{name}." for name in getattr(model, "cnnkit_training_only", ()))
+    skip = tuple(f"{name}." for name in training_only)
     return {k: v for k, v in model.state_dict().items() if not k.startswith(skip)} if skip else model.state_dict()
 
 

@@ -43,7 +43,9 @@ from cnnkit.engine.optim import build_optimizer, build_scheduler
 
 
 class Task(Protocol):
-    """What a task gives the engine. Batches are whatever the task's collate function returns."""
+    """What a task gives the engine. Batches are whatever the task's collate function returns. A task that
+    adds submodules to the model for training only (distillation's hint regressor) names them in an
+    optional ``training_only`` tuple: checkpoints keep them, weights files leave them out."""
 
     primary_metric: str  # higher is better; picks best.safetensors and drives early stopping
 
@@ -383,7 +385,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
             epoch_meta = {**metadata, "epoch": epoch + 1, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             # written synchronously: on a 2-core CPU a writer thread slowed the next epoch more
             # than the write itself costs (measured with benchmarks/train_overhead.py)
-            _write_epoch(run_dir, deployable_state(eval_model), {
+            _write_epoch(run_dir, deployable_state(eval_model, getattr(task, "training_only", ())), {
                 "format": FORMAT, "epoch": epoch + 1, "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,

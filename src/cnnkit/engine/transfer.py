@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from cnnkit.errors import CnnkitError
+from cnnkit.models import backbone_module
 
 MODES = ("auto", "scratch", "linear", "finetune", "gradual")
 GRADUAL_CHUNKS = 4
@@ -54,8 +55,8 @@ def classifier(model: nn.Module) -> nn.Module:
 
 def head_names(model: nn.Module) -> list[str]:
     """Parameter names of the head: the classifier (see ``classifier``); for a model that names its
-    backbone module in ``cnnkit_backbone`` (a detector: "backbone.body"), everything outside it."""
-    backbone = getattr(model, "cnnkit_backbone", None)
+    backbone module (models.backbone_module; a detector's "backbone.body"), everything outside it."""
+    backbone = backbone_module(model)
     if backbone:
         return [name for name, _ in model.named_parameters() if not name.startswith(backbone + ".")]
     ids = {id(p) for p in classifier(model).parameters()}
@@ -113,7 +114,7 @@ def load_backbone(model: nn.Module, state: dict, source: str, model_name: str, s
     ``backbone.body.``): the prefix that matches most names is used. Every backbone tensor must be
     found with the same shape, else the file holds another architecture and we say so.
     """
-    backbone = getattr(model, "cnnkit_backbone", None)
+    backbone = backbone_module(model)
     head = set(head_names(model))
     own = {k: v for k, v in model.state_dict().items()
            if (k.startswith(backbone + ".") if backbone else k not in head)}

@@ -190,8 +190,6 @@ def build_maskrcnn(num_classes: int, imgsz: int, backbone: str | None = None, an
                        mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1))
         if pretrained and backbone in TORCHVISION_BACKBONES:
             _load_coco(net, "fasterrcnn_mobilenet_v3_large_fpn" if backbone == "mobilenet_v3_large" else "maskrcnn_resnet50_fpn")
-    net.cnnkit_backbone = "backbone.body"
-    net.cnnkit_mask_layers = list(layers)
     return net
 
 
@@ -234,17 +232,13 @@ def _published_weights(model: str, backbone: str | None, pretrained: bool):
           "mobilenet_v3_large, resnet50 or a timm CNN")
 def _fasterrcnn(model: str, num_classes: int, imgsz: int, backbone: str, anchors: Anchors | None, pretrained: bool,
                 score_thresh: float, nms_iou: float, max_det: int, **_: Any) -> nn.Module:
-    net = _faster_rcnn(backbone, num_classes, imgsz, anchors or default_anchors(model, backbone), pretrained,
-                       score_thresh, nms_iou, max_det)
-    net.cnnkit_backbone = "backbone.body"
-    return net
+    return _faster_rcnn(backbone, num_classes, imgsz, anchors or default_anchors(model, backbone), pretrained,
+                        score_thresh, nms_iou, max_det)
 
 
 def _ssd_family(model: str, num_classes: int, imgsz: int, pretrained: bool, score_thresh: float, nms_iou: float,
                 max_det: int, **_: Any) -> nn.Module:
-    net = _ssd(model, num_classes, imgsz, pretrained, score_thresh, nms_iou, max_det)
-    net.cnnkit_backbone = "backbone.features"
-    return net
+    return _ssd(model, num_classes, imgsz, pretrained, score_thresh, nms_iou, max_det)
 
 
 register("ssd", task="detect", about="SSD300 (torchvision), single-shot, VGG16 backbone")(_ssd_family)

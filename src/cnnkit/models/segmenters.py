@@ -83,9 +83,7 @@ def build_segmenter(model: str, encoder: str | None, num_classes: int, pretraine
 # The segment entries of cnnkit's model table (build_segmenter looks --model up there); each builder takes
 # (model, encoder, num_classes, pretrained) as keywords.
 def _smp_family(model: str, encoder: str, num_classes: int, pretrained: bool) -> nn.Module:
-    net = _smp(model, encoder, num_classes, pretrained)
-    net.cnnkit_backbone = "encoder.model"  # smp keeps the timm model there, its tensors named as timm's
-    return net
+    return _smp(model, encoder, num_classes, pretrained)
 
 
 register("unet", task="segment", about="U-Net (segmentation_models_pytorch): skip connections at every scale; "
@@ -99,9 +97,7 @@ register("deeplabv3plus", task="segment", about="DeepLabV3+ (segmentation_models
 
 @register("fcn", task="segment", about="FCN: torchvision's FCN head on a stride-8 dilated timm encoder (--encoder)")
 def _fcn_family(model: str, encoder: str, num_classes: int, pretrained: bool) -> nn.Module:
-    net = _fcn(encoder, num_classes, pretrained)
-    net.cnnkit_backbone = "encoder"  # transfer learning: everything else is the head
-    return net
+    return _fcn(encoder, num_classes, pretrained)
 
 
 def _smp(arch: str, encoder: str, num_classes: int, pretrained: bool) -> nn.Module:
@@ -138,6 +134,7 @@ class FCN(nn.Module):
 
         self.encoder = encoder
         self.head = FCNHead(channels, num_classes)
+        self.backbone_module = "encoder"  # transfer learning (models.backbone_module): the rest is the head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.encoder(images)[-1]

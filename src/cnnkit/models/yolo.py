@@ -237,6 +237,8 @@ class YoloDetector(nn.Module):
             self.backbone = CSPBackbone(scale)
         c = scaled_channels(scale)
         self.neck = PANNeck(self.backbone.channels, [c[2], c[3], c[4]], scaled_depth(BASE_DEPTHS[0], scale))
+        # transfer learning's backbone (models.backbone_module): a timm model's tensors are named as timm's under body
+        self.backbone_module = "backbone.body" if backbone else "backbone"
         self.reg_max = REG_MAX if dfl else 1
         self.head = DecoupledHead([c[2], c[3], c[4]], num_classes, self.reg_max)
         self.head.init_biases(imgsz)
@@ -313,9 +315,7 @@ class YoloDetector(nn.Module):
 def build_yolo(name: str, num_classes: int, imgsz: int, backbone: str | None = None, pretrained: bool = False, dfl: bool = True,
                box_loss: str = "ciou", cls_loss: str = "bce", score_thresh: float = 0.001, nms_iou: float = 0.5,
                max_det: int = 100) -> YoloDetector:
-    net = YoloDetector(name, num_classes, imgsz, backbone, pretrained, dfl, box_loss, cls_loss, score_thresh, nms_iou, max_det)
-    net.cnnkit_backbone = "backbone.body" if backbone else "backbone"
-    return net
+    return YoloDetector(name, num_classes, imgsz, backbone, pretrained, dfl, box_loss, cls_loss, score_thresh, nms_iou, max_det)
 
 
 def fuse_batchnorm(net: YoloDetector) -> YoloDetector:

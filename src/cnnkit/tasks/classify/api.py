@@ -360,7 +360,7 @@ def _smote_training(cfg: TrainConfig, dataset, model: nn.Module, task, device: t
 CLASSIFY = Recipe(
     task=TASK,
     build_model=lambda cfg, dataset: Built(build_classifier(cfg.model, len(dataset.classes), cfg.pretrained)),
-    make_task=lambda cfg, dataset: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
+    make_task=lambda cfg, dataset, model: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
                                                          focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0,
                                                          mix=batch_mixer(spec_from_config(cfg), len(dataset.classes))),
     metadata=lambda cfg, dataset, model: {"class_names": dataset.classes, "num_classes": len(dataset.classes)},

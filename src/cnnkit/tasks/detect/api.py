@@ -446,7 +446,7 @@ def _make_sets(cfg: DetectConfig, dataset: DetectionData):
     return train, val
 
 
-def _make_task(cfg: DetectConfig, dataset: DetectionData) -> detect.DetectTask:
+def _make_task(cfg: DetectConfig, dataset: DetectionData, model: nn.Module) -> detect.DetectTask:
     return detect.DetectTask(dataset.splits["val"], dataset.categories, [int(c) for c, _ in dataset.categories], max_det=cfg.max_det)
 
 

@@ -24,7 +24,6 @@ import torch.nn as nn
 
 from cnnkit.runner import Run, resolve_run, train
 from cnnkit.tasks.classify.api import CLASSIFY, Classifier
-from cnnkit.runner import Built
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.compress.runtime import is_deployed
 from cnnkit.config import DistillConfig, SegmentDistillConfig
@@ -58,24 +57,19 @@ def run_distillation(cfg: DistillConfig, explicit: set[str]) -> Run:
         cfg, _ = resolve_run(cfg, explicit, RUNS_UNDER)
     teacher = load_teacher(cfg.teacher, "classify")
     cfg = _teacher_intensity(cfg, explicit, teacher)
-    made: dict[str, DistillTask] = {}
 
-    def build_model(cfg: DistillConfig, dataset) -> Built:
+    def make_task(cfg: DistillConfig, dataset, student: nn.Module) -> DistillTask:
         columns = teacher_columns(teacher.class_names, dataset.classes, cfg.teacher, cfg.data)
-        built = CLASSIFY.build_model(cfg, dataset)
-        student = built.model
-        task = DistillTask(CLASSIFY.make_task(cfg, dataset), teacher.model, TeacherInput(
+        task = DistillTask(CLASSIFY.make_task(cfg, dataset, student), teacher.model, TeacherInput(
             IMAGENET_MEAN, IMAGENET_STD, cfg.imgsz, teacher.mean, teacher.std, teacher.imgsz),
             cfg.temperature, cfg.alpha, columns, _hint(cfg))
         task.attach_hint(student, cfg.imgsz, teacher.imgsz)
-        made["task"] = task
-        return built
+        return task
 
     def metadata(cfg: DistillConfig, dataset, model: nn.Module) -> dict[str, Any]:
         return {**CLASSIFY.metadata(cfg, dataset, model), "distilled_from": _provenance(cfg, teacher.model_name)}
 
-    recipe = replace(CLASSIFY, build_model=build_model, make_task=lambda cfg, dataset: made["task"], metadata=metadata,
-                     train_on_features=None, runs_under=RUNS_UNDER)
+    recipe = replace(CLASSIFY, make_task=make_task, metadata=metadata, train_on_features=None, runs_under=RUNS_UNDER)
     return train(cfg, explicit, recipe)
 
 
@@ -89,27 +83,22 @@ def run_segment_distillation(cfg: SegmentDistillConfig, explicit: set[str]) -> R
         cfg, _ = resolve_run(cfg, explicit, RUNS_UNDER)
     teacher = load_teacher(cfg.teacher, "segment")
     _check_same_inputs(cfg, teacher)
-    made: dict[str, DistillTask] = {}
 
-    def build_model(cfg: SegmentDistillConfig, dataset) -> Built:
+    def make_task(cfg: SegmentDistillConfig, dataset, student: nn.Module) -> DistillTask:
         columns = teacher_columns(teacher.class_names, dataset.classes, cfg.teacher, cfg.data)
-        built = SEGMENT.build_model(cfg, dataset)
-        student = built.model
         # tiled runs see windows at the images' own resolution, as the teacher did: no resizing
         teacher_side = cfg.imgsz if cfg.tile else teacher.imgsz
-        task = DistillTask(SEGMENT.make_task(cfg, dataset), teacher.model, TeacherInput(
+        task = DistillTask(SEGMENT.make_task(cfg, dataset, student), teacher.model, TeacherInput(
             IMAGENET_MEAN, IMAGENET_STD, cfg.imgsz, IMAGENET_MEAN, IMAGENET_STD, teacher_side),
             cfg.temperature, cfg.alpha, columns, _hint(cfg))
         task.attach_hint(student, cfg.imgsz, teacher_side)
-        made["task"] = task
-        return built
+        return task
 
     def metadata(cfg: SegmentDistillConfig, dataset, model: nn.Module) -> dict[str, Any]:
         return {**SEGMENT.metadata(cfg, dataset, model),
                 "distilled_from": _provenance(cfg, f"{teacher.model_name} ({teacher.encoder})")}
 
-    recipe = replace(SEGMENT, build_model=build_model, make_task=lambda cfg, dataset: made["task"], metadata=metadata,
-                     runs_under=RUNS_UNDER)
+    recipe = replace(SEGMENT, make_task=make_task, metadata=metadata, runs_under=RUNS_UNDER)
     return train(cfg, explicit, recipe)
 
 

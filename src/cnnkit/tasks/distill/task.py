@@ -142,8 +142,13 @@ class DistillTask:
     def primary_metric(self) -> str:
         return self.student_task.primary_metric
 
+    @property
+    def training_only(self) -> tuple[str, ...]:
+        """The hint regressor lives in the student for training (and --resume), not in its weights file."""
+        return (HINT_MODULE,) if self.hint is not None else ()
+
     def attach_hint(self, student: nn.Module, student_imgsz: int, teacher_imgsz: int) -> None:
-        """Registers the hooks and puts the regressor into ``student`` (as HINT_MODULE, marked training-only)
+        """Registers the hooks and puts the regressor into ``student`` (as HINT_MODULE, see ``training_only``)
         so the engine optimises it, and DDP synchronises it, with the student; call before training."""
         if self.hint is None:
             return
@@ -152,7 +157,6 @@ class DistillTask:
         student_channels = feature_channels(student, self.hint.student_layer, "student", student_imgsz)[0]
         teacher_channels = feature_channels(self.teacher, self.hint.teacher_layer, "teacher", teacher_imgsz)[0]
         student.add_module(HINT_MODULE, hint_regressor(student_channels, teacher_channels))
-        student.cnnkit_training_only = (HINT_MODULE,)
         self._taps = (FeatureTap(student, self.hint.student_layer, "student"), FeatureTap(self.teacher, self.hint.teacher_layer, "teacher"))
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:

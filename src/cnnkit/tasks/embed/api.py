@@ -178,7 +178,7 @@ def _embed_sampler(cfg, samples):
     return PerClassSampler([label for _, label in samples], cfg.per_class, cfg.seed, dist_utils.rank(), dist_utils.world_size())
 
 
-def _make_embed_task(cfg, dataset):
+def _make_embed_task(cfg, dataset, model):
     from cnnkit.tasks.embed.task import EmbedTask
 
     return EmbedTask(cfg.loss, cfg.margin, cfg.temperature)

@@ -36,8 +36,8 @@ from cnnkit.engine.rundir import atomic_path, write_json, write_text
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate.report import write_report
-from cnnkit.models.detectors import (Anchors, box_statistics, build_maskrcnn, fit_anchors, model_cost, pyramid_levels,
-                                     set_postprocess)
+from cnnkit.models.detectors import (Anchors, box_statistics, build_maskrcnn, default_mask_layers, fit_anchors, model_cost,
+                                     pyramid_levels, set_postprocess)
 from cnnkit.models.segmenters import INSTANCE_MODELS, parse_segmenter
 from cnnkit.tasks.instance import task as instance
 from cnnkit.tasks.detect.task import collate_detection
@@ -328,23 +328,25 @@ def _build_model(cfg: SegmentConfig, dataset: DetectionData) -> Built:
         train = dataset.splits["train"]
         sides, aspects = box_statistics([i.boxes for i in train], [(i.width, i.height) for i in train], cfg.imgsz)
         anchors = fit_anchors(sides, aspects, cfg.imgsz, *pyramid_levels(MODEL, backbone))
-    model = build_maskrcnn(len(dataset.categories), cfg.imgsz, backbone, anchors, cfg.pretrained, cfg.conf, cfg.iou, cfg.max_det)
+    mask_layers = list(default_mask_layers(backbone))
+    model = build_maskrcnn(len(dataset.categories), cfg.imgsz, backbone, anchors, cfg.pretrained, cfg.conf, cfg.iou, cfg.max_det,
+                           mask_layers)
     params, gflops = model_cost(model, cfg.imgsz)
     if dist_utils.is_main():
-        console.print(f"{MODEL} ({backbone}, mask head {'x'.join(map(str, model.cnnkit_mask_layers))}): {params / 1e6:.2f} M "
+        console.print(f"{MODEL} ({backbone}, mask head {'x'.join(map(str, mask_layers))}): {params / 1e6:.2f} M "
                       f"parameters, {gflops:.2f} GFLOPs at {cfg.imgsz}x{cfg.imgsz} (blank image)")
         if anchors is not None:
             sides = sorted({v for level in anchors.sizes for v in level})
             console.print(f"anchors: sides {', '.join(f'{s:g}' for s in sides)} px, height/width "
                           f"{', '.join(f'{r:g}' for r in anchors.ratios)} (fitted to the training boxes at --imgsz {cfg.imgsz})")
-    return Built(model, {"anchors": anchors.to_dict() if anchors is not None else None, "params": params, "gflops": gflops})
+    return Built(model, {"anchors": anchors.to_dict() if anchors is not None else None, "params": params, "gflops": gflops,
+                         "mask_layers": mask_layers})
 
 
 def _metadata(cfg: SegmentConfig, dataset: DetectionData, model: nn.Module) -> dict[str, Any]:
     _, backbone = parse_segmenter(cfg.model, cfg.encoder)
     return {"class_names": [name for _, name in dataset.categories], "num_classes": len(dataset.categories),
             "category_ids": [int(cid) for cid, _ in dataset.categories], "backbone": backbone,
-            "mask_layers": model.cnnkit_mask_layers,
             # Mask R-CNN normalises inside (torchvision's transform); its inputs are 0..1 RGB
             "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
@@ -359,7 +361,7 @@ def _make_sets(cfg: SegmentConfig, dataset: DetectionData):
     return train, val
 
 
-def _make_task(cfg: SegmentConfig, dataset: DetectionData) -> instance.InstanceTask:
+def _make_task(cfg: SegmentConfig, dataset: DetectionData, model: nn.Module) -> instance.InstanceTask:
     return instance.InstanceTask(dataset.splits["val"], dataset.categories, [int(c) for c, _ in dataset.categories],
                                  max_det=cfg.max_det)
 

@@ -284,7 +284,7 @@ def _make_sets(cfg: SegmentConfig, dataset: SegmentationData):
     return train, val
 
 
-def _make_task(cfg: SegmentConfig, dataset: SegmentationData) -> segment.SegmentTask:
+def _make_task(cfg: SegmentConfig, dataset: SegmentationData, model: nn.Module) -> segment.SegmentTask:
     loss = segment.segmentation_loss(cfg.loss, len(dataset.classes), cfg.ignore_index, cfg.focal_gamma)
     background = 0 if dataset.classes and dataset.classes[0].lower() in ("background", "bg", "_background_", "void") else None
     return segment.SegmentTask(dataset.classes, loss, segment.Inference(cfg.imgsz, cfg.tile, cfg.tile_overlap), cfg.ignore_index,
