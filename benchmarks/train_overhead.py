@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnkit.augment.presets import classify_transforms
-from cnnkit.config import TrainConfig
+from cnnkit.tasks.classify.config import TrainConfig
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.images import load_image

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from cnnkit.augment.presets import classify_transforms, spec_from_config
-from cnnkit.config import TrainConfig
+from cnnkit.tasks.classify.config import TrainConfig
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none

@@ -14,7 +14,8 @@ import cnnkit.runner
 import cnnkit.tasks.classify.api
 import cnnkit.cli
 from conftest import run_cli
-from cnnkit.config import TrainConfig, read_yaml_options, write_yaml
+from cnnkit.config import read_yaml_options, write_yaml
+from cnnkit.tasks.classify.config import TrainConfig
 from cnnkit.errors import CnnkitError
 
 
@@ -50,7 +51,7 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "config.yaml"
     write_yaml(path, cfg.to_dict())
     assert yaml.safe_load(path.read_text())["lr"] == 3e-4
-    options = read_yaml_options(path)
+    options = read_yaml_options(path, TrainConfig)
     assert set(options) == {f.name for f in fields(TrainConfig)}
     restored = TrainConfig(**options)
     assert restored == cfg
@@ -61,7 +62,7 @@ def test_yaml_values_are_coerced(tmp_path):
     path = tmp_path / "c.yaml"
     # PyYAML reads 1e-3 as a string (YAML 1.1 floats need a dot); dashes are accepted in keys
     path.write_text("lr: 1e-3\nclip-grad: 2\nepochs: '4'\nname: 2024\namp: yes\n")
-    options = read_yaml_options(path)
+    options = read_yaml_options(path, TrainConfig)
     assert options == {"lr": 0.001, "clip_grad": 2.0, "epochs": 4, "name": "2024", "amp": True}
     assert type(options["clip_grad"]) is float
 
@@ -78,7 +79,7 @@ def test_yaml_rejects_bad_files(tmp_path, text, words):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(CnnkitError) as info:
-        read_yaml_options(path)
+        read_yaml_options(path, TrainConfig)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     for word in words:
@@ -89,13 +90,13 @@ def test_yaml_rejects_fractional_int(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 2.5\n")
     with pytest.raises(CnnkitError, match="epochs"):
-        read_yaml_options(path)
+        read_yaml_options(path, TrainConfig)
 
 
 def test_empty_yaml_gives_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing set\n")
-    assert read_yaml_options(path) == {}
+    assert read_yaml_options(path, TrainConfig) == {}
 
 
 # ---------------------------------------------------------------------------- precedence
@@ -168,7 +169,7 @@ def test_saved_config_of_a_real_run(tmp_path, monkeypatch, capsys):
                             "--imgsz", "16", "--batch", "4", "--workers", "0", "--out", out_dir, "--device", "cpu"],
                            monkeypatch, capsys)
     assert code == 0, err
-    saved = read_yaml_options(out_dir / "config.yaml")
+    saved = read_yaml_options(out_dir / "config.yaml", TrainConfig)
     assert saved["epochs"] == 1 and saved["imgsz"] == 16 and saved["batch"] == 4        # typed, over YAML or default
     assert saved["seed"] == 7 and saved["fliplr"] == 0.0                                # YAML
     assert saved["lr"] == TrainConfig.lr and saved["weight_decay"] == TrainConfig.weight_decay  # defaults
@@ -221,7 +222,7 @@ def test_validate_rejects_out_of_range(change, flag):
 
 
 def test_embed_config_round_trip_and_checks(tmp_path, captured, monkeypatch, capsys):
-    from cnnkit.config import EmbedConfig
+    from cnnkit.tasks.embed.config import EmbedConfig
 
     cfg = EmbedConfig(dim=64, loss="triplet", margin=0.3, temperature=0.2, per_class=8, epochs=3)
     path = tmp_path / "embed.yaml"
@@ -238,7 +239,8 @@ def test_embed_config_round_trip_and_checks(tmp_path, captured, monkeypatch, cap
 
 
 def test_detect_config_round_trip_and_checks(tmp_path):
-    from cnnkit.config import CLASSIFY_ONLY, DetectConfig
+    from cnnkit.tasks.classify.config import CLASSIFY_ONLY
+    from cnnkit.tasks.detect.config import DetectConfig
 
     names = {f.name for f in fields(DetectConfig)}
     assert not names & set(CLASSIFY_ONLY) and {"backbone", "anchors", "conf", "iou", "max_det", "classes", "strict"} <= names

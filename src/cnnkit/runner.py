@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, classify_transforms, spec_from_config
-from cnnkit.config import TrainConfig, read_yaml_options, write_yaml
+from cnnkit.config import TrainOptions, read_yaml_options, write_yaml
 from cnnkit.console import console
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.images import pixel_limit
@@ -75,7 +75,7 @@ class Recipe:
     runs_under: str | None = None  # the folder under runs/ (default: the task; distillation's runs/distill)
 
 
-def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = "classify") -> tuple[TrainConfig, Path]:
+def resolve_run(cfg: TrainOptions, explicit: set[str] = frozenset(), task: str = "classify") -> tuple[TrainOptions, Path]:
     """The run directory and, for --resume, the saved configuration of the interrupted run
     (``explicit``: the options the user typed; of these only device, workers and max_pixels may change)."""
     if cfg.resume:
@@ -93,7 +93,7 @@ def resolve_run(cfg: TrainConfig, explicit: set[str] = frozenset(), task: str = 
     return replace(cfg, out=str(run_dir)).validate(), run_dir
 
 
-def train(cfg: TrainConfig, explicit: set[str], recipe: Recipe) -> Run:
+def train(cfg: TrainOptions, explicit: set[str], recipe: Recipe) -> Run:
     """One training run of ``recipe``'s task: data -> model -> engine -> metrics.json, plots, report.html.
     ``explicit`` names the options the user set (the rest are defaults), which matters for --resume."""
     cfg, run_dir = resolve_run(cfg, explicit, recipe.runs_under or recipe.task)
@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, explicit: set[str], recipe: Recipe) -> Run:
         return _train_run(cfg, run_dir, recipe)
 
 
-def _train_run(cfg: TrainConfig, run_dir: Path, recipe: "Recipe") -> Run:
+def _train_run(cfg: TrainOptions, run_dir: Path, recipe: "Recipe") -> Run:
     device = dist_utils.select_device(cfg.device)
     dist_utils.setup(device)
     # ranks may have picked different free names (exp, exp2) before joining: rank 0's wins
@@ -175,7 +175,7 @@ def evaluate_run_splits(run_dir: Path, splits: dict[str, Any],
     return metrics, paths
 
 
-def publish_run(run_dir: Path, title: str, cfg: TrainConfig, metrics: dict[str, Any], paths: list[Path], headline: str) -> None:
+def publish_run(run_dir: Path, title: str, cfg: TrainOptions, metrics: dict[str, Any], paths: list[Path], headline: str) -> None:
     """metrics.json and report.html of a finished run, and its one-line result on the console."""
     write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", title, cfg.to_dict(), report_summary(metrics), paths, per_class=metrics.get("per_class"))

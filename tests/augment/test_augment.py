@@ -236,7 +236,7 @@ def test_preview_draws_boxes_and_masks(tmp_path):
 def test_every_operation_has_a_train_option():
     from dataclasses import fields
 
-    from cnnkit.config import TrainConfig
+    from cnnkit.tasks.classify.config import TrainConfig
 
     assert set(OPERATIONS) <= {f.name for f in fields(TrainConfig)}
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnkit.config import EmbedConfig, TrainConfig
+from cnnkit.tasks.classify.config import TrainConfig
+from cnnkit.tasks.embed.config import EmbedConfig
 from cnnkit.data.loaders import BalancedSampler, class_weights
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.task import classification_loss

@@ -52,7 +52,7 @@ def grey_levels(picture) -> int:
 # ----------------------------------------------------------------------------------- 16-bit: classify and detect
 def test_a_12_bit_png_reaches_the_classifier_with_its_range(tmp_path):
     from cnnkit.augment.presets import classify_transforms
-    from cnnkit.config import TrainConfig
+    from cnnkit.tasks.classify.config import TrainConfig
     from cnnkit.data.intensity import spec_of
     from cnnkit.data.loaders import ImageDataset
 
@@ -89,7 +89,9 @@ def test_a_window_maps_the_files_units(tmp_path):
 
 
 def test_train_configs_take_normalize_and_window():
-    from cnnkit.config import DetectConfig, EmbedConfig, TrainConfig
+    from cnnkit.tasks.classify.config import TrainConfig
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.embed.config import EmbedConfig
     from cnnkit.data.intensity import spec_of
 
     for config in (TrainConfig, EmbedConfig, DetectConfig):
@@ -114,7 +116,7 @@ def test_weights_without_a_record_read_16_bit_as_they_were_trained(tmp_path):
 def test_a_distilled_student_reads_images_as_its_teacher():
     from types import SimpleNamespace
 
-    from cnnkit.config import DistillConfig
+    from cnnkit.tasks.distill.config import DistillConfig
     from cnnkit.tasks.distill.api import _teacher_intensity
 
     teacher = SimpleNamespace(intensity=IntensitySpec("window", (0.0, 4095.0)))

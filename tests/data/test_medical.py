@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnkit.config import parse_window
 from cnnkit.data.medical import (
     MEDICAL_EXTENSIONS,
     Intensity,
     count_slices,
     is_volume,
     normalise,
-    parse_window,
     read_intensity,
     to_rgb_float,
 )

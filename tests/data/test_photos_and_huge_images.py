@@ -257,7 +257,10 @@ def weights(tmp_path) -> Path:
 
 
 def test_the_default_limit_is_pillows_and_the_option_records_it():
-    from cnnkit.config import MAX_PIXELS, DetectConfig, SegmentConfig, TrainConfig
+    from cnnkit.config import MAX_PIXELS
+    from cnnkit.tasks.classify.config import TrainConfig
+    from cnnkit.tasks.detect.config import DetectConfig
+    from cnnkit.tasks.segment.config import SegmentConfig
 
     assert MAX_PIXELS == DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS
     for config in (TrainConfig, DetectConfig, SegmentConfig):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import assert_resumed_from
 
-from cnnkit.config import TrainConfig
+from cnnkit.tasks.classify.config import TrainConfig
 from cnnkit.data.smote import smote_balance, smote_features
 from cnnkit.errors import CnnkitError
 

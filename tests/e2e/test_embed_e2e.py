@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def trained(digits_root, tmp_path_factory) -> Path:
     """An embedder trained on digits (6 epochs, 32 px): its run directory."""
     from cnnkit.api import EMBED_RECIPE, train
-    from cnnkit.config import EmbedConfig
+    from cnnkit.tasks.embed.config import EmbedConfig
 
     run_dir = tmp_path_factory.mktemp("embed") / "run"
     cfg = EmbedConfig(data=str(digits_root), model="tiny_cnn", epochs=6, imgsz=32, batch=64, lr=0.003, fliplr=0.0,

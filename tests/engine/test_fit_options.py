@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnnkit.augment.presets import augment_spec, classify_transforms
-from cnnkit.config import TrainConfig
+from cnnkit.tasks.classify.config import TrainConfig
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine.checkpoint import load_checkpoint

@@ -188,7 +188,7 @@ def test_segment_distill_refuses_other_teachers(tmp_path):
         load_teacher(segmenter, "classify")
     with pytest.raises(CnnkitError, match="an exported or quantized model"):
         load_teacher(tmp_path / "unet.onnx", "segment")
-    from cnnkit.config import SegmentDistillConfig
+    from cnnkit.tasks.distill.config import SegmentDistillConfig
 
     with pytest.raises(CnnkitError, match="not maskrcnn"):
         SegmentDistillConfig(teacher=str(segmenter), model="maskrcnn").validate()

@@ -271,7 +271,7 @@ def test_bad_segmentations_are_one_line(tmp_path, segmentation, expected):
 
 
 def test_options_of_the_other_kind_of_segmenter_are_refused():
-    from cnnkit.config import SegmentConfig
+    from cnnkit.tasks.segment.config import SegmentConfig
     from cnnkit.models.segmenters import parse_segmenter
 
     assert parse_segmenter("maskrcnn", None) == ("maskrcnn", "mobilenet_v3_large")

@@ -1,6 +1,7 @@
-"""The command line's shared pieces: the typer apps of each task, and the option helpers every command uses
+"""The command line's shared pieces: the typer apps of each task, the option helpers every command uses
 (config_command: a config dataclass as a command; takes_sources: positional SOURCE… and --source; pixel_limited:
---max-pixels)."""
+--max-pixels), and the options hand-written commands share, each declared once (Device, Workers, Batch, Split,
+ValOut, weights_option): `device: Device = "auto"`."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import enum
 import inspect
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Optional, get_args, get_type_hints
+from typing import Annotated, Any, Callable, Optional, get_args, get_type_hints
 
 import typer
 
-from cnnkit.config import MAX_PIXELS, read_yaml_options
+from cnnkit.config import MAX_PIXELS, TrainOptions, read_yaml_options
 from cnnkit.errors import CnnkitError
 from cnnkit.version import __version__
 
@@ -162,7 +163,24 @@ def config_command(app_: typer.Typer, name: str, config_type: type, help: str) -
     return decorator
 
 
-DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+# ---------------------------------------------------------------- options the hand-written commands share
+# Declared once here, used as `device: Device = "auto"` (the default stays at the use site, as typer's Annotated
+# style wants it). Flags, defaults and meaning are those every command had; a command whose option means something
+# else (detect predict's --batch of video frames, quantize's --batch for qat) declares its own.
+
+# --device reads as training's --device (a config field, so one text for every command that picks a device)
+DEVICE_HELP = next(f for f in fields(TrainOptions) if f.name == "device").metadata["help"]
+Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="data-loading worker processes")]
+Batch = Annotated[int, typer.Option("--batch", min=1, help="batch size")]
+Split = Annotated[str, typer.Option("--split", help="split to evaluate: train, val or test")]
+ValOut = Annotated[Optional[Path], typer.Option("--out", help="output folder (default: val/ beside the weights' run)")]
+
+
+def weights_option(task: str) -> Any:
+    """--weights FILE of a `task` run, required (give it the default `...`, which keeps it required when an
+    optional parameter comes first): `Weights = weights_option("classify")`, then `weights: Weights = ...`."""
+    return Annotated[Path, typer.Option("--weights", help=f"weights/best.safetensors of a {task} run")]
 
 
 def _shown(path: str) -> str:

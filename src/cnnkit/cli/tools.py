@@ -7,9 +7,12 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.options import DEVICE_HELP, _comma_list, _severity_list, app, config_command
-from cnnkit.config import DistillConfig, TrainConfig
+from cnnkit.cli.options import Batch, Device, Split, Workers, _comma_list, _severity_list, app, config_command, weights_option
+from cnnkit.tasks.classify.config import TrainConfig
+from cnnkit.tasks.distill.config import DistillConfig
 from cnnkit.errors import CnnkitError
+
+ClassifyWeights = weights_option("classify")  # robustness reads a classifier
 
 
 @config_command(app, "distill", DistillConfig,
@@ -25,17 +28,17 @@ def distill_command(cfg: DistillConfig, explicit: set[str]) -> None:
 
 @app.command("robustness")
 def robustness(
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    weights: ClassifyWeights = ...,
     data: str = typer.Option("digits", "--data", help="dataset root or built-in name"),
-    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
+    split: Split = "val",
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="output folder (default: robustness/ beside the weights' run)"),
     families: Optional[str] = typer.Option(None, "--families", metavar="A,B", help="only these corruption families: occlusion, illumination, noise, blur (default: all)"),
     corruptions: Optional[str] = typer.Option(None, "--corruptions", metavar="A,B", help="only these corruptions, e.g. occlusion_solid,dark,gaussian_blur (default: all)"),
     severities: str = typer.Option("1,2,3,4,5", "--severities", metavar="1,3,5", help="severities to evaluate, each 1 to 5"),
     seed: int = typer.Option(0, "--seed", help="seed of the corruptions' randomness (occluder places, noise): same seed, same images"),
-    batch: int = typer.Option(64, "--batch", min=1, help="batch size"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    batch: Batch = 64,
+    device: Device = "auto",
+    workers: Workers = 2,
     occlusion_map: Optional[Path] = typer.Option(None, "--occlusion-map", metavar="IMAGE", help="instead of the corruption benchmark: "
                                                  "map where hiding part of IMAGE (a sliding square of its mean colour) costs the class its probability"),
     target: Optional[str] = typer.Option(None, "--target", metavar="CLASS", help="--occlusion-map: class to map, by name or index (default: the predicted class)"),
@@ -115,7 +118,7 @@ def quantize_command(
     epochs: int = typer.Option(1, "--epochs", help="--method qat: fine-tuning epochs"),
     lr: float = typer.Option(1e-4, "--lr", help="--method qat: learning rate"),
     batch: int = typer.Option(32, "--batch", min=1, help="--method qat: batch size"),
-    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    workers: Workers = 2,
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="output file (default: beside the weights)"),
 ) -> None:
     """Quantize a trained model to int8 for x86 CPUs and report the task metric of fp32 and int8 side by side.
@@ -187,7 +190,7 @@ def list_models(
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/classify/demo, then demo2, …)"),
     epochs: int = typer.Option(15, "--epochs", help="training epochs"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: Device = "auto",
 ) -> None:
     """Train tiny_cnn on the built-in digits (1,797 real handwritten digits) and write the report."""
     from cnnkit.tasks.classify.api import train

@@ -166,7 +166,7 @@ def _train_qat(model: nn.Module, metadata: dict[str, Any], data: str, epochs: in
                run_dir: Path) -> nn.Module:
     """Fake-quantized fine-tuning on the one engine (classification data), then the prepared model."""
     from cnnkit.augment.presets import classify_transforms, spec_from_config
-    from cnnkit.config import TrainConfig
+    from cnnkit.tasks.classify.config import TrainConfig
     from cnnkit.data.builtin import resolve_data
     from cnnkit.data.imagefolder import load_imagefolder
     from cnnkit.data.loaders import ImageDataset, collate_skipping_none

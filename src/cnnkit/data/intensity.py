@@ -50,7 +50,7 @@ class IntensitySpec:
     @classmethod
     def from_options(cls, normalize: str = "auto", window: str | None = None) -> "IntensitySpec":
         """From --normalize and --window "LOW,HIGH" (a window implies window normalisation)."""
-        from cnnkit.data.medical import parse_window
+        from cnnkit.config import parse_window
 
         low_high = parse_window(window) if window else None
         return cls("window" if low_high else normalize, low_high)

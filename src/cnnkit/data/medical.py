@@ -18,7 +18,6 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,19 +168,6 @@ def to_rgb_float(pixels01: np.ndarray) -> np.ndarray:
     if pixels01.ndim == 3 and pixels01.shape[2] == 3:
         return pixels01
     raise ValueError(f"expected [H, W], [H, W, 1] or [H, W, 3] pixels, got shape {pixels01.shape}")
-
-
-def parse_window(text: str) -> tuple[float, float]:
-    """Parse --window "LOW,HIGH" (e.g. "-160,240", a soft-tissue CT window in HU) into (low, high)."""
-    hint = "give LOW,HIGH with LOW < HIGH, e.g. --window=-160,240 (the '=' lets a negative LOW through)"
-    parts = str(text).split(",")
-    try:
-        low, high = (float(part) for part in parts)
-    except ValueError:  # wrong count or not numbers
-        raise CnnkitError(f"--window {text!r}: expected two numbers LOW,HIGH", hint) from None
-    if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
-        raise CnnkitError(f"--window {text!r}: LOW must be below HIGH", hint)
-    return low, high
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from cnnkit.config import TrainConfig
+from cnnkit.config import TrainOptions
 from cnnkit.console import console
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import EpochProgress, progress_bar, write_history
@@ -264,7 +264,7 @@ def _write_epoch(run_dir: Path, weights: dict, checkpoint: dict, meta: dict, bes
     save_checkpoint(run_dir / "checkpoint.pt", checkpoint)
 
 
-def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, run_dir: Path,
+def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainOptions, run_dir: Path,
         metadata: dict[str, Any], collate_fn: Callable | None = None, device: torch.device | None = None,
         transfer: TransferPlan | None = None, train_sampler: Sampler | None = None) -> FitResult:
     """Train ``model`` on ``train_set``; evaluate on ``val_set`` after every epoch; write the run directory.

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, batch_mixer, classify_transforms, spec_from_config
-from cnnkit.config import TrainConfig
+from cnnkit.tasks.classify.config import TrainConfig
 from cnnkit.console import Skips, console
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.images import is_image_file, load_image

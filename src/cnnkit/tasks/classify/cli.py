@@ -7,9 +7,12 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.options import augment_app, classify_app, config_command, missing_sources, pixel_limited, takes_sources
-from cnnkit.config import PreviewConfig, TrainConfig
+from cnnkit.cli.options import (Batch, Device, Split, ValOut, Workers, augment_app, classify_app, config_command, missing_sources,
+                                pixel_limited, takes_sources, weights_option)
+from cnnkit.tasks.classify.config import PreviewConfig, TrainConfig
 from cnnkit.errors import CnnkitError
+
+Weights = weights_option("classify")
 
 
 @config_command(classify_app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")
@@ -33,13 +36,13 @@ def augment_preview(cfg: PreviewConfig, explicit: set[str]) -> None:
 @classify_app.command("val")
 @pixel_limited
 def classify_val(
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    weights: Weights = ...,
     data: str = typer.Option("digits", "--data", help="dataset root or built-in name"),
-    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: val/ beside the weights' run)"),
-    batch: int = typer.Option(64, "--batch", help="batch size"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
+    split: Split = "val",
+    out: ValOut = None,
+    batch: Batch = 64,
+    device: Device = "auto",
+    workers: Workers = 2,
 ) -> None:
     """Evaluate weights on a dataset split: metrics.json, plots and report.html."""
     from cnnkit.tasks.classify.api import Classifier
@@ -52,10 +55,10 @@ def classify_val(
 @takes_sources()
 def classify_predict(
     sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="images, folders or glob patterns (quote globs)"),
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    weights: Weights = ...,
     topk: int = typer.Option(5, "--topk", help="how many classes to list per image"),
-    batch: int = typer.Option(32, "--batch", help="batch size"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    batch: Batch = 32,
+    device: Device = "auto",
     save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file","label","score","topk"}] to this file'),
 ) -> None:
     """Classify images and print a table (and JSON with --save-json)."""
@@ -95,11 +98,11 @@ def _print_layers(clf) -> None:
 def classify_features(
     sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="image folders, files or glob patterns "
                                                   "(quote globs)"),
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    weights: Weights = ...,
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE.npz", help="the .npz to write: features [N, D], files [N], labels [N] when the folders name the classes"),
-    batch: int = typer.Option(64, "--batch", min=1, help="batch size"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    batch: Batch = 64,
+    device: Device = "auto",
+    workers: Workers = 2,
     layers: Optional[str] = typer.Option(None, "--layers", metavar="A,B|list", help="comma-separated module names whose outputs are also saved, "
                                          "as layer:NAME [N, C, H, W] float16; 'list' prints the usable names"),
 ) -> None:
@@ -129,13 +132,13 @@ def classify_features(
 @takes_sources(required=False)  # --layers list needs none
 def classify_explain(
     sources: Optional[list[str]] = typer.Argument(None, metavar="IMAGE", help="images, folders or glob patterns (quote globs)"),
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify run"),
+    weights: Weights = ...,
     target: Optional[str] = typer.Option(None, "--target", metavar="CLASS", help="class to explain, by name or index (default: the predicted class)"),
     out: Path = typer.Option(Path("runs/classify/explain"), "--out", metavar="DIR", help="folder for a PNG per image, at the "
                              "image's path below the folder or glob it came from (created)"),
     layers: Optional[str] = typer.Option(None, "--layers", metavar="A,B,C|list", help="comma-separated module names whose strongest "
                                          "channels are shown (default: an early, a middle and the last conv stage); 'list' prints the usable names"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: Device = "auto",
 ) -> None:
     """Explain predictions: per image a PNG with the input, the Grad-CAM heatmap of the predicted (or --target)
     class and the strongest feature maps of an early, a middle and a late layer."""

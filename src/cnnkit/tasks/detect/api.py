@@ -22,7 +22,7 @@ import torch.nn as nn
 from cnnkit.tasks.classify.api import _intensity_options
 from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import dense_transforms, spec_from_config
-from cnnkit.config import DetectConfig
+from cnnkit.tasks.detect.config import DetectConfig
 from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.detection import DetectionData, DetectionImage, load_detection

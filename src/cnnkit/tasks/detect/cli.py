@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from cnnkit.cli.options import _check_postprocess, _file_table, _shown, config_command, detect_app, pixel_limited, takes_sources
-from cnnkit.config import DetectConfig
+from cnnkit.cli.options import (Batch, Device, Split, ValOut, Workers, _check_postprocess, _file_table, _shown, config_command,
+                                detect_app, pixel_limited, takes_sources, weights_option)
+from cnnkit.tasks.detect.config import DetectConfig
 
 
 # ==================================================================== detect
@@ -22,23 +23,26 @@ def detect_train(cfg: DetectConfig, explicit: set[str]) -> None:
 
 
 CONF_HELP = "keep detections scoring at least this"
-CLASSES_HELP = "only these classes: comma-separated names or dataset ids"
+Weights = weights_option("detect")
+Iou = Annotated[float, typer.Option("--iou", help="IoU threshold of the non-maximum suppression")]
+MaxDet = Annotated[int, typer.Option("--max-det", help="at most this many detections per image")]
+Classes = Annotated[Optional[str], typer.Option("--classes", help="only these classes: comma-separated names or dataset ids")]
 
 
 @detect_app.command("val")
 @pixel_limited
 def detect_val(
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a detect run"),
+    weights: Weights = ...,
     data: str = typer.Option("shapes", "--data", help="dataset root (COCO, YOLO or VOC layout) or built-in name"),
-    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: val/ beside the weights' run)"),
-    batch: int = typer.Option(8, "--batch", help="batch size"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
+    split: Split = "val",
+    out: ValOut = None,
+    batch: Batch = 8,
+    device: Device = "auto",
+    workers: Workers = 2,
     conf: float = typer.Option(0.001, "--conf", help=CONF_HELP + " (low, so that mAP sees the whole precision-recall curve)"),
-    iou: float = typer.Option(0.5, "--iou", help="IoU threshold of the non-maximum suppression"),
-    max_det: int = typer.Option(100, "--max-det", help="at most this many detections per image"),
-    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    iou: Iou = 0.5,
+    max_det: MaxDet = 100,
+    classes: Classes = None,
     strict: bool = typer.Option(False, "--strict", help="refuse boxes outside the image instead of clipping them"),
 ) -> None:
     """COCO mAP (pycocotools) of weights on a split: metrics.json, predictions.json (COCO results, the
@@ -56,18 +60,18 @@ def detect_val(
 def detect_predict(
     sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="images, videos (mp4, avi, …), folders or glob "
                                                   "patterns (quote globs)"),
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a detect run"),
+    weights: Weights = ...,
     conf: float = typer.Option(0.25, "--conf", help=CONF_HELP),
-    iou: float = typer.Option(0.5, "--iou", help="IoU threshold of the non-maximum suppression"),
-    max_det: int = typer.Option(100, "--max-det", help="at most this many detections per image"),
-    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    iou: Iou = 0.5,
+    max_det: MaxDet = 100,
+    classes: Classes = None,
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the annotated images and videos, each at its input's "
                                        "path below the folder or glob it came from (default: runs/detect/predict, predict2, …)"),
     save: bool = typer.Option(True, "--save/--no-save", help="write annotated images and videos"),
     save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file","boxes","labels","scores","overlay"}] '
                                              '(video frames add "frame") to this file'),
     batch: int = typer.Option(4, "--batch", help="images or frames per forward pass"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: Device = "auto",
 ) -> None:
     """Detect objects in images and videos; draw boxes with class and score (videos keep their frame rate)."""
     from rich.console import Console

@@ -26,7 +26,7 @@ from cnnkit.runner import Run, resolve_run, train
 from cnnkit.tasks.classify.api import CLASSIFY, Classifier
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD
 from cnnkit.compress.runtime import is_deployed
-from cnnkit.config import DistillConfig, SegmentDistillConfig
+from cnnkit.tasks.distill.config import DistillConfig, SegmentDistillConfig
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks import task_of

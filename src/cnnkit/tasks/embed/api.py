@@ -77,7 +77,7 @@ class Embedder:
 
     def train(self, data: str = "digits", **options: Any) -> Run:
         """Metric learning on an ImageFolder whose classes are identities; options are EmbedConfig fields."""
-        from cnnkit.config import EmbedConfig
+        from cnnkit.tasks.embed.config import EmbedConfig
 
         defaults = {"model": self.model_name, "pretrained": self.pretrained, "imgsz": self.imgsz, "dim": self.dim,
                     **_intensity_options(self.intensity)}

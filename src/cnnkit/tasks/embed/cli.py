@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from cnnkit.cli.options import DEVICE_HELP, _file_table, _shown, config_command, embed_app, pixel_limited, takes_sources
-from cnnkit.config import EmbedConfig
+from cnnkit.cli.options import (Batch, Device, ValOut, Workers, _file_table, _shown, config_command, embed_app, pixel_limited,
+                                takes_sources)
+from cnnkit.tasks.embed.config import EmbedConfig
 from cnnkit.errors import CnnkitError
 
 
@@ -32,10 +33,10 @@ def embed_val(
     data: str = typer.Option("digits", "--data", help="dataset root (ImageFolder) or built-in name"),
     query_split: Optional[str] = typer.Option(None, "--query-split", help="split whose images are the queries (default: test, else val)"),
     gallery_split: str = typer.Option("train", "--gallery-split", help="split searched for each query (the same split as the queries: leave-one-out)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: val/ beside the weights' run)"),
-    batch: int = typer.Option(64, "--batch", min=1, help="batch size"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    out: ValOut = None,
+    batch: Batch = 64,
+    device: Device = "auto",
+    workers: Workers = 2,
 ) -> None:
     """Retrieval quality: each query image against the gallery split; metrics.json with recall@1, recall@5, map."""
     from cnnkit.tasks.embed.api import Embedder
@@ -58,9 +59,9 @@ def embed_index(
     nprobe: int = typer.Option(8, "--nprobe", min=1, help="IVF: lists visited per query (more = slower, better recall)"),
     hnsw_m: int = typer.Option(32, "--hnsw-m", min=4, help="HNSW: links per node"),
     ef_search: int = typer.Option(64, "--ef-search", min=1, help="HNSW: candidates kept per query (more = slower, better recall)"),
-    batch: int = typer.Option(64, "--batch", min=1, help="batch size for embedding"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    workers: int = typer.Option(2, "--workers", min=0, help="data-loading worker processes"),
+    batch: Batch = 64,
+    device: Device = "auto",
+    workers: Workers = 2,
 ) -> None:
     """Build a FAISS index of a folder's embeddings (vectors, files and the model are stored with it), or --add / --remove images."""
     from cnnkit.tasks.embed.api import build_index
@@ -81,7 +82,7 @@ def embed_search(
     save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"query", "neighbors": [{"file", "score"}]}] to this file'),
     sheet: Optional[Path] = typer.Option(None, "--sheet", metavar="FILE.png", help="contact sheet: each query beside its neighbours (default: search.png in --out)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for search.png and results.json (default: runs/embed/search, search2, …)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: Device = "auto",
 ) -> None:
     """Nearest gallery images of each query, by cosine similarity: a table, a contact sheet and JSON."""
     from rich.console import Console
@@ -120,22 +121,23 @@ def _group_sheets(groups: list[list[str]], captions: list[list[str]], out_dir: P
 
 
 # dedup and cluster work on an index's stored vectors, or embed a folder on the spot
-GALLERY_INDEX = typer.Option(None, "--index", metavar="INDEX_DIR", help="the images of this index (their stored vectors)")
+GalleryIndex = Annotated[Optional[Path], typer.Option("--index", metavar="INDEX_DIR",
+                                                      help="the images of this index (their stored vectors)")]
 GALLERY_SOURCES = typer.Argument(None, metavar="SOURCE", help="image folders, files or glob patterns (quote globs) to embed "
                                  "with --weights, instead of --index")
 GALLERY = dict(required=False, what="an image folder, file or quoted glob pattern (with --weights)")
-GALLERY_WEIGHTS = typer.Option(None, "--weights", help="embed or classify weights (with --source)")
+GalleryWeights = Annotated[Optional[Path], typer.Option("--weights", help="embed or classify weights (with --source)")]
 
 
 @embed_app.command("dedup")
 @takes_sources(**GALLERY)
 def embed_dedup(
     sources: Optional[list[str]] = GALLERY_SOURCES,
-    index: Optional[Path] = GALLERY_INDEX,
-    weights: Optional[Path] = GALLERY_WEIGHTS,
+    index: GalleryIndex = None,
+    weights: GalleryWeights = None,
     threshold: float = typer.Option(0.95, "--threshold", help="cosine similarity at or above which two images are near-duplicates"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for duplicates.json and sheets (default: runs/embed/dedup, dedup2, …)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: Device = "auto",
 ) -> None:
     """Groups of near-duplicate images (linked by similarity >= --threshold), largest first."""
     from rich.console import Console
@@ -163,11 +165,11 @@ def embed_dedup(
 def embed_cluster(
     sources: Optional[list[str]] = GALLERY_SOURCES,
     k: int = typer.Option(..., "-k", "--k", min=1, help="number of clusters"),
-    index: Optional[Path] = GALLERY_INDEX,
-    weights: Optional[Path] = GALLERY_WEIGHTS,
+    index: GalleryIndex = None,
+    weights: GalleryWeights = None,
     seed: int = typer.Option(0, "--seed", help="k-means initialisation seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for clusters.json and one sheet per cluster (default: runs/embed/cluster, …)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: Device = "auto",
 ) -> None:
     """Group images with spherical k-means on their embeddings; a contact sheet per cluster (most typical first)."""
     from rich.console import Console

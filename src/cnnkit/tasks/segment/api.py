@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, MASK_IGNORE, dense_transforms, spec_from_config
-from cnnkit.config import INSTANCE_MODELS, SegmentConfig
+from cnnkit.config import INSTANCE_MODELS
+from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.segmentation import SegmentationData, SegmentSample, is_segmentation_input, load_segmentation
@@ -239,7 +240,7 @@ def _val_transform():
 
 # ==================================================================== the training recipe
 def _intensity(cfg: SegmentConfig) -> segment.Intensity:
-    from cnnkit.data.medical import parse_window
+    from cnnkit.config import parse_window
 
     window = parse_window(cfg.window) if cfg.window else None
     return segment.Intensity("window" if window else cfg.normalize, window)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from cnnkit.cli.options import _check_postprocess, _file_table, _shown, config_command, pixel_limited, segment_app, takes_sources
-from cnnkit.config import INSTANCE_MODELS, SegmentConfig, SegmentDistillConfig
+from cnnkit.cli.options import (Batch, Device, Split, ValOut, Workers, _check_postprocess, _file_table, _shown, config_command,
+                                pixel_limited, segment_app, takes_sources, weights_option)
+from cnnkit.config import INSTANCE_MODELS
+from cnnkit.tasks.distill.config import SegmentDistillConfig
+from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.errors import CnnkitError
 
 
@@ -41,20 +44,23 @@ def segment_distill(cfg, explicit: set[str]) -> None:
     run_segment_distillation(cfg, explicit)
 
 
-TILE_HELP = "sliding-window inference at the images' own resolution (default: as the model was trained)"
+Weights = weights_option("segment")
+Tile = Annotated[Optional[bool], typer.Option("--tile/--no-tile", show_default=False,
+                                              help="sliding-window inference at the images' own resolution (default: as the "
+                                              "model was trained)")]
 
 
 @segment_app.command("val")
 @pixel_limited
 def segment_val(
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a segment run"),
+    weights: Weights = ...,
     data: str = typer.Option("shapes", "--data", help="dataset root (images/ + masks/ + classes.txt) or built-in name"),
-    split: str = typer.Option("val", "--split", help="split to evaluate: train, val or test"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: val/ beside the weights' run)"),
-    batch: int = typer.Option(4, "--batch", help="batch size"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    workers: int = typer.Option(2, "--workers", help="data-loading worker processes"),
-    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help=TILE_HELP, show_default=False),
+    split: Split = "val",
+    out: ValOut = None,
+    batch: Batch = 4,
+    device: Device = "auto",
+    workers: Workers = 2,
+    tile: Tile = None,
     hd95: bool = typer.Option(True, "--hd95/--no-hd95", help="measure the 95th-percentile Hausdorff distance per class"),
     conf: float = typer.Option(0.001, "--conf", help="maskrcnn: keep instances scoring at least this (low, so that mAP sees "
                                "the whole precision-recall curve)"),
@@ -84,17 +90,17 @@ def segment_val(
 def segment_predict(
     sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="images (PNG, JPEG, 16-bit TIFF, DICOM .dcm, "
                                                   "NIfTI .nii.gz), folders or glob patterns (quote globs)"),
-    weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a segment run"),
+    weights: Weights = ...,
     out: Optional[Path] = typer.Option(None, "--out", help="folder for masks/REL.png and overlays/REL.png, REL being each "
                                        "input's path below the folder or glob it came from "
                                        "(default: runs/segment/predict, predict2, …)"),
-    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help=TILE_HELP, show_default=False),
+    tile: Tile = None,
     overlap: Optional[float] = typer.Option(None, "--overlap", help="tile overlap, fraction of the side (default: the run's)"),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="also write colour overlays"),
     save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file", "size", "classes", "mask", "overlay"}] '
                                              'to this file'),
     conf: float = typer.Option(0.25, "--conf", help="maskrcnn: keep instances scoring at least this"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+    device: Device = "auto",
 ) -> None:
     """Segment images: one index PNG per image (uint8 class index, the input's size) and a colour overlay;
     maskrcnn weights add instances.json (every instance's class, score, box and RLE mask)."""

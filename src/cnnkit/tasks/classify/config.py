@@ -1,0 +1,85 @@
+"""`classify train`'s options (TrainConfig) and `augment preview`'s (PreviewConfig), which takes the
+same per-operation augmentation options."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+from cnnkit.config import TrainOptions, option
+from cnnkit.errors import CnnkitError
+
+
+@dataclass
+class TrainConfig(TrainOptions):
+    """`classify train`: the shared options plus classification's loss, class-imbalance handling and batch mixing."""
+
+    label_smoothing: float = option(0.0, "label smoothing for the cross-entropy loss")
+    loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
+                       ("ce", "focal"))
+    focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
+    balance: str = option("none", "class imbalance: weights (loss weighted per class), oversample (every class as often "
+                          "as the largest, per epoch), undersample (every class cut to the smallest, a new subset "
+                          "each epoch), smote (the head alone, on SMOTE-balanced features of the frozen backbone: "
+                          "needs --backbone-from, --weights or --pretrained; no augmentation applies)",
+                          ("none", "weights", "oversample", "undersample", "smote"))
+    class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
+                                "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
+    mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")
+    cutmix: float | None = option(None, "classification: CutMix with this alpha; 0 = off (heavy 1.0; with --mixup, one of them per batch)")
+
+    def validate(self) -> "TrainConfig":
+        super().validate()
+        if self.balance == "smote":
+            self._check_smote()
+        return self
+
+    def _check_smote(self) -> None:
+        """--balance smote trains the head alone on features computed once by a frozen, trained backbone."""
+        if self.transfer not in ("auto", "linear"):
+            raise CnnkitError(f"--balance smote trains the head alone on features of a frozen backbone, not with "
+                              f"--transfer {self.transfer}", "use --transfer linear (auto becomes linear)")
+        if not (self.backbone_from or self.weights or self.pretrained):
+            raise CnnkitError("--balance smote needs a trained backbone to take features from",
+                              "add --backbone-from FILE, --weights FILE or --pretrained")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name):
+                raise CnnkitError(f"--{name} mixes images, but --balance smote trains on features computed once",
+                                  f"drop --{name}")
+
+
+# classification's own options, which the other tasks' configs do not have
+CLASSIFY_ONLY = tuple(f.name for f in fields(TrainConfig) if f.name not in {g.name for g in fields(TrainOptions)})
+
+
+
+@dataclass
+class PreviewConfig:
+    """`augment preview`: which images, which augmentation (a preset plus per-operation overrides)."""
+
+    data: str = option("digits", "dataset root or built-in name (the images are drawn from --split)")
+    preset: str = option("light", "augmentation preset", ("none", "light", "medium", "heavy"))
+    task: str = option("classify", "whose preset: classification (with MixUp/CutMix) or detection/segmentation (boxes and "
+                       "masks move with the pixels)", ("classify", "detect", "segment"))
+    n: int = option(16, "number of images", short="-n")
+    out: str = option("augment_preview.png", "output PNG")
+    seed: int = option(0, "random seed: the same seed shows the same images and augmentations")
+    imgsz: int = option(128, "image side in the preview, in pixels")
+    split: str = option("train", "dataset split to draw from")
+
+    def validate(self) -> "PreviewConfig":
+        from cnnkit.augment.presets import augment_spec
+
+        if self.n < 1 or self.imgsz < 8:
+            raise CnnkitError(f"-n must be at least 1 and --imgsz at least 8, got {self.n} and {self.imgsz}")
+        self.spec = augment_spec(self.preset, self.task, **{name: getattr(self, name) for name in PREVIEW_OPERATIONS})
+        return self
+
+
+# every per-operation augmentation option of TrainConfig, the same in `augment preview`
+PREVIEW_OPERATIONS = ("fliplr", "flipud", "degrees", "translate", "scale", "crop_scale", "brightness", "contrast", "saturation",
+                      "hue", "grayscale", "blur", "noise", "erasing", "illumination", "mixup", "cutmix")
+PreviewConfig = dataclasses.make_dataclass(
+    "PreviewConfig", [(f.name, f.type, field(default=None, metadata=f.metadata)) for f in fields(TrainConfig) if f.name in PREVIEW_OPERATIONS],
+    bases=(PreviewConfig,))
+PreviewConfig.__module__ = __name__
