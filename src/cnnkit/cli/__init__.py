@@ -9,15 +9,28 @@ cross-cutting commands, options.py the apps and the option helpers they all shar
 from __future__ import annotations
 
 import sys
+from importlib import import_module
+from importlib.util import find_spec
 
+from cnnkit import tasks
 from cnnkit.cli import data, tools  # noqa: F401 - each registers its commands
-from cnnkit.tasks.classify import cli as classify_cli  # noqa: F401
-from cnnkit.tasks.detect import cli as detect_cli  # noqa: F401
-from cnnkit.tasks.embed import cli as embed_cli  # noqa: F401
-from cnnkit.tasks.segment import cli as segment_cli  # noqa: F401
-from cnnkit.cli.options import app, config_command, pixel_limited, takes_sources  # noqa: F401 - the CLI's API
+from cnnkit.cli.options import app, augment_app, config_command, data_app, pixel_limited, takes_sources  # noqa: F401 - the CLI's API
 from cnnkit.errors import CnnkitError
 from cnnkit.libwarnings import routed_warnings
+
+
+def mount_task_commands() -> None:
+    """`cnnkit TASK …` for every task of the table whose folder has a cli.py (its typer ``app``); a new task's
+    commands need no line here. The instance task has none: Mask R-CNN trains and predicts under `segment`."""
+    for name in tasks.TASKS:
+        module = f"cnnkit.tasks.{name}.cli"
+        if find_spec(module) is not None:
+            app.add_typer(import_module(module).app, name=name)
+    app.add_typer(data_app, name="data")
+    app.add_typer(augment_app, name="augment")
+
+
+mount_task_commands()
 
 def main() -> None:
     debug = "--debug" in sys.argv[1:]

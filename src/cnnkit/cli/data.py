@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.options import data_app, pixel_limited
+from cnnkit.cli.options import augment_app, config_command, data_app, pixel_limited
+from cnnkit.tasks.classify.config import PreviewConfig
 from cnnkit.errors import CnnkitError
 
 
@@ -116,3 +117,14 @@ def data_convert(
     images = sum(len(images) for images in data.splits.values())
     typer.echo(f"{data.layout} -> {target}: {images} images, {data.num_boxes()} boxes, "
                f"{len(data.categories)} categories written to {out}", err=True)
+
+
+@config_command(augment_app, "preview", PreviewConfig,
+                "Draw -n images of a dataset before and after augmentation (a --preset and any per-operation option) into one PNG.")
+def augment_preview(cfg: PreviewConfig, explicit: set[str]) -> None:
+    from cnnkit.augment.presets import describe
+    from cnnkit.augment.preview import preview_dataset
+    from cnnkit.console import console
+
+    path = preview_dataset(cfg.data, cfg.spec, cfg.out, cfg.n, cfg.seed, cfg.imgsz, cfg.split)
+    console.print(f"{describe(cfg.spec)}\npreview: {path}")

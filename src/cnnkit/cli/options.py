@@ -20,22 +20,9 @@ from cnnkit.version import __version__
 
 app = typer.Typer(help="cnnkit: the whole CNN computer-vision workflow in one tool.", no_args_is_help=True,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None)
-classify_app = typer.Typer(help="Image classification: train, val, predict.", no_args_is_help=True)
+# each task's command group (`cnnkit classify …`) is the `app` of its tasks/<task>/cli.py, mounted by cli/__init__.py
 data_app = typer.Typer(help="Datasets: check, convert, synth.", no_args_is_help=True)
-embed_app = typer.Typer(help="Image embeddings and visual search: train, val, index, search, dedup, cluster.", no_args_is_help=True)
-DETECTORS = "cnnkit's YOLO-style yolo_n/yolo_s/yolo_m, Faster R-CNN, SSD, SSDlite"
-# short_help: click cuts a group's help to ~45 characters in `cnnkit --help`, which dropped the detectors after the first
-detect_app = typer.Typer(help=f"Object detection ({DETECTORS}): train, val, predict on images and videos.",
-                         short_help=f"Object detection: train, val, predict ({DETECTORS}).", no_args_is_help=True)
-app.add_typer(classify_app, name="classify")
-app.add_typer(detect_app, name="detect")
-segment_app = typer.Typer(help="Segmentation, semantic (U-Net, FPN, PAN, DeepLabV3+, FCN) and medical (16-bit, DICOM, NIfTI, "
-                          "tiled): train, val, predict.", no_args_is_help=True)
-app.add_typer(segment_app, name="segment")
-app.add_typer(embed_app, name="embed")
-app.add_typer(data_app, name="data")
 augment_app = typer.Typer(help="Augmentation: preview a preset or any mix of operations on a dataset.", no_args_is_help=True)
-app.add_typer(augment_app, name="augment")
 
 
 def _version(value: bool) -> None:

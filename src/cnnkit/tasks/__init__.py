@@ -15,10 +15,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from cnnkit.config import INSTANCE_MODELS
 from cnnkit.errors import CnnkitError
+
+
+class TaskClass(Protocol):
+    """What every task's class (an Owner's ``facade``) offers; the CLI, distillation, export, quantize and
+    bench call nothing else. tests/test_task_table.py checks each class of the table against it, names and
+    keywords both. A task whose class predicts (all but embed, whose verbs are embed/index/search) also has
+    ``predict(sources, …, device=…) -> list[dict]``, the rows of `predict --save-json`."""
+
+    model: Any  # the network (an nn.Module), or a deployed file's runner; None before training or loading
+    class_names: list[str] | None
+    imgsz: int
+    weights_path: Path | None  # the file it was loaded from; val writes beside its run by default
+    val_split: float  # how the training run cut val from train, so val sees the same held-out images
+    split_seed: int
+
+    @classmethod
+    def load(cls, weights: str | Path) -> "TaskClass":
+        """From a cnnkit weights file alone (its metadata rebuilds the network), or a deployed file."""
+
+    def train(self, data: str, **options: Any) -> Any:
+        """A training run (runner.Run) with this object's settings as defaults; then this object holds the best weights."""
+
+    def val(self, data: str, split: str, out: str | Path | None = None, batch: int = 1, device: str = "auto",
+            workers: int = 2) -> dict[str, Any]:
+        """The task's metrics on a split (metrics.json, plots and report.html into ``out``); extra keywords
+        are the task's own (the Owner's ``val_options`` among them)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +56,7 @@ class Owner:
     facade: str  # "module:Class", imported when a file is loaded (keeps `cnnkit --help` free of torch)
     metric: str  # "" for a task whose val has no single headline metric
     val_options: Mapping[str, Any] = field(default_factory=dict)
+    predicts: bool = True  # its class has predict() (TaskClass)
 
     def load_class(self) -> type:
         module, name = self.facade.split(":")
@@ -45,7 +72,7 @@ TASKS: dict[str, Owner] = {owner.name: owner for owner in (
     Owner("detect", "cnnkit.tasks.detect.api:Detector", "map"),
     Owner("segment", "cnnkit.tasks.segment.api:Segmenter", "miou", {"hd95": False}),
     Owner("instance", "cnnkit.tasks.instance.api:InstanceSegmenter", "mask_map"),
-    Owner("embed", "cnnkit.tasks.embed.api:Embedder", ""),
+    Owner("embed", "cnnkit.tasks.embed.api:Embedder", "", predicts=False),
 )}
 
 

@@ -1,4 +1,4 @@
-"""`cnnkit classify train|val|predict|features|explain` and `cnnkit augment preview`."""
+"""`cnnkit classify train|val|predict|features|explain`."""
 
 from __future__ import annotations
 
@@ -7,33 +7,24 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.options import (Batch, Device, Split, ValOut, Workers, augment_app, classify_app, config_command, missing_sources,
+from cnnkit.cli.options import (Batch, Device, Split, ValOut, Workers, config_command, missing_sources,
                                 pixel_limited, takes_sources, weights_option)
-from cnnkit.tasks.classify.config import PreviewConfig, TrainConfig
+from cnnkit.tasks.classify.config import TrainConfig
 from cnnkit.errors import CnnkitError
+
+app = typer.Typer(help="Image classification: train, val, predict.", no_args_is_help=True)
 
 Weights = weights_option("classify")
 
 
-@config_command(classify_app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")
+@config_command(app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")
 def classify_train(cfg: TrainConfig, explicit: set[str]) -> None:
     from cnnkit.tasks.classify.api import train
 
     train(cfg, explicit)
 
 
-@config_command(augment_app, "preview", PreviewConfig,
-                "Draw -n images of a dataset before and after augmentation (a --preset and any per-operation option) into one PNG.")
-def augment_preview(cfg: PreviewConfig, explicit: set[str]) -> None:
-    from cnnkit.augment.presets import describe
-    from cnnkit.augment.preview import preview_dataset
-    from cnnkit.console import console
-
-    path = preview_dataset(cfg.data, cfg.spec, cfg.out, cfg.n, cfg.seed, cfg.imgsz, cfg.split)
-    console.print(f"{describe(cfg.spec)}\npreview: {path}")
-
-
-@classify_app.command("val")
+@app.command("val")
 @pixel_limited
 def classify_val(
     weights: Weights = ...,
@@ -50,7 +41,7 @@ def classify_val(
     Classifier.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers)
 
 
-@classify_app.command("predict")
+@app.command("predict")
 @pixel_limited
 @takes_sources()
 def classify_predict(
@@ -92,7 +83,7 @@ def _print_layers(clf) -> None:
     Console().print(table)  # stdout: results; messages go to stderr
 
 
-@classify_app.command("features")
+@app.command("features")
 @pixel_limited
 @takes_sources(required=False)  # --layers list needs none
 def classify_features(
@@ -127,7 +118,7 @@ def classify_features(
     console.print(f"{n} images, {dims} dims, {'; '.join(notes)}: written to {out}", soft_wrap=True, markup=False)
 
 
-@classify_app.command("explain")
+@app.command("explain")
 @pixel_limited
 @takes_sources(required=False)  # --layers list needs none
 def classify_explain(

@@ -8,12 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from cnnkit.cli.options import (Batch, Device, Split, ValOut, Workers, _check_postprocess, _file_table, _shown, config_command,
-                                detect_app, pixel_limited, takes_sources, weights_option)
+                                pixel_limited, takes_sources, weights_option)
 from cnnkit.tasks.detect.config import DetectConfig
+
+DETECTORS = "cnnkit's YOLO-style yolo_n/yolo_s/yolo_m, Faster R-CNN, SSD, SSDlite"
+# short_help: click cuts a group's help to ~45 characters in `cnnkit --help`, which dropped the detectors after the first
+app = typer.Typer(help=f"Object detection ({DETECTORS}): train, val, predict on images and videos.",
+                  short_help=f"Object detection: train, val, predict ({DETECTORS}).", no_args_is_help=True)
 
 
 # ==================================================================== detect
-@config_command(detect_app, "train", DetectConfig,
+@config_command(app, "train", DetectConfig,
                 "Train a detector on a COCO, YOLO or Pascal VOC dataset (auto-detected), or --data shapes.")
 def detect_train(cfg: DetectConfig, explicit: set[str]) -> None:
     from cnnkit.runner import train
@@ -29,7 +34,7 @@ MaxDet = Annotated[int, typer.Option("--max-det", help="at most this many detect
 Classes = Annotated[Optional[str], typer.Option("--classes", help="only these classes: comma-separated names or dataset ids")]
 
 
-@detect_app.command("val")
+@app.command("val")
 @pixel_limited
 def detect_val(
     weights: Weights = ...,
@@ -54,7 +59,7 @@ def detect_val(
                                iou=iou, max_det=max_det, classes=classes, strict=strict)
 
 
-@detect_app.command("predict")
+@app.command("predict")
 @pixel_limited
 @takes_sources(what="an image, video, folder or quoted glob pattern")
 def detect_predict(

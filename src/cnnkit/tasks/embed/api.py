@@ -44,6 +44,7 @@ class Embedder:
 
     def __init__(self, model: str = "tiny_cnn", dim: int = 128, imgsz: int = 224, pretrained: bool = False):
         self.model_name, self.dim, self.imgsz, self.pretrained = model, dim, imgsz, pretrained
+        self.class_names: list[str] | None = None  # the identities of its training set, where the weights record them
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.intensity = IntensitySpec()  # as Classifier's
         self.model: nn.Module | None = None
@@ -69,6 +70,7 @@ class Embedder:
             emb.model = build_embedder(meta["model"], int(meta["dim"]))
             emb.model.load_state_dict(state)
         emb.mean, emb.std = tuple(meta["mean"]), tuple(meta["std"])
+        emb.class_names = meta.get("class_names")
         emb.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
         emb.val_split, emb.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
         emb.weights_path, emb.sha256 = Path(weights), file_sha256(weights)

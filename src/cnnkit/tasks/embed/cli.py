@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from cnnkit.cli.options import (Batch, Device, ValOut, Workers, _file_table, _shown, config_command, embed_app, pixel_limited,
+from cnnkit.cli.options import (Batch, Device, ValOut, Workers, _file_table, _shown, config_command, pixel_limited,
                                 takes_sources)
 from cnnkit.tasks.embed.config import EmbedConfig
 from cnnkit.errors import CnnkitError
+
+app = typer.Typer(help="Image embeddings and visual search: train, val, index, search, dedup, cluster.", no_args_is_help=True)
 
 
 # ==================================================================== embed
@@ -18,7 +20,7 @@ from cnnkit.errors import CnnkitError
 
 
 
-@config_command(embed_app, "train", EmbedConfig, "Train an embedding model (metric learning) on an ImageFolder whose classes are identities.")
+@config_command(app, "train", EmbedConfig, "Train an embedding model (metric learning) on an ImageFolder whose classes are identities.")
 def embed_train(cfg: EmbedConfig, explicit: set[str]) -> None:
     from cnnkit.runner import train
     from cnnkit.tasks.embed.api import EMBED_RECIPE
@@ -26,7 +28,7 @@ def embed_train(cfg: EmbedConfig, explicit: set[str]) -> None:
     train(cfg, explicit, EMBED_RECIPE)
 
 
-@embed_app.command("val")
+@app.command("val")
 @pixel_limited
 def embed_val(
     weights: Path = typer.Option(..., "--weights", help="an embed or classify weights file (a classifier embeds with its pooled features)"),
@@ -44,7 +46,7 @@ def embed_val(
     Embedder.load(weights).val(data, query_split, gallery_split, out, batch=batch, device=device, workers=workers)
 
 
-@embed_app.command("index")
+@app.command("index")
 @takes_sources(required=False)  # --remove alone changes an index
 def embed_index(
     sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCE", help="image folders, files or glob patterns "
@@ -72,7 +74,7 @@ def embed_index(
     build_index(out, sources, weights, kind, add, remove or [], nlist, nprobe, hnsw_m, ef_search, batch, device, workers)
 
 
-@embed_app.command("search")
+@app.command("search")
 @takes_sources("queries", what="a query image, folder or quoted glob pattern")
 def embed_search(
     queries: Optional[list[str]] = typer.Argument(None, metavar="QUERY", help="query images, folders or glob patterns"),
@@ -129,7 +131,7 @@ GALLERY = dict(required=False, what="an image folder, file or quoted glob patter
 GalleryWeights = Annotated[Optional[Path], typer.Option("--weights", help="embed or classify weights (with --source)")]
 
 
-@embed_app.command("dedup")
+@app.command("dedup")
 @takes_sources(**GALLERY)
 def embed_dedup(
     sources: Optional[list[str]] = GALLERY_SOURCES,
@@ -160,7 +162,7 @@ def embed_dedup(
                   + (f" ({len(sheets)} sheets)" if sheets else ""), soft_wrap=True, markup=False)
 
 
-@embed_app.command("cluster")
+@app.command("cluster")
 @takes_sources(**GALLERY)
 def embed_cluster(
     sources: Optional[list[str]] = GALLERY_SOURCES,

@@ -8,15 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from cnnkit.cli.options import (Batch, Device, Split, ValOut, Workers, _check_postprocess, _file_table, _shown, config_command,
-                                pixel_limited, segment_app, takes_sources, weights_option)
+                                pixel_limited, takes_sources, weights_option)
 from cnnkit.config import INSTANCE_MODELS
 from cnnkit.tasks.distill.config import SegmentDistillConfig
 from cnnkit.tasks.segment.config import SegmentConfig
 from cnnkit.errors import CnnkitError
 
+app = typer.Typer(help="Segmentation, semantic (U-Net, FPN, PAN, DeepLabV3+, FCN) and medical (16-bit, DICOM, NIfTI, "
+                  "tiled): train, val, predict.", no_args_is_help=True)
+
 
 # ==================================================================== segment
-@config_command(segment_app, "train", SegmentConfig,
+@config_command(app, "train", SegmentConfig,
                 "Train a segmenter on images/ + masks/ + classes.txt (or --data shapes / cells); --model maskrcnn: "
                 "instance segmentation on COCO instances (polygons or RLE).")
 def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
@@ -32,7 +35,7 @@ def segment_train(cfg: SegmentConfig, explicit: set[str]) -> None:
     train(cfg, explicit, recipe=SEGMENT)
 
 
-@config_command(segment_app, "distill", SegmentDistillConfig,
+@config_command(app, "distill", SegmentDistillConfig,
                 "Knowledge distillation for semantic segmentation: train a --student segmenter from a frozen --teacher "
                 "segmenter's per-pixel soft targets (KL at --temperature over the classes at every pixel, the teacher's "
                 "class map resized to the student's; --ignore-index pixels left out; weighted --alpha, plus the student's "
@@ -50,7 +53,7 @@ Tile = Annotated[Optional[bool], typer.Option("--tile/--no-tile", show_default=F
                                               "model was trained)")]
 
 
-@segment_app.command("val")
+@app.command("val")
 @pixel_limited
 def segment_val(
     weights: Weights = ...,
@@ -84,7 +87,7 @@ def segment_val(
     seg.val(data, split=split, out=out, batch=batch, device=device, workers=workers, tile=tile, hd95=hd95)
 
 
-@segment_app.command("predict")
+@app.command("predict")
 @pixel_limited
 @takes_sources()
 def segment_predict(
