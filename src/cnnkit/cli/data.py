@@ -49,22 +49,44 @@ def data_check(
 
 @data_app.command("synth")
 def data_synth(
-    kind: str = typer.Argument(..., help="what to generate: shapes or cells"),
+    kind: str = typer.Argument(..., help="what to generate: shapes or cells (detect/segment); objects, textures or "
+                               "cells (--task classify)"),
     task: Optional[str] = typer.Option(None, "--task", help="shapes: detect (COCO + YOLO layouts, the default) or segment "
-                                       "(masks + classes.txt); cells always writes segmentation labels"),
-    n: int = typer.Option(500, "--n", help="number of images (train + val)"),
-    imgsz: int = typer.Option(320, "--imgsz", help="square image side in pixels (32 to 4096)"),
+                                       "(masks + classes.txt); cells: segment (the default) or classify (five phenotypes); "
+                                       "objects and textures: classify (ImageFolder train/val/test)"),
+    n: Optional[int] = typer.Option(None, "--n", help="number of images (train + val), default 500; classify: training "
+                                    "images of the largest class, default 300"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="square image side in pixels: 32 to 4096, default 320; "
+                                        "classify: 16 to 1024, default 64"),
     out: Path = typer.Option(..., "--out", help="folder to create; must be new or empty unless --force"),
     seed: int = typer.Option(0, "--seed", help="the same seed writes byte-identical files"),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the images in the val split"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the images in the val split (detect/segment)"),
+    imbalance: float = typer.Option(1.0, "--imbalance", help="classify: the largest class over the smallest in train "
+                                    "(a geometric long tail; 1 = balanced)"),
+    eval_n: int = typer.Option(50, "--eval-n", help="classify: val and test images of every class"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
 ) -> None:
     """Generate a synthetic dataset: shapes (circle, square, triangle, star, cross) on real photos, with occlusion,
-    uneven illumination and noise; or cells, 16-bit fluorescence-microscopy-like images with semantic and instance labels."""
+    uneven illumination and noise; cells, 16-bit fluorescence-microscopy-like images with semantic and instance labels;
+    or, with --task classify, objects on photos among clutter, materials from photos (textures), or cell phenotypes."""
     from cnnkit.console import console
+
+    if task == "classify" or kind in ("objects", "textures"):
+        from cnnkit.data.synth_classify import synth_classification
+
+        if task not in (None, "classify"):
+            raise CnnkitError(f"--task {task}: {kind} is a classification dataset", "use --task classify")
+        summary = synth_classification(kind, out, n=300 if n is None else n, imgsz=64 if imgsz is None else imgsz, seed=seed,
+                                       imbalance=imbalance, eval_n=eval_n, force=force)
+        counts = summary["per_class"]["train"]
+        console.print(f"{summary['images']['train']} train ({max(counts)} to {min(counts)} per class) + {summary['images']['val']} "
+                      f"val + {summary['images']['test']} test images of {len(summary['classes'])} classes "
+                      f"(ImageFolder) written to {out}", soft_wrap=True, markup=False)
+        return
     from cnnkit.data.synth import synth_dataset
 
-    summary = synth_dataset(kind, out, task=task, n=n, imgsz=imgsz, seed=seed, val_fraction=val_fraction, force=force)
+    summary = synth_dataset(kind, out, task=task, n=500 if n is None else n, imgsz=320 if imgsz is None else imgsz, seed=seed,
+                            val_fraction=val_fraction, force=force)
     if kind == "cells":
         layouts = "16-bit images/, masks/, instances/, COCO annotations/ and classes.txt"
     else:

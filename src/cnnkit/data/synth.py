@@ -6,8 +6,7 @@
 
 ``shapes``: five shape classes (circle, square, triangle, star, cross) in varied colours, sizes
 (square root of the area from about 6% to 40% of the side, so COCO's small, medium and large objects all occur at 320 px) and
-rotations, 1-6 per image, drawn over random crops of real photos (scikit-learn's sample photos, plus
-scikit-image's when it is installed). Later shapes partly hide earlier ones; an object more than 80%
+rotations, 1-6 per image, drawn over random crops of real photos (scikit-learn's two sample photos). Later shapes partly hide earlier ones; an object more than 80%
 hidden is not drawn at all, so every visible shape is labelled. Then an uneven illumination gradient
 and Gaussian noise cover the whole image.
 
@@ -128,24 +127,19 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 # ------------------------------------------------------------------------------------ backgrounds
 
-def load_photos() -> list[np.ndarray]:
-    """Real photos that ship with the installed libraries: scikit-learn's two sample photos, and
-    some of scikit-image's where it is installed. [H, W, 3] uint8 each."""
+def load_photos(more: bool = False) -> list[np.ndarray]:
+    """Real photos that ship with the installed libraries: scikit-learn's two sample photos and, with
+    ``more``, four of scikit-image's. [H, W, 3] uint8 each. ``shapes`` keeps the two, so the built-in
+    detection and segmentation sets (and the figures measured on them) stay as they were."""
     from sklearn.datasets import load_sample_images
 
     photos = [np.asarray(image, dtype=np.uint8) for image in load_sample_images().images]
-    try:
-        import skimage.data as skdata
-    except ImportError:
+    if not more:
         return photos
-    for name in ("astronaut", "coffee", "chelsea", "rocket"):  # bundled with the package: no download
-        try:
-            image = np.asarray(getattr(skdata, name)())
-        except Exception:  # noqa: BLE001 - an optional extra: a missing or changed image is skipped
-            continue
-        if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
-            photos.append(image)
-    return photos
+    import skimage.data as skdata
+
+    # bundled with the package (no download)
+    return photos + [np.asarray(getattr(skdata, name)(), dtype=np.uint8) for name in ("astronaut", "coffee", "chelsea", "rocket")]
 
 
 def _background(rng: np.random.Generator, photos: list[np.ndarray], size: int) -> np.ndarray:
@@ -216,18 +210,22 @@ def make_shapes_image(rng: np.random.Generator, photos: list[np.ndarray],
         image[shape.mask] = shape.colour
         owner[shape.mask] = k
 
-    # 3) uneven illumination: a linear gradient in a random direction times a soft bright spot
+    return light_and_noise(rng, image), kept, owner
+
+
+def light_and_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """[S, S, 3] float32 -> uint8 under uneven illumination (a linear gradient in a random direction times a
+    soft bright spot, and an overall exposure) with Gaussian sensor noise."""
+    size = image.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
     theta = rng.uniform(0, 2 * math.pi)
     ramp = (xx - 0.5) * math.cos(theta) + (yy - 0.5) * math.sin(theta)
     gain = 1.0 + rng.uniform(0.2, 0.7) * ramp
     sx, sy, sigma = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.2, 0.5)
     gain *= 1.0 + rng.uniform(0.0, 0.35) * np.exp(-((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * sigma**2))
-    image *= gain[..., None] * rng.uniform(0.75, 1.1)
-
-    # 4) sensor noise
+    image = image * (gain[..., None] * rng.uniform(0.75, 1.1))
     image += rng.normal(0.0, rng.uniform(2.0, 12.0), image.shape).astype(np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), kept, owner
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------ cells

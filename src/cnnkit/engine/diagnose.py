@@ -1,0 +1,39 @@
+"""What a finished run's history says about its training: a run that stopped while it was still learning
+(underfitted) gets one warning with the fix, on the console and in report.html. Read from history.csv, so
+it serves every task.
+
+The rule, measured on the quality suite (docs/recipes.md): over the last quarter of the epochs (at least 3)
+the training loss still fell by at least STILL_FALLING of its value, and the validation metric peaked in the
+last tenth of the run. Either alone is common in a finished run (the loss keeps creeping down as the
+learning rate anneals; a metric's best epoch lands late by chance); both together mean more epochs would
+have paid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+STILL_FALLING = 0.15  # relative drop of the training loss over the last quarter of the run
+LATE_BEST = 0.1  # the best epoch within the last tenth of the run (and the last epoch at the least)
+
+
+def underfit_warning(history: list[dict[str, Any]], metric: str) -> str | None:
+    """One line naming the evidence and the fix, or None when the run does not look underfitted."""
+    epochs = len(history)
+    if epochs < 4 or not all("train_loss" in row for row in history):
+        return None
+    window = max(3, epochs // 4)
+    first, last = float(history[-window]["train_loss"]), float(history[-1]["train_loss"])
+    if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
+        return None
+    drop = (first - last) / first
+    scores = [float(row.get(metric, float("nan"))) for row in history]
+    if drop < STILL_FALLING or not any(math.isfinite(s) for s in scores):
+        return None
+    best = max(range(epochs), key=lambda i: scores[i] if math.isfinite(scores[i]) else -math.inf) + 1
+    if best < epochs - max(1, round(LATE_BEST * epochs)) + 1:
+        return None
+    return (f"the run ended underfitted: the training loss still fell {drop:.0%} over the last {window} epochs and "
+            f"val {metric} peaked at epoch {best} of {epochs}; train longer (--epochs {2 * epochs}) or with a higher "
+            f"learning rate (--lr auto runs a range test)")
