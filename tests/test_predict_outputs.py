@@ -134,12 +134,12 @@ class Bar:
 
 @pytest.mark.parametrize("verb", ["classify", "detect"])
 def test_predict_advances_a_progress_bar_per_image(verb, inputs, monkeypatch):
+    import cnnkit.runner
     import cnnkit.tasks.classify.api
     import cnnkit.tasks.detect.api
 
     Bar.tasks = []
-    monkeypatch.setattr(cnnkit.tasks.classify.api if verb == "classify" else cnnkit.tasks.detect.api, "progress_bar",
-                        lambda *a, **k: Bar())
+    monkeypatch.setattr(cnnkit.runner, "progress_bar", lambda *a, **k: Bar())  # predict's batches: runner.read_in_batches
     if verb == "classify":
         results = cnnkit.tasks.classify.api.Classifier("tiny_cnn", class_names=["a", "b"], imgsz=16).predict(["photos"], batch=2, device="cpu")
     else:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn as nn
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, classify_transforms, spec_from_config
 from cnnkit.config import TrainOptions, read_yaml_options, write_yaml
-from cnnkit.console import console
+from cnnkit.console import Skips, console, progress_bar
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.images import pixel_limit
 from cnnkit.data.imagefolder import load_imagefolder
@@ -24,7 +24,7 @@ from cnnkit.data.intensity import spec_of
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import read_history
-from cnnkit.engine.checkpoint import load_matching, read_state_dict, recorded_model
+from cnnkit.engine.checkpoint import load_matching, load_weights, read_state_dict, recorded_model
 from cnnkit.engine.rundir import latest_run_dir, next_run_dir, write_json
 from cnnkit.engine.transfer import load_backbone, plan_transfer
 from cnnkit.engine.trainer import fit, seed_everything
@@ -32,6 +32,8 @@ from cnnkit.errors import CnnkitError
 from cnnkit.evaluate import plots
 from cnnkit.evaluate.report import write_report
 from cnnkit.version import __version__
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -175,11 +177,34 @@ def evaluate_run_splits(run_dir: Path, splits: dict[str, Any],
     return metrics, paths
 
 
+def finish_best_run(cfg: TrainOptions, run_dir: Path, splits: dict[str, Any],
+                    evaluate_split: Callable[[str, Any], tuple[dict[str, Any], list[Path]]], title: str,
+                    headline: Callable[[dict[str, Any]], str],
+                    cost: tuple[int | None, float | None] | None = None) -> dict[str, Any]:
+    """A recipe's finish once it has loaded the best weights: evaluate_run_splits, the model's ``cost``
+    (parameters, GFLOPs) as metrics where the task records it, then publish_run with ``headline(metrics)``."""
+    metrics, paths = evaluate_run_splits(run_dir, splits, evaluate_split)
+    if cost is not None:
+        metrics["params"], metrics["gflops"] = cost
+    publish_run(run_dir, title, cfg, metrics, paths, headline(metrics))
+    return metrics
+
+
 def publish_run(run_dir: Path, title: str, cfg: TrainOptions, metrics: dict[str, Any], paths: list[Path], headline: str) -> None:
     """metrics.json and report.html of a finished run, and its one-line result on the console."""
-    write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir / "report.html", title, cfg.to_dict(), report_summary(metrics), paths, per_class=metrics.get("per_class"))
-    console.print(f"{headline}\nresults in {run_dir}  report: {run_dir / 'report.html'}")
+    publish(run_dir, title, cfg.to_dict(), metrics, paths, headline, where="\nresults in {dir}  report: {report}")
+
+
+def publish(out_dir: Path, title: str, settings: dict[str, Any], metrics: dict[str, Any], paths: list[Path], headline: str,
+            where: str = "  report {report}") -> Path:
+    """metrics.json and report.html (the scalar metrics, per-class table, ``paths`` as plots, ``settings``) in
+    ``out_dir``, then one line on the console: ``headline`` and ``where`` ({dir} and {report} filled in).
+    Every verb that measures a model (val, a training run's finish) ends here; returns report.html's path."""
+    write_json(out_dir / "metrics.json", metrics)
+    report = out_dir / "report.html"
+    write_report(report, title, settings, report_summary(metrics), paths, per_class=metrics.get("per_class"))
+    console.print(headline + where.format(dir=out_dir, report=report))
+    return report
 
 
 def report_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -203,3 +228,94 @@ def train_and_reload(owner: Any, config_type: type, recipe: "Recipe", data: str,
     if run.dir and (run.dir / "weights" / "best.safetensors").is_file():
         owner.__dict__.update(type(owner).load(run.dir / "weights" / "best.safetensors").__dict__)
     return run
+
+
+# ==================================================================== what the task classes share
+@dataclass
+class ModelFile:
+    """A weights file read for a task's class: a cnnkit weights file's tensors (``state``) or a deployed
+    file's runnable model (``deployed``, from `cnnkit export` / `cnnkit quantize`), and its metadata."""
+
+    path: Path | None  # None: metadata alone (Detector.from_metadata)
+    meta: dict[str, Any]
+    state: dict[str, torch.Tensor] | None = None
+    deployed: nn.Module | None = None
+
+    @property
+    def split(self) -> tuple[float, int]:
+        """(val_split, split_seed): how the training run cut val from train, so `val` on such a dataset sees
+        the same held-out images (files written before these were recorded: the defaults)."""
+        return self.meta.get("val_split", 0.2), self.meta.get("split_seed", 0)
+
+    @property
+    def cost(self) -> tuple[int | None, float | None]:
+        """(parameters, GFLOPs at imgsz) counted when the run built the model; None where not recorded."""
+        return self.meta.get("params"), self.meta.get("gflops")
+
+
+def read_model_file(path: str | Path, task: str) -> ModelFile:
+    """A ``task`` model's file: deployed (.onnx, .pt2, .ts, .int8.pt) or a cnnkit weights file; a file of
+    another task is refused in one line (load_deployed_for, load_weights)."""
+    from cnnkit.compress.runtime import is_deployed, load_deployed_for  # onnxruntime and friends: only when asked
+
+    if is_deployed(path):
+        model, meta = load_deployed_for(path, task)
+        return ModelFile(Path(path), meta, deployed=model)
+    state, meta = load_weights(path, task=task)
+    return ModelFile(Path(path), meta, state=state)
+
+
+def adopt_model_file(owner: Any, file: ModelFile, wrap_deployed: Callable[[nn.Module], nn.Module] | None = None) -> Any:
+    """``owner`` (a task class, built from ``file.meta``) takes the file: its network gets the tensors, or
+    becomes the deployed model (through ``wrap_deployed`` where the class runs it behind an adapter); and
+    records the file's path, split and cost. A file with neither (read for its metadata) leaves the model."""
+    if file.deployed is not None:
+        owner.model = wrap_deployed(file.deployed) if wrap_deployed else file.deployed
+    elif file.state is not None:
+        owner.model.load_state_dict(file.state)
+    owner.val_split, owner.split_seed = file.split
+    owner.cost = file.cost
+    owner.weights_path = file.path
+    return owner
+
+
+def split_samples(data: str | Path, splits: dict[str, Any], split: str) -> Any:
+    """The samples of ``split``, or the one-line error naming the data, the split and those it has."""
+    if split not in splits:
+        raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(splits)}")
+    return splits[split]
+
+
+def beside_run(out: str | Path | None, weights_path: Path | None, task: str, name: str = "val") -> Path:
+    """Where a verb on a loaded model writes: ``out``, else NAME/ beside the weights' run directory
+    (runs/TASK/NAME for weights never saved)."""
+    if out is not None and str(out) != "":
+        return Path(out)
+    return weights_path.parent.parent / name if weights_path else Path("runs") / task / name
+
+
+def write_predictions(out_dir: Path, results: list[dict[str, Any]], split: str = "val") -> Path:
+    """COCO results (detections, instances) of a split: predictions.json for val, predictions_SPLIT.json
+    for the others of a training run (`val` passes none: its one split writes predictions.json)."""
+    return write_json(out_dir / ("predictions.json" if split == "val" else f"predictions_{split}.json"), results)
+
+
+def read_in_batches(files: Sequence[tuple], batch: int, read: Callable[[Path], T], label: str,
+                    what: str = "files") -> Iterator[list[tuple[int, T]]]:
+    """``files`` ((path, named, …) rows) read by ``read(path)`` under one progress bar, ``batch`` at a time:
+    each batch as [(index in files, what was read)]. A file found in a folder or glob that cannot be read is
+    skipped with a warning, one named directly stops with its one-line error (console.Skips); how many were
+    skipped is said at the end."""
+    skips = Skips()
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=len(files), info="", rate="", visible=bool(files))  # none: predict read videos only
+        for start in range(0, len(files), batch):
+            chunk = []
+            for k in range(start, min(start + batch, len(files))):
+                path, named = files[k][0], files[k][1]
+                value = skips.read(path, named, lambda: read(path))
+                if value is not None:
+                    chunk.append((k, value))
+            yield chunk
+            bar.update(task, advance=min(batch, len(files) - start))
+    skips.report(len(files), what)

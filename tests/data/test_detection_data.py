@@ -183,3 +183,17 @@ def test_box_outside_image_clipped_or_strict(tmp_path, capsys):
     assert "clipped" in capsys.readouterr().err
     with pytest.raises(CnnkitError, match=r"x.txt:1: box outside the 40x20 image"):
         load_detection(root, strict=True)
+
+
+def test_match_categories_by_name_with_the_models_verb(tmp_path):
+    from cnnkit.data.detection import DetectionData, match_categories
+
+    data = DetectionData(tmp_path, "coco", CATEGORIES, {"val": []})
+    known, label_ids = match_categories(data, ["dog", "cat", "fish"])
+    assert known == [(3, "cat"), (7, "dog")] and label_ids == [7, 3, None]  # bird: unknown to the model, left out
+    known, label_ids = match_categories(data, ["dog", "cat", "fish"], "detects", classes="cat")
+    assert known == [(3, "cat")] and label_ids == [None, 3, None]
+    with pytest.raises(CnnkitError) as error:
+        match_categories(data, ["fish"], "segments")
+    assert "\n" not in error.value.message and "none of its classes (cat, dog, bird)" in error.value.message
+    assert error.value.hint == "the model segments fish"

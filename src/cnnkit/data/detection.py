@@ -82,6 +82,47 @@ class DetectionData:
         return sum(len(image.boxes) for images in self.splits.values() for image in images)
 
 
+def match_categories(dataset: DetectionData, class_names: list[str], verb: str = "detects",
+                     classes: str | None = None) -> tuple[list[tuple[int, str]], list[int | None]]:
+    """(the dataset's categories a model of ``class_names`` knows, by name — only those --classes names, where
+    given; the dataset id of each model label, None where the dataset lacks it or --classes leaves it out).
+    None known is a one-line error ("the model ``verb`` …"); the dataset's classes the model lacks are left
+    out of the evaluation with a warning."""
+    by_name = {name: cid for cid, name in dataset.categories}
+    known = [(cid, name) for cid, name in dataset.categories if name in class_names]
+    if not known:
+        raise CnnkitError(f"{dataset.root}: none of its classes ({', '.join(list(by_name)[:8])}) is known to the model",
+                          f"the model {verb} {', '.join(class_names[:10])}")
+    unknown = [name for name in by_name if name not in class_names]
+    if unknown:
+        warn(f"{dataset.root}: {len(unknown)} class(es) unknown to the model left out of the evaluation: "
+             f"{', '.join(unknown[:5])}")
+    if classes:
+        wanted = set(select_categories(dataset.categories, classes, str(dataset.root)))
+        known = [(cid, name) for cid, name in known if cid in wanted]
+    kept = {name for _, name in known}
+    return known, [by_name.get(name) if name in kept else None for name in class_names]
+
+
+def select_categories(categories: list[tuple[int, str]], classes: str, where: str) -> list[int]:
+    """--classes "cat,dog" or "1,3" -> the category ids named (by name first, then as an id)."""
+    by_name = {name: cid for cid, name in categories}
+    ids = {int(cid) for cid, _ in categories}
+    chosen = []
+    for item in (part.strip() for part in str(classes).split(",")):
+        if not item:
+            continue
+        if item in by_name:
+            chosen.append(by_name[item])
+        elif item.lstrip("-").isdigit() and int(item) in ids:
+            chosen.append(int(item))
+        else:
+            raise CnnkitError(f"--classes: {item!r} is not a class of {where}", f"classes: {', '.join(list(by_name)[:12])}")
+    if not chosen:
+        raise CnnkitError("--classes names no class")
+    return chosen
+
+
 # ---------------------------------------------------------------------------------------- reading
 
 def detect_layout(root: str | Path) -> str | None:

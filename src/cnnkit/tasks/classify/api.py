@@ -27,15 +27,12 @@ from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec, spec_of
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.data.sources import expand_source_files, output_names
 from cnnkit.engine import distributed as dist_utils
-from cnnkit.engine.callbacks import progress_bar
-from cnnkit.engine.checkpoint import load_weights
-from cnnkit.engine.rundir import write_json
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluate.report import write_report
 from cnnkit.models.backbones import build_classifier
 from cnnkit.tasks.classify import task as classify
-from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, train_and_reload  # noqa: F401
+from cnnkit.runner import (Built, Recipe, Run, adopt_model_file, beside_run, finish_best_run, publish,  # noqa: F401
+                           read_in_batches, read_model_file, split_samples, train_and_reload)
 from cnnkit.runner import train as run_training
 
 
@@ -56,6 +53,7 @@ class Classifier:
         self.model: nn.Module | None = None
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
+        self.cost: tuple[int | None, float | None] = (None, None)  # (parameters, GFLOPs) where the weights record them
         if self.class_names:
             self.model = build_classifier(model, len(self.class_names), pretrained)
 
@@ -63,22 +61,14 @@ class Classifier:
     def load(cls, weights: str | Path) -> "Classifier":
         """Rebuild the model from a cnnkit weights file alone (architecture, classes, size, normalisation),
         or load a deployed file of `cnnkit export` / `cnnkit quantize` (.onnx, .pt2, .ts, .int8.pt)."""
-        from cnnkit.compress.runtime import is_deployed, load_deployed_for
-
-        if is_deployed(weights):
-            model, meta = load_deployed_for(weights, TASK)
-            clf = cls(meta["model"], imgsz=meta["imgsz"])
-            clf.class_names, clf.model = meta["class_names"], model
-        else:
-            state, meta = load_weights(weights, task=TASK)
-            clf = cls(meta["model"], class_names=meta["class_names"], imgsz=meta["imgsz"])
-            clf.model.load_state_dict(state)
+        file = read_model_file(weights, TASK)
+        meta = file.meta
+        # a deployed file brings its own network: none is built to be replaced
+        clf = cls(meta["model"], class_names=meta["class_names"] if file.state is not None else None, imgsz=meta["imgsz"])
+        clf.class_names = meta["class_names"]
         clf.mean, clf.std = tuple(meta["mean"]), tuple(meta["std"])
         clf.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
-        # how the training run cut val from train, so `val` on such a dataset sees the same held-out images
-        clf.val_split, clf.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        clf.weights_path = Path(weights)
-        return clf
+        return adopt_model_file(clf, file)
 
     # ---------------------------------------------------------------- train
     def train(self, data: str = "digits", **options: Any) -> Run:
@@ -95,16 +85,14 @@ class Classifier:
         """Metrics, plots and report.html of the model on one split of a dataset, written into ``out``."""
         model = self._require_model()
         samples = self._split_samples(data, split)
-        out_dir = self._beside_run(out, "val")
+        out_dir = beside_run(out, self.weights_path, TASK)
         dev = dist_utils.select_device(device)
         metrics, outputs = _evaluate_split(model, self, samples, batch, workers, dev)
         paths = classify.draw(outputs, self.class_names, [p for p, _ in samples], out_dir / "plots", prefix=split)
         metrics = {"split": split, **metrics}
-        write_json(out_dir / "metrics.json", metrics)
-        write_report(out_dir / "report.html", f"cnnkit classify val: {self.model_name} on {data} ({split})",
-                     {"weights": str(self.weights_path), "data": str(data), "split": split}, metrics, paths,
-                     per_class=metrics["per_class"])
-        console.print(f"{split}: top1 {metrics['top1']:.4f}  macro_f1 {metrics['macro_f1']:.4f}  report {out_dir / 'report.html'}")
+        publish(out_dir, f"cnnkit classify val: {self.model_name} on {data} ({split})",
+                {"weights": str(self.weights_path), "data": str(data), "split": split}, metrics, paths,
+                f"{split}: top1 {metrics['top1']:.4f}  macro_f1 {metrics['macro_f1']:.4f}")
         return metrics
 
     # ---------------------------------------------------------------- predict
@@ -119,23 +107,13 @@ class Classifier:
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
         k = min(topk, len(self.class_names))
         results: list[dict[str, Any]] = []
-        skips = Skips()
-        with progress_bar() as bar:
-            task = bar.add_task("classify", total=len(files), info="", rate="")
-            for start in range(0, len(files), batch):
-                chunk = []
-                for path, named in files[start:start + batch]:
-                    image = skips.read(path, named, lambda: load_image(path, self.intensity))
-                    if image is not None:
-                        chunk.append((path, transform(image)))
-                if chunk:
-                    probs = torch.softmax(model(torch.stack([t for _, t in chunk]).to(dev)).float(), dim=1).cpu()
-                    scores, indices = probs.topk(k, dim=1)
-                    for (path, _), s, idx in zip(chunk, scores.tolist(), indices.tolist()):
-                        results.append({"file": str(path), "label": self.class_names[idx[0]], "score": s[0],
-                                        "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]})
-                bar.update(task, advance=len(files[start:start + batch]))
-        skips.report(len(files))
+        for chunk in read_in_batches(files, batch, lambda path: load_image(path, self.intensity), "classify"):
+            if chunk:
+                probs = torch.softmax(model(torch.stack([transform(image) for _, image in chunk]).to(dev)).float(), dim=1).cpu()
+                scores, indices = probs.topk(k, dim=1)
+                for (index, _), s, idx in zip(chunk, scores.tolist(), indices.tolist()):
+                    results.append({"file": str(files[index][0]), "label": self.class_names[idx[0]], "score": s[0],
+                                    "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]})
         return results
 
     def features(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None,
@@ -208,7 +186,7 @@ class Classifier:
         chosen = select_corruptions(families, corruptions)  # bad names fail before any image is read
         severities = rb.check_severities(list(severities))
         samples = self._split_samples(data, split)
-        out_dir = self._beside_run(out, "robustness")
+        out_dir = beside_run(out, self.weights_path, TASK, "robustness")
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
         target = rb.engine_target(classify.ClassifyTask(self.class_names), model, samples, transform, batch, workers,
                                   dist_utils.select_device(device), self.intensity)
@@ -237,7 +215,7 @@ class Classifier:
         target_index = resolve_target(target, self.class_names, self.weights_path)
         x = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)(load_image(image, self.intensity))
         result = occlusion_map(model.to(dist_utils.select_device(device)), x, target_index, patch, stride, batch)
-        out_dir, name = self._beside_run(out, "robustness"), Path(image).stem
+        out_dir, name = beside_run(out, self.weights_path, TASK, "robustness"), Path(image).stem
         seen = (x * torch.tensor(self.std).view(3, 1, 1) + torch.tensor(self.mean).view(3, 1, 1)).clamp(0, 1)
         png = draw_occlusion_map(out_dir / f"{name}_occlusion.png", seen.permute(1, 2, 0).numpy(), result,
                                  self.class_names, Path(image).name)
@@ -251,15 +229,7 @@ class Classifier:
     def _split_samples(self, data: str, split: str) -> list[tuple[Path, int]]:
         """(path, the model's class id) of one split of a dataset (val cut from train as the training run cut it)."""
         dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
-        if split not in dataset.splits:
-            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
-        return _remap_labels(dataset.splits[split], dataset.classes, self.class_names, data)
-
-    def _beside_run(self, out: str | Path | None, name: str) -> Path:
-        """``out``, else NAME/ beside the weights' run directory (runs/classify/NAME for weights never saved)."""
-        if out is not None:
-            return Path(out)
-        return self.weights_path.parent.parent / name if self.weights_path else Path("runs") / TASK / name
+        return _remap_labels(split_samples(data, dataset.splits, split), dataset.classes, self.class_names, data)
 
     def _require_model(self) -> nn.Module:
         if self.model is None:
@@ -305,12 +275,10 @@ def finish_run(cfg: TrainConfig, run_dir: Path, dataset, device: torch.device) -
         split_metrics, outputs = _evaluate_split(best.model, best, samples, cfg.batch, cfg.workers, device)
         return split_metrics, classify.draw(outputs, dataset.classes, [p for p, _ in samples], run_dir / "plots", prefix=split)
 
-    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
-    line = f"val top1 {metrics['top1']:.4f}" + (f"  test top1 {metrics['test']['top1']:.4f}" if "test" in metrics else "")
     teacher = getattr(cfg, "teacher", None)
     title = f"cnnkit distill: {cfg.model} from {teacher}" if teacher else f"cnnkit classify: {cfg.model} on {cfg.data}"
-    publish_run(run_dir, title, cfg, metrics, paths, line)
-    return metrics
+    return finish_best_run(cfg, run_dir, dataset.splits, evaluate_split, title, lambda metrics: f"val top1 {metrics['top1']:.4f}"
+                           + (f"  test top1 {metrics['test']['top1']:.4f}" if "test" in metrics else ""))
 
 
 def train(cfg: TrainConfig, explicit: set[str] = frozenset(), recipe: Recipe | None = None) -> Run:

@@ -20,23 +20,22 @@ import torch
 import torch.nn as nn
 
 from cnnkit.tasks.classify.api import _intensity_options
-from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
+from cnnkit.runner import (Built, ModelFile, Recipe, Run, adopt_model_file, beside_run, finish_best_run, publish, read_in_batches,
+                           read_model_file, split_samples, train_and_reload, write_predictions)
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.tasks.detect.config import DetectConfig
-from cnnkit.console import Skips, console, warn
+from cnnkit.console import console
 from cnnkit.data.builtin import resolve_data
-from cnnkit.data.detection import DetectionData, DetectionImage, load_detection
+from cnnkit.data.detection import DetectionData, DetectionImage, load_detection, match_categories, select_categories
 from cnnkit.data.images import is_image_file, load_image
 from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec, spec_of
 from cnnkit.data.sources import SourceFile, expand_source_files, output_names
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
-from cnnkit.engine.checkpoint import load_weights
-from cnnkit.engine.rundir import atomic_path, write_json
+from cnnkit.engine.rundir import atomic_path
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate.coco import coco_evaluate
-from cnnkit.evaluate.report import write_report
 from cnnkit.models.detectors import (
     YOLO_MODELS,
     Anchors,
@@ -83,15 +82,9 @@ class Detector:
     def load(cls, weights: str | Path) -> "Detector":
         """Rebuild the detector from a cnnkit weights file alone (architecture, anchors, classes, size), or
         load a file of `cnnkit export` / `cnnkit quantize` (.onnx, .pt2, .ts, .int8.pt) to run as it is."""
-        from cnnkit.compress.runtime import is_deployed
-
-        if is_deployed(weights):
-            return cls._load_deployed(weights)
-        state, meta = load_weights(weights, task=TASK)
-        det = cls.from_metadata(meta)
-        det.model.load_state_dict(state)
-        det.weights_path = Path(weights)
-        return det
+        file = read_model_file(weights, TASK)
+        det = cls.from_metadata(file.meta, build=file.state is not None)  # a deployed file brings its own network
+        return adopt_model_file(det, file, lambda graph: deployed_detector(graph, file.meta))
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], build: bool = True) -> "Detector":
@@ -102,21 +95,8 @@ class Detector:
                   backbone=meta.get("backbone"), anchors=anchors, category_ids=meta.get("category_ids"),
                   yolo=YoloOptions.from_dict(meta.get("yolo")))
         det.class_names = meta["class_names"]
-        det.val_split, det.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        det.cost = (meta.get("params"), meta.get("gflops"))  # counted when the run built the model
         det.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
-        return det
-
-    @classmethod
-    def _load_deployed(cls, path: str | Path) -> "Detector":
-        from cnnkit.compress.detect_graph import DeployedDetector
-        from cnnkit.compress.runtime import load_deployed_for
-
-        graph, meta = load_deployed_for(path, TASK)
-        det = cls.from_metadata(meta, build=False)
-        det.model = DeployedDetector(graph, meta)
-        det.weights_path = Path(path)
-        return det
+        return adopt_model_file(det, ModelFile(None, meta))  # the split and cost it records; no weights
 
     # ---------------------------------------------------------------- train
     def train(self, data: str = "shapes", **options: Any) -> Run:
@@ -136,39 +116,16 @@ class Detector:
         """COCO metrics of the model on one split, written with predictions.json (COCO results, the
         dataset's own ids), plots and report.html into ``out`` (default: val/ beside the run)."""
         dataset = load_split_data(data, strict, self.val_split, self.split_seed)
-        if split not in dataset.splits:
-            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
-        categories, label_ids = self._match_categories(dataset, classes)
-        out_dir = Path(out) if out is not None else (self.weights_path.parent.parent / "val" if self.weights_path
-                                                     else Path("runs") / TASK / "val")
-        metrics, results = evaluate_detector(self, dataset.splits[split], categories, label_ids, batch, workers,
-                                             dist_utils.select_device(device), conf, iou, max_det)
-        write_json(out_dir / "predictions.json", results)
-        paths = detect.draw(dataset.splits[split], categories, results, out_dir / "plots", prefix=split)
+        images = split_samples(data, dataset.splits, split)
+        categories, label_ids = match_categories(dataset, self.class_names, "detects", classes)
+        out_dir = beside_run(out, self.weights_path, TASK)
+        metrics, paths = score_split(self, images, categories, label_ids, batch, workers, dist_utils.select_device(device),
+                                     conf, iou, max_det, out_dir, split, predictions="val")
         metrics = {"split": split, **metrics}
-        write_json(out_dir / "metrics.json", metrics)
-        write_report(out_dir / "report.html", f"cnnkit detect val: {self.model_name} on {data} ({split})",
-                     {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
-                      "max_det": max_det}, report_summary(metrics), paths, per_class=metrics["per_class"])
-        console.print(f"{split}: map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}  "
-                      f"report {out_dir / 'report.html'}")
+        publish(out_dir, f"cnnkit detect val: {self.model_name} on {data} ({split})",
+                {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
+                 "max_det": max_det}, metrics, paths, f"{split}: {_headline(metrics)}")
         return metrics
-
-    def _match_categories(self, dataset: DetectionData, classes: str | None) -> tuple[list[tuple[int, str]], list[int | None]]:
-        """(the dataset's categories the model knows, by name; the dataset id of each model label)."""
-        by_name = {name: cid for cid, name in dataset.categories}
-        known = [(cid, name) for cid, name in dataset.categories if name in self.class_names]
-        if not known:
-            raise CnnkitError(f"{dataset.root}: none of its classes ({', '.join(list(by_name)[:8])}) is known to the model",
-                              f"the model detects {', '.join(self.class_names[:10])}")
-        unknown = [name for name in by_name if name not in self.class_names]
-        if unknown:
-            warn(f"{dataset.root}: {len(unknown)} class(es) unknown to the model left out of the evaluation: {', '.join(unknown[:5])}")
-        if classes:
-            wanted = set(select_categories(dataset.categories, classes, str(dataset.root)))
-            known = [(cid, name) for cid, name in known if cid in wanted]
-        label_ids = [by_name.get(name) if any(name == n for _, n in known) else None for name in self.class_names]
-        return known, label_ids
 
     # ---------------------------------------------------------------- predict
     @torch.no_grad()
@@ -189,24 +146,17 @@ class Detector:
         keep = self._keep_labels(classes)
         out_dir = Path(out) if out is not None else None
         results: list[dict[str, Any]] = []
-        images = [(f, name) for f, name in zip(media, names) if not is_video(f.path)]
-        skips = Skips()
-        with progress_bar() as bar:
-            task = bar.add_task("detect", total=len(images), info="", rate="", visible=bool(images))  # videos: a bar each
-            for start in range(0, len(images), batch):
-                chunk = []
-                for (path, named, _), name in images[start:start + batch]:
-                    image = skips.read(path, named, lambda: load_image(path, self.intensity))
-                    if image is not None:
-                        chunk.append((path, name, np.asarray(image)))
-                for (path, name, pixels), found in zip(chunk, self._detect(net, [p for _, _, p in chunk], dev, keep, max_det)):
-                    result = {"file": str(path), **found}
-                    if out_dir is not None:
-                        result["overlay"] = str(out_dir / name)
-                        _save_image(Path(result["overlay"]), self._draw(pixels, found))
-                    results.append(result)
-                bar.update(task, advance=len(images[start:start + batch]))
-        skips.report(len(images), "images")
+        images = [(f, name) for f, name in zip(media, names) if not is_video(f.path)]  # videos: a bar each
+        read = lambda path: load_image(path, self.intensity)  # noqa: E731
+        for chunk in read_in_batches([f for f, _ in images], batch, read, "detect", "images"):
+            frames = [np.asarray(image) for _, image in chunk]
+            for (index, _), pixels, found in zip(chunk, frames, self._detect(net, frames, dev, keep, max_det)):
+                (path, _, _), name = images[index]
+                result = {"file": str(path), **found}
+                if out_dir is not None:
+                    result["overlay"] = str(out_dir / name)
+                    _save_image(Path(result["overlay"]), self._draw(pixels, found))
+                results.append(result)
         for f, name in zip(media, names):
             if is_video(f.path):
                 results += self._predict_video(net, f.path, dev, keep, out_dir / name if out_dir is not None else None,
@@ -300,23 +250,11 @@ class Detector:
 
 
 # ==================================================================== data
-def select_categories(categories: list[tuple[int, str]], classes: str, where: str) -> list[int]:
-    """--classes "cat,dog" or "1,3" -> the category ids named (by name first, then as an id)."""
-    by_name = {name: cid for cid, name in categories}
-    ids = {int(cid) for cid, _ in categories}
-    chosen = []
-    for item in (part.strip() for part in str(classes).split(",")):
-        if not item:
-            continue
-        if item in by_name:
-            chosen.append(by_name[item])
-        elif item.lstrip("-").isdigit() and int(item) in ids:
-            chosen.append(int(item))
-        else:
-            raise CnnkitError(f"--classes: {item!r} is not a class of {where}", f"classes: {', '.join(list(by_name)[:12])}")
-    if not chosen:
-        raise CnnkitError("--classes names no class")
-    return chosen
+def deployed_detector(graph: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    """A deployed detection graph behind torchvision's detector interface (lists of images in, boxes out)."""
+    from cnnkit.compress.detect_graph import DeployedDetector
+
+    return DeployedDetector(graph, meta)
 
 
 def load_split_data(data: str, strict: bool, val_split: float, seed: int) -> DetectionData:
@@ -400,6 +338,17 @@ def evaluate_detector(det: Detector, images: list[DetectionImage], categories: l
     return coco_evaluate(images, categories, results), results
 
 
+def score_split(owner: Any, images: list[DetectionImage], categories: list[tuple[int, str]], label_ids: list[int | None],
+                batch: int, workers: int, device: torch.device, conf: float, iou: float, max_det: int, out_dir: Path,
+                split: str, predictions: str, evaluate=evaluate_detector, draw=detect.draw) -> tuple[dict[str, Any], list[Path]]:
+    """``evaluate`` (evaluate_detector; Mask R-CNN's evaluate_instances), its COCO results written
+    (runner.write_predictions: ``predictions`` names the split) and drawn into OUT/plots by ``draw``:
+    (metrics, plots), as `val` and a training run's finish both need them."""
+    metrics, results = evaluate(owner, images, categories, label_ids, batch, workers, device, conf, iou, max_det)
+    write_predictions(out_dir, results, predictions)
+    return metrics, draw(images, categories, results, out_dir / "plots", prefix=split)
+
+
 # ==================================================================== the training recipe
 def _build_model(cfg: DetectConfig, dataset: DetectionData) -> Built:
     family, backbone = parse_model(cfg.model, cfg.backbone)
@@ -454,18 +403,14 @@ def finish_detect_run(cfg: DetectConfig, run_dir: Path, dataset: DetectionData, 
     """Evaluate the best weights on val (and test): metrics.json, predictions.json, plots, report.html."""
     best = Detector.load(run_dir / "weights" / "best.safetensors")
     label_ids = [int(c) for c, _ in dataset.categories]
+    return finish_best_run(cfg, run_dir, dataset.splits, lambda split, images: score_split(
+        best, images, dataset.categories, label_ids, cfg.batch, cfg.workers, device, cfg.conf, cfg.iou, cfg.max_det, run_dir,
+        split, predictions=split), f"cnnkit detect: {cfg.model} on {cfg.data}", lambda metrics: f"val {_headline(metrics)}",
+        cost=best.cost)
 
-    def evaluate_split(split: str, images: list[DetectionImage]) -> tuple[dict[str, Any], list[Path]]:
-        split_metrics, results = evaluate_detector(best, images, dataset.categories, label_ids, cfg.batch, cfg.workers, device,
-                                                   cfg.conf, cfg.iou, cfg.max_det)
-        write_json(run_dir / ("predictions.json" if split == "val" else f"predictions_{split}.json"), results)
-        return split_metrics, detect.draw(images, dataset.categories, results, run_dir / "plots", prefix=split)
 
-    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
-    metrics["params"], metrics["gflops"] = best.cost
-    publish_run(run_dir, f"cnnkit detect: {cfg.model} on {cfg.data}", cfg, metrics, paths,
-                f"val map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}")
-    return metrics
+def _headline(metrics: dict[str, Any]) -> str:
+    return f"map {metrics['map']:.4f}  map50 {metrics['map50']:.4f}  map75 {metrics['map75']:.4f}"
 
 
 DETECT = Recipe(

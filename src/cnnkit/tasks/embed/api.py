@@ -24,14 +24,10 @@ from cnnkit.data.images import load_image
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec
 from cnnkit.engine import distributed as dist_utils
-from cnnkit.engine.callbacks import read_history
-from cnnkit.engine.checkpoint import load_weights
-from cnnkit.engine.rundir import write_json
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluate import plots
-from cnnkit.evaluate.report import write_report
 from cnnkit.tasks.embed import task as embed_task
-from cnnkit.runner import Built, Recipe, Run, publish_run, train_and_reload  # noqa: F401
+from cnnkit.runner import (Built, ModelFile, Recipe, Run, adopt_model_file, beside_run, finish_best_run, publish,  # noqa: F401
+                           read_model_file, split_samples, train_and_reload)
 
 from cnnkit.tasks.classify.api import Classifier, _intensity_options, expand_sources  # noqa: F401
 
@@ -51,6 +47,7 @@ class Embedder:
         self.weights_path: Path | None = None
         self.sha256 = ""
         self.val_split, self.split_seed = 0.2, 0
+        self.cost: tuple[int | None, float | None] = (None, None)  # (parameters, GFLOPs) where the weights record them
 
     @classmethod
     def load(cls, weights: str | Path) -> "Embedder":
@@ -64,16 +61,17 @@ class Embedder:
             clf = Classifier.load(weights)
             emb = cls(clf.model_name, 0, clf.imgsz)
             emb.model = clf.model
+            file = ModelFile(Path(weights), meta)  # the network came with the classifier
         else:
-            state, meta = load_weights(weights, task=EMBED)
+            file = read_model_file(weights, EMBED)
+            meta = file.meta
             emb = cls(meta["model"], int(meta["dim"]), int(meta["imgsz"]))
             emb.model = build_embedder(meta["model"], int(meta["dim"]))
-            emb.model.load_state_dict(state)
         emb.mean, emb.std = tuple(meta["mean"]), tuple(meta["std"])
         emb.class_names = meta.get("class_names")
         emb.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
-        emb.val_split, emb.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        emb.weights_path, emb.sha256 = Path(weights), file_sha256(weights)
+        adopt_model_file(emb, file)
+        emb.sha256 = file_sha256(weights)
         emb.model.eval()
         return emb
 
@@ -109,22 +107,19 @@ class Embedder:
         self._require_model()
         dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
         query_split = query_split or ("test" if "test" in dataset.splits else "val")
-        for split in (query_split, gallery_split):
-            if split not in dataset.splits:
-                raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
-        out_dir = Path(out) if out else (self.weights_path.parent.parent / "val" if self.weights_path else Path("runs/embed/val"))
-        q = self._split_vectors(dataset.splits[query_split], batch, device, workers)
-        g = q if gallery_split == query_split else self._split_vectors(dataset.splits[gallery_split], batch, device, workers)
+        queries, gallery = (split_samples(data, dataset.splits, split) for split in (query_split, gallery_split))
+        out_dir = beside_run(out, self.weights_path, EMBED)
+        q = self._split_vectors(queries, batch, device, workers)
+        g = q if gallery_split == query_split else self._split_vectors(gallery, batch, device, workers)
         metrics = retrieval_metrics(q["vectors"], q["labels"], g["vectors"], g["labels"], same_set=gallery_split == query_split)
         metrics = {"query_split": query_split, "gallery_split": gallery_split, "queries": len(q["files"]),
                    "gallery": len(g["files"]), **metrics}
         paths = [embed_task.retrieval_sheet(q, g, dataset.classes, out_dir / "plots" / f"{query_split}_vs_{gallery_split}.png",
                               same_set=gallery_split == query_split)]
-        write_json(out_dir / "metrics.json", metrics)
-        write_report(out_dir / "report.html", f"cnnkit embed val: {self.model_name} on {data} ({query_split} vs {gallery_split})",
-                     {"weights": str(self.weights_path), "data": str(data)}, metrics, paths)
-        console.print(f"{query_split} vs {gallery_split}: recall@1 {metrics['recall@1']:.4f}  recall@5 {metrics['recall@5']:.4f}  "
-                      f"map {metrics['map']:.4f}  report {out_dir / 'report.html'}")
+        publish(out_dir, f"cnnkit embed val: {self.model_name} on {data} ({query_split} vs {gallery_split})",
+                {"weights": str(self.weights_path), "data": str(data)}, metrics, paths,
+                f"{query_split} vs {gallery_split}: recall@1 {metrics['recall@1']:.4f}  recall@5 {metrics['recall@5']:.4f}  "
+                f"map {metrics['map']:.4f}")
         return metrics
 
     def _split_vectors(self, samples, batch: int, device: str, workers: int) -> dict[str, np.ndarray]:
@@ -149,20 +144,21 @@ def finish_embed_run(cfg, run_dir: Path, dataset, device: torch.device) -> dict[
 
     best = Embedder.load(run_dir / "weights" / "best.safetensors")
     plot_dir = run_dir / "plots"
-    paths = [plots.plot_history(read_history(run_dir / "history.csv"), plot_dir / "history.png")]
-    val = best._split_vectors(dataset.splits["val"], cfg.batch, str(device), cfg.workers)
-    metrics: dict[str, Any] = retrieval_metrics(val["vectors"], val["labels"], val["vectors"], val["labels"], same_set=True)
-    paths += embed_task.draw({"embeddings": val["vectors"], "labels": val["labels"]}, dataset.classes,
-                             [Path(f) for f in val["files"]], plot_dir, prefix="val")
-    if "test" in dataset.splits:
-        test = best._split_vectors(dataset.splits["test"], cfg.batch, str(device), cfg.workers)
-        gallery = best._split_vectors(dataset.splits["train"], cfg.batch, str(device), cfg.workers)
-        metrics["test"] = {"query_split": "test", "gallery_split": "train",
-                           **retrieval_metrics(test["vectors"], test["labels"], gallery["vectors"], gallery["labels"])}
-        paths.append(embed_task.retrieval_sheet(test, gallery, dataset.classes, plot_dir / "test_vs_train.png", same_set=False))
-    line = f"val recall@1 {metrics['recall@1']:.4f}" + (f"  test-vs-train recall@1 {metrics['test']['recall@1']:.4f}" if "test" in metrics else "")
-    publish_run(run_dir, f"cnnkit embed: {cfg.model} on {cfg.data}", cfg, metrics, paths, line)
-    return metrics
+
+    def evaluate_split(split: str, samples) -> tuple[dict[str, Any], list[Path]]:
+        q = best._split_vectors(samples, cfg.batch, str(device), cfg.workers)
+        if split == "val":  # leave-one-out within val
+            return (retrieval_metrics(q["vectors"], q["labels"], q["vectors"], q["labels"], same_set=True),
+                    embed_task.draw({"embeddings": q["vectors"], "labels": q["labels"]}, dataset.classes,
+                                    [Path(f) for f in q["files"]], plot_dir, prefix="val"))
+        g = best._split_vectors(dataset.splits["train"], cfg.batch, str(device), cfg.workers)
+        return ({"query_split": split, "gallery_split": "train",
+                 **retrieval_metrics(q["vectors"], q["labels"], g["vectors"], g["labels"])},
+                [embed_task.retrieval_sheet(q, g, dataset.classes, plot_dir / f"{split}_vs_train.png", same_set=False)])
+
+    return finish_best_run(cfg, run_dir, dataset.splits, evaluate_split, f"cnnkit embed: {cfg.model} on {cfg.data}",
+                           lambda metrics: f"val recall@1 {metrics['recall@1']:.4f}"
+                           + (f"  test-vs-train recall@1 {metrics['test']['recall@1']:.4f}" if "test" in metrics else ""))
 
 
 def _build_embed_model(cfg, dataset):

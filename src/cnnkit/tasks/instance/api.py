@@ -20,22 +20,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
+from cnnkit.runner import (Built, Recipe, Run, adopt_model_file, beside_run, finish_best_run, publish, read_in_batches,
+                           read_model_file, split_samples, train_and_reload)
 from cnnkit.augment.presets import dense_transforms, spec_from_config
 from cnnkit.tasks.segment.config import SegmentConfig
-from cnnkit.console import Skips, console, warn
+from cnnkit.console import console
 from cnnkit.data.builtin import resolve_data
-from cnnkit.data.detection import DetectionData, DetectionImage, detect_layout
+from cnnkit.data.detection import DetectionData, DetectionImage, detect_layout, match_categories
 from cnnkit.data.images import is_image_file, load_image
 from cnnkit.data.sources import expand_source_files, output_names
-from cnnkit.tasks.detect.api import load_split_data
+from cnnkit.tasks.detect.api import deployed_detector, load_split_data, score_split
 from cnnkit.engine import distributed as dist_utils
-from cnnkit.engine.callbacks import progress_bar
-from cnnkit.engine.checkpoint import load_weights
 from cnnkit.engine.rundir import atomic_path, write_json, write_text
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluate.report import write_report
 from cnnkit.models.detectors import (Anchors, box_statistics, build_maskrcnn, default_mask_layers, fit_anchors, model_cost,
                                      pyramid_levels, set_postprocess)
 from cnnkit.models.segmenters import INSTANCE_MODELS, parse_segmenter
@@ -76,31 +74,18 @@ class InstanceSegmenter:
     def load(cls, weights: str | Path) -> "InstanceSegmenter":
         """Rebuild the model from a cnnkit weights file alone (backbone, anchors, mask head, classes, size), or
         load a file of `cnnkit export` / `cnnkit quantize --backend onnx` (.onnx, .ts) to run as it is."""
-        from cnnkit.compress.runtime import is_deployed, load_deployed_for
-
-        graph = None
-        if is_deployed(weights):
-            graph, meta = load_deployed_for(weights, TASK)
-        else:
-            state, meta = load_weights(weights, task=TASK)
+        file = read_model_file(weights, TASK)
+        meta = file.meta
         if meta.get("model") not in INSTANCE_MODELS:
             raise CnnkitError(f"{weights}: weights of a semantic segmenter ({meta.get('model')})", "load them with Segmenter")
         anchors = Anchors.from_dict(meta["anchors"]) if meta.get("anchors") else None
-        seg = cls(meta["model"], class_names=None if graph is not None else meta["class_names"], imgsz=meta["imgsz"],
+        # a deployed file brings its own network: none is built to be replaced
+        seg = cls(meta["model"], class_names=meta["class_names"] if file.state is not None else None, imgsz=meta["imgsz"],
                   backbone=meta.get("backbone"), anchors=anchors, category_ids=meta.get("category_ids"),
                   mask_layers=meta.get("mask_layers"))
         seg.class_names = meta["class_names"]
         seg.category_ids = meta.get("category_ids") or list(range(1, len(seg.class_names) + 1))
-        seg.val_split, seg.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        seg.cost = (meta.get("params"), meta.get("gflops"))
-        if graph is not None:
-            from cnnkit.compress.detect_graph import DeployedDetector
-
-            seg.model = DeployedDetector(graph, meta)
-        else:
-            seg.model.load_state_dict(state)
-        seg.weights_path = Path(weights)
-        return seg
+        return adopt_model_file(seg, file, lambda graph: deployed_detector(graph, meta))
 
     # ---------------------------------------------------------------- train
     def train(self, data: str = "shapes", **options: Any) -> Run:
@@ -118,35 +103,16 @@ class InstanceSegmenter:
         results with RLE masks, the dataset's own ids), plots and report.html into ``out`` (default:
         val/ beside the run)."""
         dataset = load_instance_data(data, self.val_split, self.split_seed)
-        if split not in dataset.splits:
-            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
-        categories, label_ids = self._match_categories(dataset)
-        out_dir = Path(out) if out is not None else (self.weights_path.parent.parent / "val" if self.weights_path
-                                                     else Path("runs") / TASK / "val")
-        metrics, results = evaluate_instances(self, dataset.splits[split], categories, label_ids, batch, workers,
-                                              dist_utils.select_device(device), conf, iou, max_det)
-        write_json(out_dir / "predictions.json", results)
-        paths = instance.draw(dataset.splits[split], categories, results, out_dir / "plots", prefix=split)
+        images = split_samples(data, dataset.splits, split)
+        categories, label_ids = match_categories(dataset, self.class_names, "segments")
+        out_dir = beside_run(out, self.weights_path, TASK)
+        metrics, paths = score_split(self, images, categories, label_ids, batch, workers, dist_utils.select_device(device),
+                                     conf, iou, max_det, out_dir, split, "val", evaluate_instances, instance.draw)
         metrics = {"split": split, **metrics}
-        write_json(out_dir / "metrics.json", metrics)
-        write_report(out_dir / "report.html", f"cnnkit segment val: {self.model_name} ({self.backbone}) on {data} ({split})",
-                     {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
-                      "max_det": max_det}, report_summary(metrics), paths, per_class=metrics["per_class"])
-        console.print(f"{split}: {_headline(metrics)}  report {out_dir / 'report.html'}")
+        publish(out_dir, f"cnnkit segment val: {self.model_name} ({self.backbone}) on {data} ({split})",
+                {"weights": str(self.weights_path), "data": str(data), "split": split, "conf": conf, "iou": iou,
+                 "max_det": max_det}, metrics, paths, f"{split}: {_headline(metrics)}")
         return metrics
-
-    def _match_categories(self, dataset: DetectionData) -> tuple[list[tuple[int, str]], list[int | None]]:
-        """(the dataset's categories the model knows, by name; the dataset id of each model label)."""
-        by_name = {name: cid for cid, name in dataset.categories}
-        known = [(cid, name) for cid, name in dataset.categories if name in self.class_names]
-        if not known:
-            raise CnnkitError(f"{dataset.root}: none of its classes ({', '.join(list(by_name)[:8])}) is known to the model",
-                              f"the model segments {', '.join(self.class_names[:10])}")
-        unknown = [name for name in by_name if name not in self.class_names]
-        if unknown:
-            warn(f"{dataset.root}: {len(unknown)} class(es) unknown to the model left out of the evaluation: "
-                 f"{', '.join(unknown[:5])}")
-        return known, [by_name.get(name) for name in self.class_names]
 
     # ---------------------------------------------------------------- predict
     @torch.no_grad()
@@ -168,22 +134,13 @@ class InstanceSegmenter:
         set_postprocess(model, conf, iou, max_det)
         out_dir = Path(out) if out is not None else None
         results: list[dict[str, Any]] = []
-        skips = Skips()
-        with progress_bar() as bar:
-            task = bar.add_task("segment", total=len(files), info="", rate="")
-            for start in range(0, len(files), batch):
-                chunk = []
-                for (path, named, _), name in zip(files[start:start + batch], names[start:start + batch]):
-                    image = skips.read(path, named, lambda: load_image(path))
-                    if image is not None:
-                        chunk.append((path, name, np.asarray(image)))
-                if chunk:
-                    tensors = [torch.from_numpy(np.array(p, order="C")).permute(2, 0, 1).to(dev).float().div_(255)
-                               for _, _, p in chunk]  # a copy torch may own: a decoded image's buffer is read-only
-                    for (path, name, pixels), found in zip(chunk, instance.detect_unpasted(model, tensors)):
-                        results.append(self._instances(path, pixels, found, out_dir, overlays, name))
-                bar.update(task, advance=len(files[start:start + batch]))
-        skips.report(len(files))
+        for chunk in read_in_batches(files, batch, load_image, "segment"):
+            if chunk:
+                frames = [np.asarray(image) for _, image in chunk]
+                tensors = [torch.from_numpy(np.array(p, order="C")).permute(2, 0, 1).to(dev).float().div_(255)
+                           for p in frames]  # a copy torch may own: a decoded image's buffer is read-only
+                for (index, _), pixels, found in zip(chunk, frames, instance.detect_unpasted(model, tensors)):
+                    results.append(self._instances(files[index].path, pixels, found, out_dir, overlays, names[index]))
         if out_dir is not None:
             write_json(out_dir / "instances.json", results)
             write_text(out_dir / "classes.txt", "".join(f"{name}\n" for name in ["background", *self.class_names]))
@@ -370,17 +327,10 @@ def finish_instance_run(cfg: SegmentConfig, run_dir: Path, dataset: DetectionDat
     """Evaluate the best weights on val (and test): metrics.json, predictions.json, plots, report.html."""
     best = InstanceSegmenter.load(run_dir / "weights" / "best.safetensors")
     label_ids = [int(c) for c, _ in dataset.categories]
-
-    def evaluate_split(split: str, images: list[DetectionImage]) -> tuple[dict[str, Any], list[Path]]:
-        split_metrics, results = evaluate_instances(best, images, dataset.categories, label_ids, cfg.batch, cfg.workers, device,
-                                                    cfg.conf, cfg.iou, cfg.max_det)
-        write_json(run_dir / ("predictions.json" if split == "val" else f"predictions_{split}.json"), results)
-        return split_metrics, instance.draw(images, dataset.categories, results, run_dir / "plots", prefix=split)
-
-    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
-    metrics["params"], metrics["gflops"] = best.cost
-    publish_run(run_dir, f"cnnkit segment: {MODEL} ({best.backbone}) on {cfg.data}", cfg, metrics, paths, f"val {_headline(metrics)}")
-    return metrics
+    return finish_best_run(cfg, run_dir, dataset.splits, lambda split, images: score_split(
+        best, images, dataset.categories, label_ids, cfg.batch, cfg.workers, device, cfg.conf, cfg.iou, cfg.max_det, run_dir,
+        split, split, evaluate_instances, instance.draw), f"cnnkit segment: {MODEL} ({best.backbone}) on {cfg.data}",
+        lambda metrics: f"val {_headline(metrics)}", cost=best.cost)
 
 
 def _headline(metrics: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnkit.runner import Built, Recipe, Run, evaluate_run_splits, publish_run, report_summary, train_and_reload
+from cnnkit.runner import (Built, Recipe, Run, adopt_model_file, beside_run, finish_best_run, publish, read_model_file,
+                           split_samples, train_and_reload)
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, MASK_IGNORE, dense_transforms, spec_from_config
 from cnnkit.config import INSTANCE_MODELS
 from cnnkit.tasks.segment.config import SegmentConfig
@@ -26,11 +27,9 @@ from cnnkit.data.segmentation import SegmentationData, SegmentSample, is_segment
 from cnnkit.data.sources import expand_source_files, output_names
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
-from cnnkit.engine.checkpoint import load_weights
-from cnnkit.engine.rundir import atomic_path, write_json
+from cnnkit.engine.rundir import atomic_path
 from cnnkit.engine.trainer import evaluate, make_loader
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluate.report import write_report
 from cnnkit.models.segmenters import build_segmenter, parse_segmenter, segmenter_cost
 from cnnkit.tasks.segment import task as segment
 
@@ -60,27 +59,17 @@ class Segmenter:
     @classmethod
     def load(cls, weights: str | Path) -> "Segmenter":
         """Rebuild the segmenter from a cnnkit weights file alone (architecture, classes, size, intensity scaling)."""
-        from cnnkit.compress.runtime import is_deployed, load_deployed_for
-
-        deployed = None
-        if is_deployed(weights):
-            deployed, meta = load_deployed_for(weights, TASK)
-        else:
-            state, meta = load_weights(weights, task=TASK)
+        file = read_model_file(weights, TASK)
+        meta = file.meta
         if meta.get("model") in INSTANCE_MODELS:
             raise CnnkitError(f"{weights}: Mask R-CNN (instance) weights", "load them with InstanceSegmenter.load, or "
                               "cnnkit.tasks.load for either kind")
-        seg = cls(meta["model"], class_names=meta["class_names"], encoder=meta.get("encoder"), imgsz=meta["imgsz"],
-                  intensity=segment.Intensity.from_dict(meta.get("intensity")), tile=meta.get("tile", False),
+        # a deployed file brings its own network: none is built to be replaced
+        seg = cls(meta["model"], class_names=meta["class_names"] if file.state is not None else None, encoder=meta.get("encoder"),
+                  imgsz=meta["imgsz"], intensity=segment.Intensity.from_dict(meta.get("intensity")), tile=meta.get("tile", False),
                   tile_overlap=meta.get("tile_overlap", 0.25), ignore_index=meta.get("ignore_index", MASK_IGNORE))
-        seg.val_split, seg.split_seed = meta.get("val_split", 0.2), meta.get("split_seed", 0)
-        seg.cost = (meta.get("params"), meta.get("gflops"))
-        if deployed is not None:
-            seg.model = deployed
-        else:
-            seg.model.load_state_dict(state)
-        seg.weights_path = Path(weights)
-        return seg
+        seg.class_names = meta["class_names"]
+        return adopt_model_file(seg, file)
 
     def inference(self, tile: bool | None = None, overlap: float | None = None) -> segment.Inference:
         return segment.Inference(self.imgsz, self.tile if tile is None else tile, self.tile_overlap if overlap is None else overlap)
@@ -102,19 +91,15 @@ class Segmenter:
         """miou, dice, pixel accuracy, per-class IoU/Dice/HD95 of the model on one split, measured on the
         masks at their own size; metrics.json, plots and report.html into ``out`` (default: val/ beside the run)."""
         dataset = load_segmentation(resolve_data(data, TASK), self.val_split, self.split_seed, ignore_index=self.ignore_index)
-        if split not in dataset.splits:
-            raise CnnkitError(f"{data}: no '{split}' split", f"available: {', '.join(dataset.splits)}")
+        samples = split_samples(data, dataset.splits, split)
         self._check_classes(dataset, data)
-        out_dir = Path(out) if out is not None else (self.weights_path.parent.parent / "val" if self.weights_path
-                                                     else Path("runs") / TASK / "val")
-        metrics, paths = evaluate_segmenter(self, dataset.splits[split], batch, workers, dist_utils.select_device(device),
+        out_dir = beside_run(out, self.weights_path, TASK)
+        metrics, paths = evaluate_segmenter(self, samples, batch, workers, dist_utils.select_device(device),
                                             out_dir / "plots", split, self.inference(tile), hd95)
         metrics = {"split": split, **metrics}
-        write_json(out_dir / "metrics.json", metrics)
-        write_report(out_dir / "report.html", f"cnnkit segment val: {self.model_name} ({self.encoder}) on {data} ({split})",
-                     {"weights": str(self.weights_path), "data": str(data), "split": split, "tile": self.inference(tile).tile},
-                     report_summary(metrics), paths, per_class=metrics["per_class"])
-        console.print(f"{split}: {_headline(metrics)}  report {out_dir / 'report.html'}")
+        publish(out_dir, f"cnnkit segment val: {self.model_name} ({self.encoder}) on {data} ({split})",
+                {"weights": str(self.weights_path), "data": str(data), "split": split, "tile": self.inference(tile).tile},
+                metrics, paths, f"{split}: {_headline(metrics)}")
         return metrics
 
     def _check_classes(self, dataset: SegmentationData, data: str) -> None:
@@ -295,14 +280,10 @@ def _make_task(cfg: SegmentConfig, dataset: SegmentationData, model: nn.Module) 
 def finish_segment_run(cfg: SegmentConfig, run_dir: Path, dataset: SegmentationData, device: torch.device) -> dict[str, Any]:
     """Evaluate the best weights on val (and test): metrics.json, plots, report.html."""
     best = Segmenter.load(run_dir / "weights" / "best.safetensors")
-
-    def evaluate_split(split: str, samples) -> tuple[dict[str, Any], list[Path]]:
-        return evaluate_segmenter(best, samples, cfg.batch, cfg.workers, device, run_dir / "plots", split, best.inference(), cfg.hd95)
-
-    metrics, paths = evaluate_run_splits(run_dir, dataset.splits, evaluate_split)
-    metrics["params"], metrics["gflops"] = best.cost
-    publish_run(run_dir, f"cnnkit segment: {cfg.model} ({best.encoder}) on {cfg.data}", cfg, metrics, paths, f"val {_headline(metrics)}")
-    return metrics
+    return finish_best_run(cfg, run_dir, dataset.splits, lambda split, samples: evaluate_segmenter(
+        best, samples, cfg.batch, cfg.workers, device, run_dir / "plots", split, best.inference(), cfg.hd95),
+        f"cnnkit segment: {cfg.model} ({best.encoder}) on {cfg.data}", lambda metrics: f"val {_headline(metrics)}",
+        cost=best.cost)
 
 
 def _headline(metrics: dict[str, Any]) -> str:
