@@ -139,3 +139,44 @@ def test_read_in_batches_skips_unreadable_files_of_a_folder_and_stops_at_a_named
     named = expand_source_files([folder / "b.png"], lambda p: p.suffix == ".png")
     with pytest.raises(CnnkitError, match="not an image"):
         list(runner.read_in_batches(named, 2, read, "test"))
+
+
+def test_an_underfitted_run_says_so_in_metrics_report_and_console(tmp_path, printed, monkeypatch):
+    """The finish reads history.csv and the best epoch of best.safetensors (engine.diagnose): a run whose loss still
+    fell at the end, best at its last epoch, gets the warning with the fix; a converged one gets none."""
+    from cnnkit.engine.callbacks import write_history
+
+    warned: list[str] = []
+    monkeypatch.setattr(runner, "warn", lambda message, *a, **k: warned.append(message))
+
+    def finish(losses, best_epoch):
+        run_dir = tmp_path / f"run{len(warned)}_{best_epoch}"
+        write_history(run_dir / "history.csv", [{"epoch": i + 1, "train_loss": loss, "top1": 0.5} for i, loss in enumerate(losses)])
+        save_weights(nn.Linear(2, 1), run_dir / "weights" / "best.safetensors",
+                     {"task": "classify", "epoch": best_epoch, "primary_metric": "top1"})
+        metrics = runner.finish_best_run(TrainOptions(), run_dir, {"val": [1]}, lambda split, s: ({"top1": 0.5}, []), "t",
+                                         lambda m: "val top1 0.5")
+        return run_dir, metrics
+
+    run_dir, metrics = finish([2.0 * 0.85**i for i in range(12)], best_epoch=12)
+    assert len(metrics["warnings"]) == 1 and "underfitted" in metrics["warnings"][0] and "--epochs 24" in metrics["warnings"][0]
+    assert json.loads((run_dir / "metrics.json").read_text())["warnings"] == metrics["warnings"]
+    assert "underfitted" in (run_dir / "report.html").read_text() and warned == metrics["warnings"]
+    _, converged = finish([2.0 * 0.7**i for i in range(8)] + [0.115, 0.114, 0.114, 0.113], best_epoch=12)
+    assert "warnings" not in converged and len(warned) == 1
+
+
+@pytest.mark.slow
+def test_lr_auto_runs_the_range_test_and_trains_with_its_suggestion(tmp_path):
+    """--lr auto: the plot, the rate in config.yaml (a number, so --resume keeps it) and a run that learns."""
+    import yaml
+
+    from cnnkit.tasks.classify.api import train
+    from cnnkit.tasks.classify.config import TrainConfig
+
+    options = {"data": "digits", "epochs": 2, "imgsz": 16, "lr": "auto", "fliplr": 0.0, "workers": 0, "out": str(tmp_path / "run")}
+    run = train(TrainConfig(**options).validate(), set(options))
+    lr = yaml.safe_load((run.dir / "config.yaml").read_text())["lr"]
+    assert isinstance(lr, float) and 1e-5 < lr < 1.0
+    assert (run.dir / "plots" / "lr_find.png").is_file() and "<figcaption>lr find</figcaption>" in (run.dir / "report.html").read_text()
+    assert run.metrics["top1"] > 0.8

@@ -66,8 +66,7 @@ class _Options:
             raise CnnkitError(f"--crop-scale must be above 0 and at most 1, got {self.crop_scale}")
         if self.hue is not None and self.hue > 0.5:
             raise CnnkitError(f"--hue must be between 0 and 0.5, got {self.hue}")
-        if self.lr <= 0:
-            raise CnnkitError(f"--lr must be positive, got {self.lr}")
+        self.lr = _learning_rate(self.lr)
         if self.workers < 0:
             raise CnnkitError(f"--workers must be 0 or more, got {self.workers}")
         if getattr(self, "max_pixels", 0) < 0:
@@ -100,7 +99,7 @@ class TrainOptions(_Options):
     epochs: int = option(20, "number of epochs")
     batch: int = option(64, "global batch size (split across processes under torchrun)")
     imgsz: int = option(224, "square image side after resize, in pixels")
-    lr: float = option(0.002, "peak learning rate")
+    lr: float | str = option(0.002, "peak learning rate, or auto: a learning-rate range test on the training data picks it before training (plot in plots/lr_find.png)")
     optimizer: str = option("adamw", "optimizer", ("adamw", "sgd"))
     momentum: float = option(0.9, "SGD momentum (AdamW beta1 is fixed at 0.9)")
     weight_decay: float = option(0.05, "weight decay (not applied to biases and norm layers)")
@@ -166,6 +165,19 @@ class TrainOptions(_Options):
     backbone_lr_mult: float = option(0.1, "backbone learning rate as a fraction of --lr when fine-tuning")
 
 
+def _learning_rate(value: float | str) -> float | str:
+    """--lr: a positive number, or "auto" (the runner's range test replaces it before training)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        lr = float(value)
+    except (TypeError, ValueError):
+        raise CnnkitError(f"--lr {value!r} is neither a number nor auto", "e.g. --lr 0.003, or --lr auto") from None
+    if not lr > 0 or not math.isfinite(lr):
+        raise CnnkitError(f"--lr must be positive, got {value}")
+    return lr
+
+
 def parse_window(text: str) -> tuple[float, float]:
     """Parse --window "LOW,HIGH" (e.g. "-160,240", a soft-tissue CT window in HU) into (low, high)."""
     hint = "give LOW,HIGH with LOW < HIGH, e.g. --window=-160,240 (the '=' lets a negative LOW through)"
@@ -216,6 +228,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if len(args) == 1 and args[0] in (int, float):  # int | None, float | None
         hint = args[0]
     target = {int: int, float: float, bool: bool, str: str}.get(hint)
+    if target is None and float in args and not isinstance(value, bool):  # a number or a keyword (--lr 0.002 or auto)
+        try:
+            return float(value)  # YAML reads 1e-3 as text
+        except (TypeError, ValueError):
+            if isinstance(value, str):
+                return value  # the keyword, checked by validate()
+            raise CnnkitError(f"{where}: expected float, got {value!r}") from None
     if target is None:  # Optional[...] hints: keep strings and numbers as they are
         return value if not isinstance(value, (int, float)) or isinstance(value, bool) else str(value)
     if target is int and isinstance(value, float) and not value.is_integer():

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, classify_transforms, spec_from_config
 from cnnkit.config import TrainOptions, read_yaml_options, write_yaml
-from cnnkit.console import Skips, console, progress_bar
+from cnnkit.console import Skips, console, progress_bar, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.images import pixel_limit
 from cnnkit.data.imagefolder import load_imagefolder
@@ -24,7 +24,8 @@ from cnnkit.data.intensity import spec_of
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import read_history
-from cnnkit.engine.checkpoint import load_matching, load_weights, read_state_dict, recorded_model
+from cnnkit.engine.checkpoint import load_matching, load_weights, read_metadata, read_state_dict, recorded_model
+from cnnkit.engine.diagnose import underfit_warning
 from cnnkit.engine.rundir import latest_run_dir, next_run_dir, write_json
 from cnnkit.engine.transfer import load_backbone, plan_transfer
 from cnnkit.engine.trainer import fit, seed_everything
@@ -140,11 +141,14 @@ def _train_run(cfg: TrainOptions, run_dir: Path, recipe: "Recipe") -> Run:
     task = recipe.make_task(cfg, dataset, model)
     train_set, val_set = recipe.make_sets(cfg, dataset)
     if main:
-        write_yaml(run_dir / "config.yaml", cfg.to_dict())
         n_params = sum(p.numel() for p in model.parameters())
         counts = ", ".join(f"{name} {len(s)}" for name, s in dataset.splits.items())
         console.print(f"cnnkit {__version__}  {recipe.task} {cfg.model} ({n_params / 1e6:.2f}M params)  {len(dataset.classes)} classes  "
                       f"images: {counts}  device {device}" + (f" x{dist_utils.world_size()}" if dist_utils.world_size() > 1 else ""))
+    if cfg.lr == "auto":  # config.yaml keeps the rate found, so --resume trains on with it
+        cfg = replace(cfg, lr=find_learning_rate(cfg, task, model, train_set, recipe.collate, device, plan, run_dir))
+    if main:
+        write_yaml(run_dir / "config.yaml", cfg.to_dict())
     if main and plan.mode != "scratch":
         console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
     sampler = recipe.train_sampler(cfg, dataset.splits["train"]) if recipe.train_sampler else None
@@ -159,11 +163,37 @@ def _train_run(cfg: TrainOptions, run_dir: Path, recipe: "Recipe") -> Run:
     return Run(run_dir, metrics, result.best_epoch)
 
 
+def find_learning_rate(cfg: TrainOptions, task: Any, model: nn.Module, train_set: Any, collate: Callable, device: torch.device,
+                       plan: Any, run_dir: Path) -> float:
+    """--lr auto: engine.lr_find's range test on the training data with the run's optimizer (and transfer plan),
+    on rank 0; its plot goes to plots/lr_find.png and every rank trains with its suggestion."""
+    from cnnkit.engine.lr_find import broadcast_lr, plot_range_test, range_test
+    from cnnkit.engine.optim import build_optimizer
+    from cnnkit.engine.trainer import make_loader, to_device
+    from cnnkit.engine.transfer import freeze_for_run
+
+    lr = float("nan")
+    if dist_utils.is_main():
+        loader = make_loader(train_set, cfg.batch, cfg.workers, True, cfg.seed, collate, device)
+        model.to(device)
+        freeze_for_run(model, plan)
+        result = range_test(task, model, loader, lambda start: build_optimizer(
+            model, cfg.optimizer, start, cfg.momentum, cfg.weight_decay, head=set(plan.head), backbone_lr_mult=plan.backbone_lr_mult),
+            device, to_device=lambda batch: to_device(batch, device, cfg.channels_last))
+        path = plot_range_test(result, run_dir / "plots" / "lr_find.png")
+        console.print(f"lr range test: --lr {result.suggestion:.2e} (loss lowest at {result.minimum:.2e}, falling fastest at "
+                      f"{result.steepest:.2e}); plot {path}")
+        lr = result.suggestion
+    return broadcast_lr(lr) if dist_utils.world_size() > 1 else lr
+
+
 def evaluate_run_splits(run_dir: Path, splits: dict[str, Any],
                         evaluate_split: Callable[[str, Any], tuple[dict[str, Any], list[Path]]]) -> tuple[dict[str, Any], list[Path]]:
     """The end of a training run, for every task: the history plot, then ``evaluate_split(split, samples)``
     on val (its metrics at the top level) and test (under "test") where the dataset has them."""
     paths = [plots.plot_history(read_history(run_dir / "history.csv"), run_dir / "plots" / "history.png")]
+    if (run_dir / "plots" / "lr_find.png").is_file():  # --lr auto's range test
+        paths.append(run_dir / "plots" / "lr_find.png")
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         if not splits.get(split):
@@ -186,8 +216,23 @@ def finish_best_run(cfg: TrainOptions, run_dir: Path, splits: dict[str, Any],
     metrics, paths = evaluate_run_splits(run_dir, splits, evaluate_split)
     if cost is not None:
         metrics["params"], metrics["gflops"] = cost
+    warning = run_diagnosis(run_dir, metrics)
+    if warning:
+        metrics["warnings"] = [warning]
     publish_run(run_dir, title, cfg, metrics, paths, headline(metrics))
+    if warning:
+        warn(warning)
     return metrics
+
+
+def run_diagnosis(run_dir: Path, metrics: dict[str, Any]) -> str | None:
+    """engine.diagnose on the run's history, the best epoch being the one best.safetensors holds."""
+    best = run_dir / "weights" / "best.safetensors"
+    if not best.is_file():
+        return None
+    meta = read_metadata(best)
+    return underfit_warning(read_history(run_dir / "history.csv"), meta.get("primary_metric", "metric"),
+                            best_epoch=int(meta.get("epoch", 0)) or None)
 
 
 def publish_run(run_dir: Path, title: str, cfg: TrainOptions, metrics: dict[str, Any], paths: list[Path], headline: str) -> None:
@@ -202,7 +247,8 @@ def publish(out_dir: Path, title: str, settings: dict[str, Any], metrics: dict[s
     Every verb that measures a model (val, a training run's finish) ends here; returns report.html's path."""
     write_json(out_dir / "metrics.json", metrics)
     report = out_dir / "report.html"
-    write_report(report, title, settings, report_summary(metrics), paths, per_class=metrics.get("per_class"))
+    write_report(report, title, settings, report_summary(metrics), paths, per_class=metrics.get("per_class"),
+                 notes=metrics.get("warnings"))
     console.print(headline + where.format(dir=out_dir, report=report))
     return report
 

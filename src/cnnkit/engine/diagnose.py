@@ -18,8 +18,9 @@ STILL_FALLING = 0.15  # relative drop of the training loss over the last quarter
 LATE_BEST = 0.1  # the best epoch within the last tenth of the run (and the last epoch at the least)
 
 
-def underfit_warning(history: list[dict[str, Any]], metric: str) -> str | None:
-    """One line naming the evidence and the fix, or None when the run does not look underfitted."""
+def underfit_warning(history: list[dict[str, Any]], metric: str, best_epoch: int | None = None) -> str | None:
+    """One line naming the evidence and the fix, or None when the run does not look underfitted. The best epoch
+    is where ``metric`` peaks in the history, or ``best_epoch`` (the one best.safetensors holds) when given."""
     epochs = len(history)
     if epochs < 4 or not all("train_loss" in row for row in history):
         return None
@@ -28,10 +29,14 @@ def underfit_warning(history: list[dict[str, Any]], metric: str) -> str | None:
     if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
         return None
     drop = (first - last) / first
-    scores = [float(row.get(metric, float("nan"))) for row in history]
-    if drop < STILL_FALLING or not any(math.isfinite(s) for s in scores):
+    if drop < STILL_FALLING:
         return None
-    best = max(range(epochs), key=lambda i: scores[i] if math.isfinite(scores[i]) else -math.inf) + 1
+    if best_epoch is None:
+        scores = [float(row.get(metric, float("nan"))) for row in history]
+        if not any(math.isfinite(s) for s in scores):
+            return None
+        best_epoch = max(range(epochs), key=lambda i: scores[i] if math.isfinite(scores[i]) else -math.inf) + 1
+    best = best_epoch
     if best < epochs - max(1, round(LATE_BEST * epochs)) + 1:
         return None
     return (f"the run ended underfitted: the training loss still fell {drop:.0%} over the last {window} epochs and "

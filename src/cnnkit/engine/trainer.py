@@ -382,7 +382,8 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
             bad_epochs += 1
         rng_states = dist_utils.gather(_rng_state())
         if main:
-            epoch_meta = {**metadata, "epoch": epoch + 1, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+            epoch_meta = {**metadata, "epoch": epoch + 1, "primary_metric": task.primary_metric,
+                          "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             # written synchronously: on a 2-core CPU a writer thread slowed the next epoch more
             # than the write itself costs (measured with benchmarks/train_overhead.py)
             _write_epoch(run_dir, deployable_state(eval_model, getattr(task, "training_only", ())), {

@@ -20,7 +20,7 @@ class DetectConfig(TrainOptions):
     epochs: int = option(11, "number of epochs")
     batch: int = option(8, "global batch size (split across processes under torchrun)")
     imgsz: int = option(320, "longer image side after resize, in pixels (ssd/ssdlite: square side)")
-    lr: float = option(0.001, "peak learning rate")
+    lr: float | str = option(0.001, "peak learning rate, or auto: a learning-rate range test on the training data picks it before training (plot in plots/lr_find.png)")
     optimizer: str = option("adamw", "optimizer (AdamW learnt faster from scratch on the shapes benchmark)", ("adamw", "sgd"))
     weight_decay: float = option(1e-4, "weight decay (not applied to biases and norm layers)")
     precise_bn: int = option(16, "before each validation, recompute BatchNorm statistics over this many training batches "

@@ -25,7 +25,7 @@ class SegmentOptions(TrainOptions):
     batch: int = option(8, "global batch size (split across processes under torchrun)")
     imgsz: int = option(256, "training side in pixels (a multiple of 32): whole images are resized to it, or with --tile "
                         "windows of this size are cut at the images' own resolution")
-    lr: float = option(0.001, "peak learning rate")
+    lr: float | str = option(0.001, "peak learning rate, or auto: a learning-rate range test on the training data picks it before training (plot in plots/lr_find.png)")
     weight_decay: float = option(1e-4, "weight decay (not applied to biases and norm layers)")
     loss: str = option("ce_dice", "pixel loss: cross-entropy, Dice, their sum, or focal (segmentation_models_pytorch's Dice "
                        "and focal; pixels at --ignore-index left out)", ("ce", "dice", "ce_dice", "focal"))
