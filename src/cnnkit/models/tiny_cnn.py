@@ -56,6 +56,15 @@ class TinyCNN(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
+@register("tiny_cnn", task="classify", about="small VGG-style CNN for fast CPU runs (the demo)")
+def tiny_cnn(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> TinyCNN:
+    if pretrained:
+        from cnnkit.errors import CnnkitError
+
+        raise CnnkitError("tiny_cnn has no published weights", "drop --pretrained, or pass --weights FILE")
+    return TinyCNN(num_classes, in_chans)
+
+
 @register("small_cnn", task="classify", about="VGG-style CNN, four stages of 32-256 channels (1.2M parameters): the "
           "default for training from scratch on small images")
 def small_cnn(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> TinyCNN:
@@ -64,12 +73,3 @@ def small_cnn(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> 
 
         raise CnnkitError("small_cnn has no published weights", "drop --pretrained, or pass --weights FILE")
     return TinyCNN(num_classes, in_chans, widths=(32, 64, 128, 256))
-
-
-@register("tiny_cnn", task="classify", about="small VGG-style CNN for fast CPU runs (the demo)")
-def tiny_cnn(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> TinyCNN:
-    if pretrained:
-        from cnnkit.errors import CnnkitError
-
-        raise CnnkitError("tiny_cnn has no published weights", "drop --pretrained, or pass --weights FILE")
-    return TinyCNN(num_classes, in_chans)
