@@ -65,8 +65,9 @@ def plain_net(num_classes: int) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
 
 
-def plain_loop(root: Path, epochs: int, imgsz: int, seed: int) -> dict:
-    """The 25-line loop of the issue, with torchvision's ImageFolder and transforms."""
+def plain_loop(root: Path, epochs: int, imgsz: int, seed: int, model_name: str | None = None) -> dict:
+    """The 25-line loop of the issue, with torchvision's ImageFolder and transforms (``model_name``: a cnnkit
+    model in place of its network, to tell the model's share from the recipe's)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -79,7 +80,12 @@ def plain_loop(root: Path, epochs: int, imgsz: int, seed: int) -> dict:
     train = datasets.ImageFolder(root / "train", train_tf)
     test = datasets.ImageFolder(root / "test", test_tf)
     loader = DataLoader(train, batch_size=32, shuffle=True, num_workers=2, persistent_workers=True)
-    model = plain_net(len(train.classes))
+    if model_name:
+        from cnnkit.models.backbones import build_classifier
+
+        model = build_classifier(model_name, len(train.classes))
+    else:
+        model = plain_net(len(train.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
@@ -146,6 +152,7 @@ def main() -> None:
     parser.add_argument("--label", default="defaults", help="name of this cnnkit configuration in the results")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/recipes.jsonl"))
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_recipes"))
+    parser.add_argument("--plain-model", default=None, help="a cnnkit model in the plain loop (its label: plain:NAME)")
     args = parser.parse_args()
     settings = parse_settings(args.settings)
     names = args.datasets.split(",")
@@ -157,13 +164,13 @@ def main() -> None:
         root = dataset_root(name, args.imgsz)
         for seed in seeds:
             for method in ("plain", "cnnkit"):
-                label = "plain" if method == "plain" else args.label
+                label = ("plain" + (f":{args.plain_model}" if args.plain_model else "")) if method == "plain" else args.label
                 key = {"dataset": name, "seed": seed, "method": method, "label": label, "epochs": args.epochs, "imgsz": args.imgsz}
                 if (args.only and method != args.only) or any(all(r.get(k) == v for k, v in key.items()) for r in done):
                     continue
                 started = time.perf_counter()
                 if method == "plain":
-                    result = plain_loop(root, args.epochs, args.imgsz, seed)
+                    result = plain_loop(root, args.epochs, args.imgsz, seed, args.plain_model)
                 else:
                     out = args.runs / f"{name}_{label}_s{seed}_{int(time.time())}"
                     result = cnnkit_run(root, args.epochs, args.imgsz, seed, settings, out)

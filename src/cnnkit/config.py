@@ -53,7 +53,7 @@ class _Options:
             if getattr(self, name, None) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise CnnkitError(f"--{_flag(name)} must be between 0 and 1, got {getattr(self, name)}")
         for name in ("weight_decay", "momentum", "clip_grad", "warmup_epochs", "patience", "focal_gamma", "precise_bn"):
-            if getattr(self, name, 0) < 0:
+            if (getattr(self, name, 0) or 0) < 0:
                 raise CnnkitError(f"--{_flag(name)} must be 0 or more, got {getattr(self, name)}")
         for name in ("degrees", "translate", "scale", "brightness", "contrast", "saturation", "mixup", "cutmix"):
             if getattr(self, name, None) is not None and getattr(self, name) < 0:
@@ -104,7 +104,7 @@ class TrainOptions(_Options):
     momentum: float = option(0.9, "SGD momentum (AdamW beta1 is fixed at 0.9)")
     weight_decay: float = option(0.05, "weight decay (not applied to biases and norm layers)")
     scheduler: str = option("cosine", "learning-rate schedule after warm-up", ("cosine", "constant"))
-    warmup_epochs: float = option(1.0, "linear warm-up length in epochs")
+    warmup_epochs: float | None = option(1.0, "linear warm-up length in epochs (null in a YAML file: 30% of --epochs)")
     min_lr_ratio: float = option(0.01, "final learning rate as a fraction of --lr (cosine)")
     accumulate: int = option(1, "gradient accumulation steps per optimizer step")
     clip_grad: float = option(0.0, "clip the gradient norm to this value (0 = off)")

@@ -108,3 +108,14 @@ def test_reads_the_history_csv_a_run_writes(tmp_path):
     write_history(tmp_path / "history.csv", history)
     warning = underfit_warning(read_history(tmp_path / "history.csv"), "top1")
     assert warning is not None and "--epochs 24" in warning
+
+
+@pytest.mark.parametrize("accuracy, warns", [(0.52, True), (0.79, True), (0.81, False)])
+def test_a_classifier_that_does_not_fit_its_training_images_is_underfitted(accuracy, warns):
+    """A flat loss is not enough: the tiny_cnn run of the quality issue ended flat at loss 1.2, getting about half
+    of its training images right."""
+    history = [{"epoch": i + 1, "train_loss": 1.2, "train_accuracy": accuracy, "top1": 0.5} for i in range(20)]
+    warning = underfit_warning(history, "top1")
+    assert (warning is not None) is warns
+    if warns:
+        assert f"only {accuracy:.0%} of its own training images" in warning and "--epochs 40" in warning

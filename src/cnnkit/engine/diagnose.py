@@ -6,7 +6,8 @@ The rule, measured on the quality suite (docs/recipes.md): over the last quarter
 the training loss still fell by at least STILL_FALLING of its value, and the validation metric peaked in the
 last tenth of the run. Either alone is common in a finished run (the loss keeps creeping down as the
 learning rate anneals; a metric's best epoch lands late by chance); both together mean more epochs would
-have paid.
+have paid. A classifier also logs its accuracy on the training batches (train_accuracy): below
+FITS_TRAINING in the last epoch it has not fitted its own data, however flat the loss.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 STILL_FALLING = 0.15  # relative drop of the training loss over the last quarter of the run
 LATE_BEST = 0.1  # the best epoch within the last tenth of the run (and the last epoch at the least)
+FITS_TRAINING = 0.8  # a classifier that gets fewer of its own (augmented) training images right did not fit them
 
 
 def underfit_warning(history: list[dict[str, Any]], metric: str, best_epoch: int | None = None) -> str | None:
@@ -24,6 +26,11 @@ def underfit_warning(history: list[dict[str, Any]], metric: str, best_epoch: int
     epochs = len(history)
     if epochs < 4 or not all("train_loss" in row for row in history):
         return None
+    accuracy = float(history[-1].get("train_accuracy", "nan"))
+    if math.isfinite(accuracy) and accuracy < FITS_TRAINING:
+        return (f"the run ended underfitted: the model gets only {accuracy:.0%} of its own training images right in the "
+                f"last epoch; train longer (--epochs {2 * epochs}), with a higher learning rate (--lr auto runs a range "
+                f"test) or a larger model")
     window = max(3, epochs // 4)
     first, last = float(history[-window]["train_loss"]), float(history[-1]["train_loss"])
     if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:

@@ -9,6 +9,11 @@ import torch
 import torch.nn as nn
 
 
+# --warmup-epochs none: the warm-up takes this share of the run, as one-cycle's does (Smith & Topin 2017;
+# PyTorch's OneCycleLR pct_start): a long climb to a high peak rate was what a small CNN trained from
+# scratch needed on the quality suite (docs/recipes.md)
+WARMUP_SHARE = 0.3
+
 def param_groups(params: nn.Module | Iterable[tuple[str, nn.Parameter]], weight_decay: float, lr: float | None = None) -> list[dict]:
     """Decay conv/linear weights only: decaying biases and norm scales hurts accuracy for no gain.
     ``params`` is a model or (name, parameter) pairs; ``lr`` sets the groups' own rate."""

@@ -39,7 +39,7 @@ from cnnkit.engine.checkpoint import (
     save_state_dict,
     unwrap,
 )
-from cnnkit.engine.optim import build_optimizer, build_scheduler
+from cnnkit.engine.optim import WARMUP_SHARE, build_optimizer, build_scheduler
 
 
 class Task(Protocol):
@@ -286,7 +286,8 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
     optimizer = build_optimizer(raw_model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
                                 head=set(transfer.head) if transfer else None,
                                 backbone_lr_mult=transfer.backbone_lr_mult if transfer else 1.0)
-    scheduler = build_scheduler(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.scheduler, cfg.min_lr_ratio)
+    warmup_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else WARMUP_SHARE * cfg.epochs
+    scheduler = build_scheduler(optimizer, total_steps, int(warmup_epochs * steps_per_epoch), cfg.scheduler, cfg.min_lr_ratio)
     amp_dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
     ema = None

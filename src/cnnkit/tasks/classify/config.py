@@ -12,8 +12,16 @@ from cnnkit.errors import CnnkitError
 
 @dataclass
 class TrainConfig(TrainOptions):
-    """`classify train`: the shared options plus classification's loss, class-imbalance handling and batch mixing."""
+    """`classify train`: the shared options plus classification's loss, class-imbalance handling and batch mixing.
+    Its defaults (model, batch, lr, warm-up) are the recipe measured on the quality suite (docs/recipes.md)."""
 
+    model: str = option("small_cnn", "model name: small_cnn (four stages, 1.2M parameters), tiny_cnn (three, for the "
+                        "fastest runs), any timm model (resnet18, efficientnet_b0, …) or tv:NAME for torchvision")
+    batch: int = option(32, "global batch size (split across processes under torchrun)")
+    lr: float | str = option(0.003, "peak learning rate, or auto: a learning-rate range test on the training data picks "
+                             "it before training (plot in plots/lr_find.png)")
+    warmup_epochs: float | None = option(None, "linear warm-up length in epochs; default 30% of --epochs (one-cycle's "
+                                         "share: a long climb to the peak rate)")
     label_smoothing: float = option(0.0, "label smoothing for the cross-entropy loss")
     loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
                        ("ce", "focal"))

@@ -32,7 +32,12 @@ class ClassifyTask:
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels, _ = self.training_batch(batch)
-        return self.hard_loss(model(images) if self.head is None else self.head(images), labels)
+        logits = model(images) if self.head is None else self.head(images)
+        losses = self.hard_loss(logits, labels)
+        # how much of its own (augmented) training data the model gets right: far below 1 is underfitting
+        truth = labels.argmax(1) if labels.dim() > 1 else labels  # MixUp/CutMix: the larger share
+        losses["accuracy"] = (logits.detach().argmax(1) == truth).float().mean()
+        return losses
 
     def training_batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, None]:
         """(inputs, labels, None) as the loss sees them, MixUp/CutMix applied; None: every sample is scored."""

@@ -18,6 +18,11 @@ class DistillConfig(TrainConfig):
 
     model: str = option("tiny_cnn", "the student: tiny_cnn, any timm model or tv:NAME (--model and --student are one option)",
                         aliases=("--student",))
+    # distillation's figures (docs/distillation.md) were measured with these
+    batch: int = option(64, "global batch size (split across processes under torchrun)")
+    lr: float | str = option(0.002, "peak learning rate, or auto: a learning-rate range test on the training data picks "
+                             "it before training (plot in plots/lr_find.png)")
+    warmup_epochs: float | None = option(1.0, "linear warm-up length in epochs")
     teacher: str | None = option(None, "the teacher: weights/best.safetensors of a `cnnkit classify train` run on the same classes")
     temperature: float = option(4.0, "softmax temperature of the soft targets (higher: more of the teacher's dark knowledge)")
     alpha: float = option(0.9, "weight of the soft-target (KL) term; the true labels' cross-entropy gets 1 - alpha")

@@ -11,8 +11,15 @@ from cnnkit.tasks.classify.config import TrainConfig
 
 @dataclass
 class EmbedConfig(TrainConfig):
-    """`embed train`: the training options plus the embedding's size and metric-learning loss."""
+    """`embed train`: the training options plus the embedding's size and metric-learning loss (its model,
+    batch, lr and warm-up are the ones its retrieval figures were measured with, not classification's)."""
 
+    model: str = option("tiny_cnn", "model name: tiny_cnn, small_cnn, any timm model (resnet18, efficientnet_b0, …) or "
+                        "tv:NAME for torchvision")
+    batch: int = option(64, "global batch size (split across processes under torchrun)")
+    lr: float | str = option(0.002, "peak learning rate, or auto: a learning-rate range test on the training data picks "
+                             "it before training (plot in plots/lr_find.png)")
+    warmup_epochs: float | None = option(1.0, "linear warm-up length in epochs")
     dim: int = option(128, "embedding size (the projection after the backbone's pooled features)")
     loss: str = option("supcon", "metric-learning loss (pytorch-metric-learning): supervised contrastive, triplet with "
                        "semi-hard mining, multi-similarity with its miner, or contrastive pairs",
