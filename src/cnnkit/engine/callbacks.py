@@ -73,7 +73,7 @@ class EpochProgress:
             self._progress = None
         if not self.enabled:
             return
-        shown = [k for k in row if "loss" in k] + [metric]
+        shown = [k for k in row if "loss" in k or k == "train_accuracy"] + [metric]  # accuracy: a classifier's fit
         parts = [f"epoch {int(row['epoch'])}/{self.epochs}"] + [f"{k} {row[k]:.4f}" for k in shown if k in row]
         parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.0f} img/s", f"{row['time']:.1f}s"]
         console.print("  ".join(parts) + ("  [green]*best[/]" if best else ""), soft_wrap=True)
