@@ -159,7 +159,6 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.is_file() else []
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for name in names:
         root = dataset_root(name, args.imgsz)
         for seed in seeds:
