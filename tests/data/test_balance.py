@@ -90,3 +90,67 @@ def test_classify_recipe_wires_balancing():
     assert Counter(LABELS[i] for i in sampler) == {0: 5, 1: 5, 2: 5}
     task = CLASSIFY.make_task(replace(plain, balance="weights", loss="focal"), dataset, None)
     assert task.class_weights[2] > task.class_weights[0] and task.focal_gamma == 2.0
+
+
+def test_logit_adjustment_shifts_the_loss_by_the_class_prior():
+    from types import SimpleNamespace
+
+    from cnnkit.api import CLASSIFY
+
+    samples = [(f"{i}.png", label) for i, label in enumerate(LABELS)]
+    dataset = SimpleNamespace(classes=["a", "b", "c", "never"], splits={"train": samples})
+    task = CLASSIFY.make_task(replace(TrainConfig(), balance="logit_adjust"), dataset, None)
+    shares = np.array([100, 20, 5, 1]) / 126  # a class with no image counts as one
+    np.testing.assert_allclose(task.log_prior.numpy(), np.log(shares), rtol=1e-6)
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    expected = F.cross_entropy(logits + torch.log(torch.tensor(shares, dtype=torch.float32)), labels)
+    assert task.hard_loss(logits, labels)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert CLASSIFY.make_task(TrainConfig(), dataset, None).log_prior is None
+
+
+def test_logit_adjustment_recovers_the_rare_classes():
+    """Three overlapping Gaussian classes at 50:10:2 in training, balanced at test: a linear classifier
+    trained on the adjusted loss finds the rare classes that plain cross-entropy gives up on."""
+    from cnnkit.tasks.classify.task import ClassifyTask
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])
+
+    def draw(counts):
+        labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+        return centres[labels] + torch.randn(len(labels), 2, generator=generator), labels
+
+    train_x, train_y = draw([1000, 200, 40])
+    test_x, test_y = draw([500, 500, 500])
+    counts = torch.bincount(train_y).float()
+
+    def balanced_accuracy(task):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        for _ in range(300):
+            optimizer.zero_grad()
+            task.hard_loss(model(train_x), train_y)["loss"].backward()
+            optimizer.step()
+        predicted = model(test_x).argmax(1)
+        return float(np.mean([(predicted[test_y == c] == c).float().mean() for c in range(3)]))
+
+    plain = balanced_accuracy(ClassifyTask(["a", "b", "c"]))
+    adjusted = balanced_accuracy(ClassifyTask(["a", "b", "c"], log_prior=torch.log(counts / counts.sum())))
+    assert adjusted > plain + 0.1, (plain, adjusted)
+
+
+def test_auto_balance_adjusts_only_a_long_tail():
+    from types import SimpleNamespace
+
+    from cnnkit.api import CLASSIFY
+
+    def log_prior(labels):
+        samples = [(f"{i}.png", label) for i, label in enumerate(labels)]
+        dataset = SimpleNamespace(classes=["a", "b", "c"], splits={"train": samples})
+        return CLASSIFY.make_task(replace(TrainConfig(), balance="auto"), dataset, None).log_prior
+
+    assert log_prior([0] * 20 + [1] * 10 + [2] * 8) is None  # 2.5:1 is left alone
+    assert log_prior(LABELS) is not None  # 20:1
+    replace(EmbedConfig(), balance="auto").validate()  # embed balances its batches itself

@@ -298,6 +298,28 @@ def _class_weights(cfg: TrainConfig, dataset) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+# --balance auto adjusts the logits when the largest training class has at least this many times the
+# images of the smallest: the long tail where plain cross-entropy left rare classes at recall near 0
+AUTO_BALANCE_RATIO = 3.0
+
+
+def _log_prior(cfg: TrainConfig, dataset) -> torch.Tensor | None:
+    """--balance logit_adjust (or auto on an imbalanced training split): log of each class's share of the
+    training split (a class with no image counts as one, so that its log stays finite)."""
+    if cfg.balance not in ("logit_adjust", "auto"):
+        return None
+    counts = np.bincount([label for _, label in dataset.splits["train"]], minlength=len(dataset.classes)).astype(np.float64)
+    counts = np.maximum(counts, 1.0)
+    if cfg.balance == "auto":
+        ratio = counts.max() / counts.min()
+        if ratio < AUTO_BALANCE_RATIO:
+            return None
+        if dist_utils.is_main():
+            console.print(f"imbalanced training set (largest class {ratio:.0f}x the smallest): the loss adjusts the logits by "
+                          "the class shares, so rare classes are not given up (--balance auto; --balance none turns it off)")
+    return torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+
+
 def _balanced_sampler(cfg: TrainConfig, samples):
     from cnnkit.data.loaders import BalancedSampler
 
@@ -329,6 +351,7 @@ CLASSIFY = Recipe(
     task=TASK,
     build_model=lambda cfg, dataset: Built(build_classifier(cfg.model, len(dataset.classes), cfg.pretrained)),
     make_task=lambda cfg, dataset, model: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
+                                                         log_prior=_log_prior(cfg, dataset),
                                                          focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0,
                                                          mix=batch_mixer(spec_from_config(cfg), len(dataset.classes))),
     metadata=lambda cfg, dataset, model: {"class_names": dataset.classes, "num_classes": len(dataset.classes)},

@@ -26,11 +26,14 @@ class TrainConfig(TrainOptions):
     loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
                        ("ce", "focal"))
     focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
-    balance: str = option("none", "class imbalance: weights (loss weighted per class), oversample (every class as often "
-                          "as the largest, per epoch), undersample (every class cut to the smallest, a new subset "
-                          "each epoch), smote (the head alone, on SMOTE-balanced features of the frozen backbone: "
-                          "needs --backbone-from, --weights or --pretrained; no augmentation applies)",
-                          ("none", "weights", "oversample", "undersample", "smote"))
+    balance: str = option("none", "class imbalance: auto (logit_adjust when the largest training class has at least "
+                          "3x the images of the smallest, else none), logit_adjust (the loss sees each class's share of the training set, so "
+                          "the model predicts as if the classes were balanced; Menon et al. 2021), weights (loss weighted "
+                          "per class), oversample (every class as often as the largest, per epoch), undersample (every "
+                          "class cut to the smallest, a new subset each epoch), smote (the head alone, on SMOTE-balanced "
+                          "features of the frozen backbone: needs --backbone-from, --weights or --pretrained; no "
+                          "augmentation applies)",
+                          ("auto", "none", "logit_adjust", "weights", "oversample", "undersample", "smote"))
     class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
                                 "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
     mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")

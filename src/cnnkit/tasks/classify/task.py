@@ -22,6 +22,9 @@ class ClassifyTask:
     label_smoothing: float = 0.0
     primary_metric: str = "top1"
     class_weights: torch.Tensor | None = None  # [C], for --balance weights
+    # --balance logit_adjust: log of the training classes' shares [C], added to the logits in the loss only
+    # (Menon et al. 2021), so the raw logits the model learns are those of a balanced training set
+    log_prior: torch.Tensor | None = None
     focal_gamma: float = 0.0  # > 0: focal loss (--loss focal)
     # MixUp / CutMix over the batch (augment.batch_mixer): labels become class probabilities [B, C]
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -47,7 +50,10 @@ class ClassifyTask:
         return images, labels, None
 
     def hard_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": classification_loss(logits.float(), labels, self.class_weights, self.label_smoothing, self.focal_gamma)}
+        logits = logits.float()
+        if self.log_prior is not None:
+            logits = logits + self.log_prior.to(logits.device)
+        return {"loss": classification_loss(logits, labels, self.class_weights, self.label_smoothing, self.focal_gamma)}
 
     def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]

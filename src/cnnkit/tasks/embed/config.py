@@ -31,7 +31,7 @@ class EmbedConfig(TrainConfig):
 
     def validate(self) -> "EmbedConfig":
         super().validate()
-        if self.balance != "none":
+        if self.balance not in ("none", "auto"):  # auto: nothing to balance in a metric-learning loss
             raise CnnkitError(f"--balance {self.balance} is for classification", "embed train balances its batches with --per-class")
         if self.dim < 1:
             raise CnnkitError(f"--dim must be at least 1, got {self.dim}")
