@@ -153,7 +153,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/recipes.jsonl"))
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_recipes"))
     parser.add_argument("--plain-model", default=None, help="a cnnkit model in the plain loop (its label: plain:NAME)")
+    parser.add_argument("--summary", action="store_true", help="train nothing: print every configuration in --results "
+                        "(mean and worst test top-1 over the seeds, against the plain loop on the same seeds)")
     args = parser.parse_args()
+    if args.summary:
+        done = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.is_file() else []
+        summary(done, args.datasets.split(","), [int(s) for s in args.seeds.split(",")], args.epochs, args.imgsz)
+        return
     settings = parse_settings(args.settings)
     names = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -197,6 +203,22 @@ def report(rows: list[dict], names: list[str], seeds: list[int], epochs: int, im
         print(f"{name + tag:16} {mean['plain']['top1']:11.3f} {mean['cnnkit']['top1']:12.3f} "
               f"{mean['cnnkit']['top1'] / mean['plain']['top1']:6.2f} {worst:6.2f} {mean['plain']['macro_f1']:9.3f} "
               f"{mean['cnnkit']['macro_f1']:10.3f} {mean['cnnkit']['macro_f1'] / mean['plain']['macro_f1']:6.2f}")
+
+
+def summary(rows: list[dict], names: list[str], seeds: list[int], epochs: int, imgsz: int) -> None:
+    """Every configuration recorded for each dataset: its seeds, mean and worst test top-1, and the ratio to the
+    plain loop's mean over the same seeds (the experiments of docs/recipes.md)."""
+    print(f"test top-1, {epochs} epochs at {imgsz} px (mean and worst of the seeds {seeds} recorded)")
+    print(f"{'dataset':16} {'configuration':22} {'seeds':>5} {'mean':>6} {'worst':>6} {'vs plain':>8}")
+    for name in names:
+        picked = [r for r in rows if r["dataset"] == name and r["epochs"] == epochs and r["imgsz"] == imgsz and r["seed"] in seeds]
+        plain = {r["seed"]: r["top1"] for r in picked if r["label"] == "plain"}
+        for label in dict.fromkeys(r["label"] for r in picked):
+            top1 = {r["seed"]: r["top1"] for r in picked if r["label"] == label}
+            shared = [s for s in top1 if s in plain]
+            ratio = (f"{statistics.mean(top1[s] for s in shared) / statistics.mean(plain[s] for s in shared):8.2f}"
+                     if shared and label != "plain" else f"{'':8}")
+            print(f"{name:16} {label:22} {len(top1):5d} {statistics.mean(top1.values()):6.3f} {min(top1.values()):6.3f} {ratio}")
 
 
 if __name__ == "__main__":

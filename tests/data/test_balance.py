@@ -106,7 +106,7 @@ def test_logit_adjustment_shifts_the_loss_by_the_class_prior():
     logits, labels = torch.randn(8, 4), torch.randint(0, 4, (8,))
     expected = F.cross_entropy(logits + torch.log(torch.tensor(shares, dtype=torch.float32)), labels)
     assert task.hard_loss(logits, labels)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert CLASSIFY.make_task(TrainConfig(), dataset, None).log_prior is None
+    assert CLASSIFY.make_task(replace(TrainConfig(), balance="none"), dataset, None).log_prior is None
 
 
 def test_logit_adjustment_recovers_the_rare_classes():

@@ -172,8 +172,9 @@ def check_imagefolder(root: str | Path, progress: bool = True) -> CheckReport:
             report.imbalance_ratio[split] = ratio
             if IMBALANCE_WARN < ratio < math.inf:
                 report._add("warning", split_dirs[split],
-                            f"class imbalance {ratio:.1f}:1 in {split}; train with --balance weights, oversample or undersample "
-                            "(and --loss focal)")
+                            f"class imbalance {ratio:.1f}:1 in {split}; classify train's default --balance auto adjusts the "
+                            "logits for it (logit_adjust); --balance weights, oversample or undersample (and --loss focal) "
+                            "are the alternatives")
 
     # File pass: each file read once, hashed and decoded.
     jobs = [(split, path) for split, classes in per_split.items() for files in classes.values() for path in files]

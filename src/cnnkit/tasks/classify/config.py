@@ -13,11 +13,11 @@ from cnnkit.errors import CnnkitError
 @dataclass
 class TrainConfig(TrainOptions):
     """`classify train`: the shared options plus classification's loss, class-imbalance handling and batch mixing.
-    Its defaults (model, batch, lr, warm-up) are the recipe measured on the quality suite (docs/recipes.md)."""
+    Its defaults (model, batch, lr, warm-up, balance) are the recipe measured on the quality suite (docs/recipes.md)."""
 
     model: str = option("small_cnn", "model name: small_cnn (four stages, 1.2M parameters), tiny_cnn (three, for the "
                         "fastest runs), any timm model (resnet18, efficientnet_b0, …) or tv:NAME for torchvision")
-    batch: int = option(32, "global batch size (split across processes under torchrun)")
+    batch: int = option(16, "global batch size (split across processes under torchrun)")
     lr: float | str = option(0.003, "peak learning rate, or auto: a learning-rate range test on the training data picks "
                              "it before training (plot in plots/lr_find.png)")
     warmup_epochs: float | None = option(None, "linear warm-up length in epochs; default 30% of --epochs (one-cycle's "
@@ -26,7 +26,7 @@ class TrainConfig(TrainOptions):
     loss: str = option("ce", "classification loss: cross-entropy, or focal (down-weights easy examples; see --focal-gamma)",
                        ("ce", "focal"))
     focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
-    balance: str = option("none", "class imbalance: auto (logit_adjust when the largest training class has at least "
+    balance: str = option("auto", "class imbalance: auto (logit_adjust when the largest training class has at least "
                           "3x the images of the smallest, else none), logit_adjust (the loss sees each class's share of the training set, so "
                           "the model predicts as if the classes were balanced; Menon et al. 2021), weights (loss weighted "
                           "per class), oversample (every class as often as the largest, per epoch), undersample (every "
