@@ -65,9 +65,10 @@ def plain_net(num_classes: int) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
 
 
-def plain_loop(root: Path, epochs: int, imgsz: int, seed: int, model_name: str | None = None) -> dict:
+def plain_loop(root: Path, epochs: int, imgsz: int, seed: int, model_name: str | None = None, augment: str = "torchvision") -> dict:
     """The 25-line loop of the issue, with torchvision's ImageFolder and transforms (``model_name``: a cnnkit
-    model in place of its network, to tell the model's share from the recipe's)."""
+    model in place of its network, to tell the model's share from the recipe's; ``augment="cnnkit"``: the same
+    operations from cnnkit's own augmentation pipeline, to tell the pipeline's share)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -77,6 +78,11 @@ def plain_loop(root: Path, epochs: int, imgsz: int, seed: int, model_name: str |
                                    transforms.RandomRotation(15), transforms.ColorJitter(0.3, 0.3, 0.3),
                                    transforms.ToTensor(), norm])
     test_tf = transforms.Compose([transforms.Resize((imgsz, imgsz)), transforms.ToTensor(), norm])
+    if augment == "cnnkit":
+        from cnnkit.augment.presets import augment_spec, classify_transforms
+
+        train_tf = classify_transforms(imgsz, True, augment_spec("none", fliplr=0.5, degrees=15, brightness=0.3,
+                                                                 contrast=0.3, saturation=0.3))
     train = datasets.ImageFolder(root / "train", train_tf)
     test = datasets.ImageFolder(root / "test", test_tf)
     loader = DataLoader(train, batch_size=32, shuffle=True, num_workers=2, persistent_workers=True)
@@ -153,6 +159,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/recipes.jsonl"))
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_recipes"))
     parser.add_argument("--plain-model", default=None, help="a cnnkit model in the plain loop (its label: plain:NAME)")
+    parser.add_argument("--plain-augment", choices=("torchvision", "cnnkit"), default="torchvision",
+                        help="the plain loop's flip, rotation and jitter from torchvision or from cnnkit's pipeline "
+                        "(its label: plain:cnnkit-augment)")
     parser.add_argument("--summary", action="store_true", help="train nothing: print every configuration in --results "
                         "(mean and worst test top-1 over the seeds, against the plain loop on the same seeds)")
     args = parser.parse_args()
@@ -169,13 +178,14 @@ def main() -> None:
         root = dataset_root(name, args.imgsz)
         for seed in seeds:
             for method in ("plain", "cnnkit"):
-                label = ("plain" + (f":{args.plain_model}" if args.plain_model else "")) if method == "plain" else args.label
+                label = ("plain" + (f":{args.plain_model}" if args.plain_model else "")
+                         + (":cnnkit-augment" if args.plain_augment == "cnnkit" else "")) if method == "plain" else args.label
                 key = {"dataset": name, "seed": seed, "method": method, "label": label, "epochs": args.epochs, "imgsz": args.imgsz}
                 if (args.only and method != args.only) or any(all(r.get(k) == v for k, v in key.items()) for r in done):
                     continue
                 started = time.perf_counter()
                 if method == "plain":
-                    result = plain_loop(root, args.epochs, args.imgsz, seed, args.plain_model)
+                    result = plain_loop(root, args.epochs, args.imgsz, seed, args.plain_model, args.plain_augment)
                 else:
                     out = args.runs / f"{name}_{label}_s{seed}_{int(time.time())}"
                     result = cnnkit_run(root, args.epochs, args.imgsz, seed, settings, out)
