@@ -195,14 +195,11 @@ def cnnkit_run(root: Path, epochs: int, imgsz: int, seed: int, settings: dict, o
 # ------------------------------------------------------------------------------------------------ main
 
 def parse_settings(pairs: list[str]) -> dict:
-    settings = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
-    return settings
+    """--set key=value pairs, values read as JSON where they parse (the same as recipes.py's)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from recipes import parse_settings as parse
+
+    return parse(pairs)
 
 
 def read_results(path: Path) -> list[dict]:
