@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import statistics
 import sys
@@ -43,6 +42,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipes import parse_settings, read_results, record_row  # noqa: E402  (the classification half's result file)
 
 SUITE = {"shapes": ("shapes", "detect"), "cells": ("cells", None)}  # name -> (synth kind, --task)
 HELD_OUT = ("cells",)
@@ -194,18 +196,6 @@ def cnnkit_run(root: Path, epochs: int, imgsz: int, seed: int, settings: dict, o
 
 # ------------------------------------------------------------------------------------------------ main
 
-def parse_settings(pairs: list[str]) -> dict:
-    """--set key=value pairs, values read as JSON where they parse (the same as recipes.py's)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from recipes import parse_settings as parse
-
-    return parse(pairs)
-
-
-def read_results(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def is_done(rows: list[dict], key: dict) -> bool:
     return any(all(r.get(k) == v for k, v in key.items()) for r in rows)
 
@@ -248,10 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                     result = cnnkit_run(root, args.epochs, args.imgsz, seed, settings, out)
                 row = {**key, "settings": settings if method == "cnnkit" else {}, **result,
                        "seconds": round(time.perf_counter() - started, 1), "date": time.strftime("%Y-%m-%d")}
-                print(json.dumps(row), file=sys.stderr)
-                with args.results.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done.append(row)
+                record_row(args.results, row, done)
     report(done, names, seeds, args.n, args.epochs, args.imgsz, args.label)
 
 

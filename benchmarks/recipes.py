@@ -136,6 +136,20 @@ def cnnkit_run(root: Path, epochs: int, imgsz: int, seed: int, settings: dict, o
 
 # ------------------------------------------------------------------------------------------------ main
 
+def read_results(path: Path) -> list[dict]:
+    """The rows of a results file (JSON lines), none when it does not exist yet."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def record_row(path: Path, row: dict, done: list[dict]) -> None:
+    """Print a finished run and append it to the results file (and to ``done``) at once, so a suite stopped
+    half-way keeps every run it finished."""
+    print(json.dumps(row), file=sys.stderr)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    done.append(row)
+
+
 def parse_settings(pairs: list[str]) -> dict:
     settings = {}
     for pair in pairs:
@@ -166,14 +180,13 @@ def main() -> None:
                         "(mean and worst test top-1 over the seeds, against the plain loop on the same seeds)")
     args = parser.parse_args()
     if args.summary:
-        done = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.is_file() else []
-        summary(done, args.datasets.split(","), [int(s) for s in args.seeds.split(",")], args.epochs, args.imgsz)
+        summary(read_results(args.results), args.datasets.split(","), [int(s) for s in args.seeds.split(",")], args.epochs, args.imgsz)
         return
     settings = parse_settings(args.settings)
     names = args.datasets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    done = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.is_file() else []
+    done = read_results(args.results)
     for name in names:
         root = dataset_root(name, args.imgsz)
         for seed in seeds:
@@ -191,10 +204,7 @@ def main() -> None:
                     result = cnnkit_run(root, args.epochs, args.imgsz, seed, settings, out)
                 row = {**key, "settings": settings if method == "cnnkit" else {}, **result,
                        "seconds": round(time.perf_counter() - started, 1), "date": time.strftime("%Y-%m-%d")}
-                print(json.dumps(row), file=sys.stderr)
-                with args.results.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done.append(row)
+                record_row(args.results, row, done)
     report(done, names, seeds, args.epochs, args.imgsz, args.label)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, batch_mixer, classify_transforms, spec_from_config
-from cnnkit.tasks.classify.config import TrainConfig
+from cnnkit.tasks.classify.config import AUTO_BALANCE_RATIO, TrainConfig
 from cnnkit.console import Skips, console
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.images import is_image_file, load_image
@@ -296,11 +296,6 @@ def _class_weights(cfg: TrainConfig, dataset) -> torch.Tensor | None:
         console.print("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(dataset.classes[:12], weights))
                       + (" …" if len(dataset.classes) > 12 else ""))
     return torch.tensor(weights, dtype=torch.float32)
-
-
-# --balance auto adjusts the logits when the largest training class has at least this many times the
-# images of the smallest: the long tail where plain cross-entropy left rare classes at recall near 0
-AUTO_BALANCE_RATIO = 3.0
 
 
 def _log_prior(cfg: TrainConfig, dataset) -> torch.Tensor | None:

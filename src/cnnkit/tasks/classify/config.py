@@ -10,6 +10,12 @@ from cnnkit.config import TrainOptions, option
 from cnnkit.errors import CnnkitError
 
 
+# --balance auto adjusts the logits when the largest training class has at least this many times the
+# images of the smallest: the long tail where plain cross-entropy left rare classes at recall near 0
+# (objects_lt, 10:1, docs/recipes.md; the threshold itself is a judgement, no suite dataset sits near it)
+AUTO_BALANCE_RATIO = 3.0
+
+
 @dataclass
 class TrainConfig(TrainOptions):
     """`classify train`: the shared options plus classification's loss, class-imbalance handling and batch mixing.
@@ -27,7 +33,7 @@ class TrainConfig(TrainOptions):
                        ("ce", "focal"))
     focal_gamma: float = option(2.0, "focusing exponent of --loss focal (0 = cross-entropy)")
     balance: str = option("auto", "class imbalance: auto (logit_adjust when the largest training class has at least "
-                          "3x the images of the smallest, else none), logit_adjust (the loss sees each class's share of the training set, so "
+                          f"{AUTO_BALANCE_RATIO:g}x the images of the smallest, else none), logit_adjust (the loss sees each class's share of the training set, so "
                           "the model predicts as if the classes were balanced; Menon et al. 2021), weights (loss weighted "
                           "per class), oversample (every class as often as the largest, per epoch), undersample (every "
                           "class cut to the smallest, a new subset each epoch), smote (the head alone, on SMOTE-balanced "
