@@ -92,12 +92,12 @@ def test_shared_options_reach_the_command(tmp_path, monkeypatch):
     monkeypatch.setattr(Classifier, "load", classmethod(lambda cls, weights: Fake()))
     weights = tmp_path / "w.safetensors"
     done = run_cnnkit_here("classify", "val", "--weights", str(weights), "--device", "cpu", "--workers", "0", "--batch", "3",
-                           "--split", "test", "--out", str(tmp_path / "v"))
+                           "--split", "test", "--out", str(tmp_path / "v"), "--tta", "none")
     assert done.returncode == 0, done.stderr
     done = run_cnnkit_here("classify", "val", "--weights", str(weights))
     assert done.returncode == 0, done.stderr
-    assert calls == [("digits", dict(split="test", out=tmp_path / "v", batch=3, device="cpu", workers=0)),
-                     ("digits", dict(split="val", out=None, batch=64, device="auto", workers=2))]
+    assert calls == [("digits", dict(split="test", out=tmp_path / "v", batch=3, device="cpu", workers=0, tta="none")),
+                     ("digits", dict(split="val", out=None, batch=64, device="auto", workers=2, tta="auto"))]
 
 
 @pytest.mark.parametrize("args, message", [

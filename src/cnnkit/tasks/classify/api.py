@@ -54,6 +54,7 @@ class Classifier:
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
         self.cost: tuple[int | None, float | None] = (None, None)  # (parameters, GFLOPs) where the weights record them
+        self.tta = "none"  # test-time augmentation the weights ask for (--tta): flip or none
         if self.class_names:
             self.model = build_classifier(model, len(self.class_names), pretrained)
 
@@ -68,6 +69,7 @@ class Classifier:
         clf.class_names = meta["class_names"]
         clf.mean, clf.std = tuple(meta["mean"]), tuple(meta["std"])
         clf.intensity = IntensitySpec.from_dict(meta.get("intensity"), missing=BEFORE_RECORD)
+        clf.tta = meta.get("tta", "none")  # weights saved before --tta predict one view
         return adopt_model_file(clf, file)
 
     # ---------------------------------------------------------------- train
@@ -81,26 +83,30 @@ class Classifier:
 
     # ---------------------------------------------------------------- val
     def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 64,
-            device: str = "auto", workers: int = 2) -> dict[str, Any]:
-        """Metrics, plots and report.html of the model on one split of a dataset, written into ``out``."""
+            device: str = "auto", workers: int = 2, tta: str = "auto") -> dict[str, Any]:
+        """Metrics, plots and report.html of the model on one split of a dataset, written into ``out``
+        (``tta``: flip, none, or auto = what the weights record)."""
         model = self._require_model()
+        flip = self._flip(tta)
         samples = self._split_samples(data, split)
         out_dir = beside_run(out, self.weights_path, TASK)
         dev = dist_utils.select_device(device)
-        metrics, outputs = _evaluate_split(model, self, samples, batch, workers, dev)
+        metrics, outputs = _evaluate_split(model, self, samples, batch, workers, dev, flip)
         paths = classify.draw(outputs, self.class_names, [p for p, _ in samples], out_dir / "plots", prefix=split)
-        metrics = {"split": split, **metrics}
+        metrics = {"split": split, "tta": "flip" if flip else "none", **metrics}
         publish(out_dir, f"cnnkit classify val: {self.model_name} on {data} ({split})",
-                {"weights": str(self.weights_path), "data": str(data), "split": split}, metrics, paths,
+                {"weights": str(self.weights_path), "data": str(data), "split": split, "tta": metrics["tta"]}, metrics, paths,
                 f"{split}: top1 {metrics['top1']:.4f}  macro_f1 {metrics['macro_f1']:.4f}")
         return metrics
 
     # ---------------------------------------------------------------- predict
     @torch.no_grad()
     def predict(self, sources: Iterable[str | Path] | str | Path, topk: int = 5, batch: int = 32,
-                device: str = "auto") -> list[dict[str, Any]]:
-        """[{"file", "label", "score", "topk": [[label, score], …]}] for images, folders and globs."""
+                device: str = "auto", tta: str = "auto") -> list[dict[str, Any]]:
+        """[{"file", "label", "score", "topk": [[label, score], …]}] for images, folders and globs (``tta``:
+        flip, none, or auto = what the weights record)."""
         model = self._require_model()
+        flip = self._flip(tta)
         files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
         dev = dist_utils.select_device(device)
         model.to(dev).eval()
@@ -109,7 +115,8 @@ class Classifier:
         results: list[dict[str, Any]] = []
         for chunk in read_in_batches(files, batch, lambda path: load_image(path, self.intensity), "classify"):
             if chunk:
-                probs = torch.softmax(model(torch.stack([transform(image) for _, image in chunk]).to(dev)).float(), dim=1).cpu()
+                images = torch.stack([transform(image) for _, image in chunk]).to(dev)
+                probs = torch.softmax(classify.predict_logits(model, images, flip), dim=1).cpu()
                 scores, indices = probs.topk(k, dim=1)
                 for (index, _), s, idx in zip(chunk, scores.tolist(), indices.tolist()):
                     results.append({"file": str(files[index][0]), "label": self.class_names[idx[0]], "score": s[0],
@@ -188,7 +195,7 @@ class Classifier:
         samples = self._split_samples(data, split)
         out_dir = beside_run(out, self.weights_path, TASK, "robustness")
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
-        target = rb.engine_target(classify.ClassifyTask(self.class_names), model, samples, transform, batch, workers,
+        target = rb.engine_target(classify.ClassifyTask(self.class_names, flip_tta=self._flip("auto")), model, samples, transform, batch, workers,
                                   dist_utils.select_device(device), self.intensity)
         result = rb.evaluate_robustness(target, chosen, severities, seed)
         result.update({"weights": str(self.weights_path), "data": str(data), "split": split})
@@ -231,6 +238,12 @@ class Classifier:
         dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
         return _remap_labels(split_samples(data, dataset.splits, split), dataset.classes, self.class_names, data)
 
+    def _flip(self, tta: str) -> bool:
+        """Whether to average each image's logits with its mirror image's: ``tta`` flip or none, auto = the weights'."""
+        if tta not in ("auto", "flip", "none"):
+            raise CnnkitError(f"unknown --tta {tta!r}", "valid: auto (what the weights record), flip, none")
+        return (self.tta if tta == "auto" else tta) == "flip"
+
     def _require_model(self) -> nn.Module:
         if self.model is None:
             raise CnnkitError("this Classifier has no weights yet", "train it first or use Classifier.load(FILE)")
@@ -260,10 +273,10 @@ def _remap_labels(samples, data_classes: list[str], model_classes: list[str], da
     return [(path, index[data_classes[label]]) for path, label in samples]
 
 
-def _evaluate_split(model, clf: Classifier, samples, batch: int, workers: int, device: torch.device):
+def _evaluate_split(model, clf: Classifier, samples, batch: int, workers: int, device: torch.device, flip: bool):
     dataset = ImageDataset(samples, classify_transforms(clf.imgsz, train=False, mean=clf.mean, std=clf.std), clf.intensity)
     loader = make_loader(dataset, batch, workers, False, 0, collate_skipping_none, device)
-    task = classify.ClassifyTask(clf.class_names)
+    task = classify.ClassifyTask(clf.class_names, flip_tta=flip)
     return evaluate(task, model.to(device), loader, device)
 
 
@@ -272,7 +285,7 @@ def finish_run(cfg: TrainConfig, run_dir: Path, dataset, device: torch.device) -
     best = Classifier.load(run_dir / "weights" / "best.safetensors")
 
     def evaluate_split(split: str, samples) -> tuple[dict[str, Any], list[Path]]:
-        split_metrics, outputs = _evaluate_split(best.model, best, samples, cfg.batch, cfg.workers, device)
+        split_metrics, outputs = _evaluate_split(best.model, best, samples, cfg.batch, cfg.workers, device, best.tta == "flip")
         return split_metrics, classify.draw(outputs, dataset.classes, [p for p, _ in samples], run_dir / "plots", prefix=split)
 
     teacher = getattr(cfg, "teacher", None)
@@ -296,6 +309,12 @@ def _class_weights(cfg: TrainConfig, dataset) -> torch.Tensor | None:
         console.print("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(dataset.classes[:12], weights))
                       + (" …" if len(dataset.classes) > 12 else ""))
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def flip_tta(cfg: TrainConfig) -> bool:
+    """--tta: flip, none, or auto = flip when the training augmentation mirrors images (the model learnt that a
+    mirror image has the same label, so the mean of both views' logits is a second opinion at no risk)."""
+    return cfg.tta == "flip" or (cfg.tta == "auto" and spec_from_config(cfg).fliplr > 0)
 
 
 def _log_prior(cfg: TrainConfig, dataset) -> torch.Tensor | None:
@@ -348,8 +367,10 @@ CLASSIFY = Recipe(
     make_task=lambda cfg, dataset, model: classify.ClassifyTask(dataset.classes, cfg.label_smoothing, class_weights=_class_weights(cfg, dataset),
                                                          log_prior=_log_prior(cfg, dataset),
                                                          focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0,
-                                                         mix=batch_mixer(spec_from_config(cfg), len(dataset.classes))),
-    metadata=lambda cfg, dataset, model: {"class_names": dataset.classes, "num_classes": len(dataset.classes)},
+                                                         mix=batch_mixer(spec_from_config(cfg), len(dataset.classes)),
+                                                         flip_tta=flip_tta(cfg)),
+    metadata=lambda cfg, dataset, model: {"class_names": dataset.classes, "num_classes": len(dataset.classes),
+                                          "tta": "flip" if flip_tta(cfg) else "none"},
     finish=finish_run,
     train_sampler=lambda cfg, samples: _balanced_sampler(cfg, samples),
     train_on_features=_smote_training,

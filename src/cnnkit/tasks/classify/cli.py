@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,6 +15,9 @@ from cnnkit.errors import CnnkitError
 app = typer.Typer(help="Image classification: train, val, predict.", no_args_is_help=True)
 
 Weights = weights_option("classify")
+Tta = Annotated[str, typer.Option("--tta", help="test-time augmentation: auto (what the weights record: flip when "
+                                  "training mirrored images), flip (the mean of the logits of each image and its mirror "
+                                  "image), none")]
 
 
 @config_command(app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")
@@ -34,11 +37,12 @@ def classify_val(
     batch: Batch = 64,
     device: Device = "auto",
     workers: Workers = 2,
+    tta: Tta = "auto",
 ) -> None:
     """Evaluate weights on a dataset split: metrics.json, plots and report.html."""
     from cnnkit.tasks.classify.api import Classifier
 
-    Classifier.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers)
+    Classifier.load(weights).val(data, split=split, out=out, batch=batch, device=device, workers=workers, tta=tta)
 
 
 @app.command("predict")
@@ -51,6 +55,7 @@ def classify_predict(
     batch: Batch = 32,
     device: Device = "auto",
     save_json: Optional[Path] = typer.Option(None, "--save-json", help='write [{"file","label","score","topk"}] to this file'),
+    tta: Tta = "auto",
 ) -> None:
     """Classify images and print a table (and JSON with --save-json)."""
     from rich.console import Console
@@ -60,7 +65,7 @@ def classify_predict(
     from cnnkit.console import console
     from cnnkit.engine.rundir import write_json
 
-    results = Classifier.load(weights).predict(sources, topk=topk, batch=batch, device=device)
+    results = Classifier.load(weights).predict(sources, topk=topk, batch=batch, device=device, tta=tta)
     table = Table("label", "score", f"top-{topk}", "file")
     for r in results:
         table.add_row(r["label"], f"{r['score']:.3f}", ", ".join(f"{l} {s:.2f}" for l, s in r["topk"][1:]), r["file"])

@@ -24,7 +24,7 @@ class TrainConfig(TrainOptions):
     model: str = option("small_cnn", "model name: small_cnn (four stages, 1.2M parameters), tiny_cnn (three, for the "
                         "fastest runs), any timm model (resnet18, efficientnet_b0, …) or tv:NAME for torchvision")
     batch: int = option(16, "global batch size (split across processes under torchrun)")
-    lr: float | str = option(0.003, "peak learning rate, or auto: a learning-rate range test on the training data picks "
+    lr: float | str = option(0.002, "peak learning rate, or auto: a learning-rate range test on the training data picks "
                              "it before training (plot in plots/lr_find.png)")
     warmup_epochs: float | None = option(None, "linear warm-up length in epochs; default 30% of --epochs (one-cycle's "
                                          "share: a long climb to the peak rate)")
@@ -40,6 +40,10 @@ class TrainConfig(TrainOptions):
                           "features of the frozen backbone: needs --backbone-from, --weights or --pretrained; no "
                           "augmentation applies)",
                           ("auto", "none", "logit_adjust", "weights", "oversample", "undersample", "smote"))
+    tta: str = option("auto", "test-time augmentation whenever the model predicts (validation, test, val, predict): flip = "
+                      "the mean of the logits of each image and its mirror image (twice the inference); auto = flip "
+                      "when training mirrors images (--fliplr above 0, as every preset but none does), else none; "
+                      "recorded in the weights, `val` and `predict` take --tta to override it", ("auto", "flip", "none"))
     class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
                                 "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
     mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")

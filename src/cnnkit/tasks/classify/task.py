@@ -32,6 +32,7 @@ class ClassifyTask:
     # features [B, D] of the frozen backbone and only this layer runs on them; eval_step still runs the
     # whole model on images, so validation and the saved weights are the real classifier
     head: nn.Module | None = None
+    flip_tta: bool = False  # evaluate on the mean logits of each image and its mirror image (--tta flip)
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels, _ = self.training_batch(batch)
@@ -57,13 +58,20 @@ class ClassifyTask:
 
     def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
-        out = {"logits": model(images).float(), "labels": labels}
+        out = {"logits": predict_logits(model, images, self.flip_tta), "labels": labels}
         if len(batch) > 2:
             out["index"] = batch[2]
         return out
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         return classification_metrics(outputs["logits"], outputs["labels"], self.class_names)
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
+    """The model's logits [B, C] (float32); ``flip``: the mean of the logits of the images and of their mirror
+    images, the test-time augmentation of fast CIFAR training (airbench) for a model trained with flips."""
+    logits = model(images).float()
+    return (logits + model(images.flip(-1)).float()) / 2 if flip else logits
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,

@@ -1,0 +1,76 @@
+"""Flip test-time augmentation (--tta): the logits of an image and its mirror image, averaged, wherever a
+classifier trained with mirrored images predicts (validation, test, val, predict)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from cnnkit import Classifier
+from cnnkit.augment.presets import classify_transforms
+from cnnkit.data.images import load_image
+from cnnkit.errors import CnnkitError
+from cnnkit.models.backbones import build_classifier
+from cnnkit.tasks.classify.api import flip_tta
+from cnnkit.tasks.classify.config import TrainConfig
+from cnnkit.tasks.classify.task import ClassifyTask, predict_logits
+from cnnkit.tasks.embed.config import EmbedConfig
+
+
+def test_flip_logits_are_the_mean_of_both_views_and_mirror_invariant():
+    torch.manual_seed(0)
+    model = build_classifier("tiny_cnn", 4).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        both = predict_logits(model, x, flip=True)
+        torch.testing.assert_close(both, (model(x) + model(x.flip(-1))) / 2)
+        torch.testing.assert_close(predict_logits(model, x.flip(-1), flip=True), both)  # a mirror image: same answer
+        assert not torch.allclose(predict_logits(model, x, flip=False), both)
+        out = ClassifyTask(["a", "b", "c", "d"], flip_tta=True).eval_step(model, (x, torch.zeros(3, dtype=torch.long)))
+    torch.testing.assert_close(out["logits"], both)
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, True),                                  # every preset but none mirrors images
+    ({"fliplr": 0.0}, False),                    # digits, text: a mirror image is another thing
+    ({"augment": "none"}, False),
+    ({"augment": "none", "tta": "flip"}, True),  # asked for
+    ({"tta": "none"}, False),
+])
+def test_auto_follows_the_training_flips(options, expected):
+    assert flip_tta(TrainConfig(data="digits", **options).validate()) is expected
+
+
+def test_embed_refuses_flip():
+    with pytest.raises(CnnkitError, match="--tta flip is for classification"):
+        EmbedConfig(data="digits", tta="flip").validate()
+
+
+@pytest.mark.slow
+def test_weights_record_it_and_val_and_predict_follow(digits_root, tmp_path):
+    run = Classifier("tiny_cnn", imgsz=16).train("digits", epochs=1, imgsz=16, batch=64, workers=0, out=str(tmp_path / "run"))
+    weights = tmp_path / "run" / "weights" / "best.safetensors"
+    with safe_open(str(weights), "pt") as handle:
+        assert json.loads(handle.metadata()["tta"]) == "flip"  # the default preset mirrors images
+    clf = Classifier.load(weights)
+    assert clf.tta == "flip"
+
+    # the run's own test figure is what `val` gives with the weights' choice, and differs without it
+    test = clf.val("digits", split="test", out=tmp_path / "val", workers=0)
+    assert test["tta"] == "flip" and test["top1"] == pytest.approx(run.metrics["test"]["top1"], abs=1e-6)
+    single = clf.val("digits", split="test", out=tmp_path / "val1", workers=0, tta="none")
+    assert single["tta"] == "none"
+
+    image = sorted((digits_root / "test" / "3").glob("*.png"))[0]
+    x = classify_transforms(16, False, mean=clf.mean, std=clf.std)(load_image(image))[None]
+    with torch.no_grad():
+        expected = torch.softmax((clf.model(x) + clf.model(x.flip(-1))) / 2, 1)[0]
+        one_view = torch.softmax(clf.model(x), 1)[0]
+    flipped, plain = clf.predict(image, topk=10)[0], clf.predict(image, topk=10, tta="none")[0]
+    assert dict(flipped["topk"]) == pytest.approx({clf.class_names[i]: float(p) for i, p in enumerate(expected)}, abs=1e-5)
+    assert dict(plain["topk"]) == pytest.approx({clf.class_names[i]: float(p) for i, p in enumerate(one_view)}, abs=1e-5)
+    with pytest.raises(CnnkitError, match="unknown --tta"):
+        clf.predict(image, tta="rotate")
