@@ -58,7 +58,7 @@ def test_weights_record_it_and_val_and_predict_follow(digits_root, tmp_path):
     clf = Classifier.load(weights)
     assert clf.tta == "flip"
 
-    # the run's own test figure is what `val` gives with the weights' choice, and differs without it
+    # the run's own test figure is what `val` gives with the weights' choice; --tta none is reported as such
     test = clf.val("digits", split="test", out=tmp_path / "val", workers=0)
     assert test["tta"] == "flip" and test["top1"] == pytest.approx(run.metrics["test"]["top1"], abs=1e-6)
     single = clf.val("digits", split="test", out=tmp_path / "val1", workers=0, tta="none")
