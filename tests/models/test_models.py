@@ -19,7 +19,7 @@ from cnnkit.models.detectors import build_detector, parse_model
 from cnnkit.models.segmenters import build_segmenter, parse_segmenter
 from conftest import run_cli
 
-NAMES = ["tiny_cnn", "resnet18", "mobilenetv3_small", "efficientnet_b0", "densenet121", "vgg11", "tv:resnet18"]
+NAMES = ["tiny_cnn", "small_cnn", "resnet18", "mobilenetv3_small", "efficientnet_b0", "densenet121", "vgg11", "tv:resnet18"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -121,6 +121,24 @@ SIDE = {"pan": 128}  # smp's PAN pools its stride-32 map three more times (featu
 # test_ssd_vgg_builds_at_its_size builds and runs it at its size, so this walk leaves it to that test
 BUILT_ELSEWHERE = {"ssd"}
 REGISTERED = [n for n in registry.MODELS if n not in BUILT_ELSEWHERE]
+
+
+def test_small_cnn_pools_average_and_max_side_by_side():
+    """small_cnn's head sees the average and the maximum of each of its 256 channels (timm's catavgmax), so
+    feature extraction and embedders get 512 features; tiny_cnn keeps plain average pooling."""
+    torch.manual_seed(0)
+    net = build_classifier("small_cnn", 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features = net.forward_features(x)
+        pooled = net.forward_head(features, pre_logits=True)
+        assert torch.allclose(pooled, torch.cat([features.mean((2, 3)), features.amax((2, 3))], 1))
+        assert net.num_features == 512 and net.fc.in_features == 512
+        assert build_classifier("small_cnn", 0).eval()(x).shape == (2, 512)
+        tiny = build_classifier("tiny_cnn", 3).eval()
+        assert tiny.num_features == 128
+        assert torch.allclose(tiny.forward_head(tiny.forward_features(x), pre_logits=True),
+                              tiny.forward_features(x).mean((2, 3)))
 
 
 def test_every_family_is_registered():

@@ -20,13 +20,16 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class TinyCNN(nn.Module):
-    """Three conv stages (each two 3x3 convs, BN, ReLU, then 2x2 max-pool), global average pool, linear head.
+    """Conv stages (each two 3x3 convs, BN, ReLU, then 2x2 max-pool), a global pool, linear head.
 
-    Follows timm's interface where it is cheap to: ``forward_features``, ``forward_head``,
-    ``num_features`` and ``reset_classifier``, so feature extraction treats it like any timm model.
+    ``global_pool`` is timm's pool type: ``avg``, or ``catavgmax`` (average and max pooling side by side,
+    fast.ai's concat pooling, which doubles ``num_features``). Follows timm's interface where it is cheap
+    to: ``forward_features``, ``forward_head``, ``num_features`` and ``reset_classifier``, so feature
+    extraction treats it like any timm model.
     """
 
-    def __init__(self, num_classes: int, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.1):
+    def __init__(self, num_classes: int, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.1,
+                 global_pool: str = "avg"):
         super().__init__()
         stages: list[nn.Module] = []
         cin = in_chans
@@ -34,16 +37,18 @@ class TinyCNN(nn.Module):
             stages += [_block(cin, width), nn.MaxPool2d(2)]
             cin = width
         self.features = nn.Sequential(*stages)
-        self.num_features = cin
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        from timm.layers import SelectAdaptivePool2d
+
+        self.pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.num_features = cin * self.pool.feat_mult()
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x).flatten(1)
+        x = self.pool(x)
         return x if pre_logits else self.fc(self.drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,11 +70,11 @@ def tiny_cnn(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> T
     return TinyCNN(num_classes, in_chans)
 
 
-@register("small_cnn", task="classify", about="VGG-style CNN, four stages of 32-256 channels (1.2M parameters): the "
-          "default for training from scratch on small images")
+@register("small_cnn", task="classify", about="VGG-style CNN, four stages of 32-256 channels, average and max pooling "
+          "side by side (1.2M parameters): the default for training from scratch on small images")
 def small_cnn(num_classes: int, in_chans: int = 3, pretrained: bool = False) -> TinyCNN:
     if pretrained:
         from cnnkit.errors import CnnkitError
 
         raise CnnkitError("small_cnn has no published weights", "drop --pretrained, or pass --weights FILE")
-    return TinyCNN(num_classes, in_chans, widths=(32, 64, 128, 256))
+    return TinyCNN(num_classes, in_chans, widths=(32, 64, 128, 256), global_pool="catavgmax")

@@ -21,7 +21,7 @@ class TrainConfig(TrainOptions):
     """`classify train`: the shared options plus classification's loss, class-imbalance handling and batch mixing.
     Its defaults (model, batch, lr, warm-up, balance) are the recipe measured on the quality suite (docs/recipes.md)."""
 
-    model: str = option("small_cnn", "model name: small_cnn (four stages, 1.2M parameters), tiny_cnn (three, for the "
+    model: str = option("small_cnn", "model name: small_cnn (four stages, average and max pooling, 1.2M parameters), tiny_cnn (three, for the "
                         "fastest runs), any timm model (resnet18, efficientnet_b0, …) or tv:NAME for torchvision")
     batch: int = option(16, "global batch size (split across processes under torchrun)")
     lr: float | str = option(0.002, "peak learning rate, or auto: a learning-rate range test on the training data picks "
