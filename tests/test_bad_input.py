@@ -163,6 +163,15 @@ def test_predict_with_weights_of_another_task(dataset, detect_weights, monkeypat
     assert "classify" in line
 
 
+def test_weights_of_an_older_build_of_the_architecture(dataset, tmp_path, monkeypatch, capsys):
+    """small_cnn's head took 512 features (average and max pooling); a file written with its 256-wide head says
+    which tensor does not fit instead of PyTorch's size-mismatch traceback."""
+    old = save_weights(TinyCNN(2, widths=(32, 64, 128, 256)), tmp_path / "old.safetensors", {**META, "model": "small_cnn"})
+    image = dataset / "train" / "a" / "0.png"
+    line = assert_user_error(run_cli(["classify", "predict", image, "--weights", old], monkeypatch, capsys), old, "small_cnn")
+    assert "fc.weight is [2, 256] in the file, [2, 512] in the model" in line
+
+
 def test_val_with_weights_of_another_task(dataset, detect_weights, monkeypatch, capsys):
     line = assert_user_error(run_cli(["classify", "val", "--weights", detect_weights, "--data", dataset, "--workers", "0"],
                                      monkeypatch, capsys), detect_weights, "detect")
