@@ -4,21 +4,16 @@ seed-matched minimum beside it."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes.py"
 
 
 def load_bench():
-    sys.path.insert(0, str(BENCHMARKS))  # detect_recipes imports recipes by name; keep the path as the script has it
-    try:
-        spec = importlib.util.spec_from_file_location("recipes_under_test", BENCHMARKS / "recipes.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("recipes_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_report_ratios(capsys):

@@ -24,7 +24,7 @@ from cnnkit.data.intensity import spec_of
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import read_history
-from cnnkit.engine.checkpoint import load_matching, load_weights, read_metadata, read_state_dict, recorded_model
+from cnnkit.engine.checkpoint import load_exact, load_matching, load_weights, read_metadata, read_state_dict, recorded_model
 from cnnkit.engine.diagnose import underfit_warning
 from cnnkit.engine.rundir import latest_run_dir, next_run_dir, write_json
 from cnnkit.engine.transfer import load_backbone, plan_transfer
@@ -311,23 +311,6 @@ def read_model_file(path: str | Path, task: str) -> ModelFile:
     return ModelFile(Path(path), meta, state=state)
 
 
-def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Every tensor of the file into ``model``, or one line naming the file and the first tensor that does not
-    fit (a file written for another build of the architecture, e.g. small_cnn before its head took 512 features)."""
-    own = model.state_dict()
-    wrong = [f"{k} is {list(v.shape)} in the file, {list(own[k].shape)} in the model" for k, v in state.items()
-             if k in own and own[k].shape != v.shape]
-    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
-    problems = wrong + [f"{k} is missing from the file" for k in missing] + [f"{k} is not in the model" for k in extra]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CnnkitError(f"{path}: its tensors do not fit the network '{recorded_model(path)}' that this "
-                          f"cnnkit builds: {problems[0]}{more}",
-                          "the file was written by another version of cnnkit or for another architecture; retrain, or "
-                          "start a run from it with --weights FILE, which copies the tensors that fit")
-    model.load_state_dict(state)
-
-
 def adopt_model_file(owner: Any, file: ModelFile, wrap_deployed: Callable[[nn.Module], nn.Module] | None = None) -> Any:
     """``owner`` (a task class, built from ``file.meta``) takes the file: its network gets the tensors, or
     becomes the deployed model (through ``wrap_deployed`` where the class runs it behind an adapter); and
@@ -335,7 +318,7 @@ def adopt_model_file(owner: Any, file: ModelFile, wrap_deployed: Callable[[nn.Mo
     if file.deployed is not None:
         owner.model = wrap_deployed(file.deployed) if wrap_deployed else file.deployed
     elif file.state is not None:
-        load_exactly(owner.model, file.state, file.path)
+        load_exact(owner.model, file.state, file.path, file.meta.get("model"))
     owner.val_split, owner.split_seed = file.split
     owner.cost = file.cost
     owner.weights_path = file.path

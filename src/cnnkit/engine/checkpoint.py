@@ -130,6 +130,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path, name: str | None) -> None:
+    """Every tensor of a weights file into ``model`` (strict), or one line naming the file and the first tensor
+    that does not fit: a file written for another build of the architecture ``name`` (small_cnn before its
+    head took 512 features) instead of PyTorch's size-mismatch traceback."""
+    own = unwrap(model).state_dict()
+    problems = ([f"{k} is {list(v.shape)} in the file, {list(own[k].shape)} in the model" for k, v in state.items()
+                 if k in own and own[k].shape != v.shape]
+                + [f"{k} is missing from the file" for k in own if k not in state]
+                + [f"{k} is not in the model" for k in state if k not in own])
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CnnkitError(f"{source}: its tensors do not fit the network '{name}' that this cnnkit builds: {problems[0]}{more}",
+                          "the file was written by another version of cnnkit or for another architecture; retrain, or "
+                          "start a run from it with --weights FILE, which copies the tensors that fit")
+    unwrap(model).load_state_dict(state)
+
+
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[int, list[str]]:
     """Copy every tensor whose name and shape match; return (copied, skipped names).
 
