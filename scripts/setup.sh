@@ -25,5 +25,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# TrackEval (the MOTChallenge reference metrics) declares the GUI build of OpenCV as a dependency; installed
+# beside cnnkit's headless build, the two overwrite each other's cv2. Its other dependencies are cnnkit's own.
+.venv/bin/python -m pip install --quiet --no-deps "trackeval>=1.3,<2"
 echo "$want" > "$stamp"
 echo "setup: cnnkit installed in .venv ($(.venv/bin/cnnkit --version))"

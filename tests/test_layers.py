@@ -24,7 +24,7 @@ LAYERS = [
     (1, ("cnnkit.data", "cnnkit.augment", "cnnkit.models")),
     (2, ("cnnkit.engine", "cnnkit.evaluate")),
     # `augment preview` and SMOTE on backbone features are tools that read data, run models and draw
-    (3, ("cnnkit.runner", "cnnkit.compress", "cnnkit.retrieval", "cnnkit.augment.preview", "cnnkit.data.smote")),
+    (3, ("cnnkit.runner", "cnnkit.compress", "cnnkit.retrieval", "cnnkit.track", "cnnkit.augment.preview", "cnnkit.data.smote")),
     (4, ("cnnkit.tasks",)),  # the task table (cnnkit/tasks/__init__.py), which names the task classes without importing them
     (5, ("cnnkit.cli", "cnnkit.__main__", "cnnkit.api", "cnnkit")),  # cnnkit.api: re-exports for users
 ]

@@ -25,6 +25,10 @@ def __getattr__(name: str):
         from cnnkit.tasks.instance.api import InstanceSegmenter
 
         return InstanceSegmenter
+    if name == "Tracker":
+        from cnnkit.tasks.track.api import Tracker
+
+        return Tracker
     if name == "distill":
         from cnnkit.tasks.distill.api import distill
 
@@ -32,4 +36,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["Classifier", "Detector", "Embedder", "InstanceSegmenter", "Segmenter", "__version__", "distill"]
+__all__ = ["Classifier", "Detector", "Embedder", "InstanceSegmenter", "Segmenter", "Tracker", "__version__", "distill"]

@@ -14,7 +14,8 @@ from cnnkit.tasks.distill.api import distill
 from cnnkit.tasks.embed.api import EMBED_RECIPE, Embedder, build_index, cluster, dedup, search_index
 from cnnkit.tasks.instance.api import InstanceSegmenter
 from cnnkit.tasks.segment.api import Segmenter
+from cnnkit.tasks.track.api import Tracker
 
 __all__ = ["Built", "CLASSIFY", "Classifier", "Detector", "EMBED_RECIPE", "Embedder", "InstanceSegmenter", "Recipe", "Run",
            "Segmenter", "build_index", "cluster", "dedup", "distill", "evaluate_run_splits", "expand_sources", "finish_run",
-           "publish_run", "resolve_run", "search_index", "train"]
+           "publish_run", "resolve_run", "search_index", "Tracker", "train"]

@@ -26,6 +26,8 @@ def mount_task_commands() -> None:
         module = f"cnnkit.tasks.{name}.cli"
         if find_spec(module) is not None:
             app.add_typer(import_module(module).app, name=name)
+    # tracking owns no weights file yet (it runs a detector's and an embedder's), so the task table does not list it
+    app.add_typer(import_module("cnnkit.tasks.track.cli").app, name="track")
     app.add_typer(data_app, name="data")
     app.add_typer(augment_app, name="augment")
 

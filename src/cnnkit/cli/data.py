@@ -50,14 +50,15 @@ def data_check(
 @data_app.command("synth")
 def data_synth(
     kind: str = typer.Argument(..., help="what to generate: shapes or cells (detect/segment); objects, textures or "
-                               "cells (--task classify)"),
+                               "cells (--task classify); mot (multi-object tracking sequences, MOTChallenge layout)"),
     task: Optional[str] = typer.Option(None, "--task", help="shapes: detect (COCO + YOLO layouts, the default) or segment "
                                        "(masks + classes.txt); cells: segment (the default) or classify (five phenotypes); "
                                        "objects and textures: classify (ImageFolder train/val/test)"),
     n: Optional[int] = typer.Option(None, "--n", help="number of images (train + val), default 500; classify: training "
-                                    "images of the largest class, default 300"),
+                                    "images of the largest class, default 300; mot: sequences (train + test), default 8"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="square image side in pixels: 32 to 4096, default 320; "
-                                        "classify: 16 to 1024, default 64"),
+                                        "classify: 16 to 1024, default 64; mot: frame width (height 9/16 of it), default 640"),
+    frames: int = typer.Option(150, "--frames", help="mot: frames in each sequence (30 fps)"),
     out: Path = typer.Option(..., "--out", help="folder to create; must be new or empty unless --force"),
     seed: int = typer.Option(0, "--seed", help="the same seed writes byte-identical files"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the images in the val split (detect/segment)"),
@@ -68,8 +69,26 @@ def data_synth(
 ) -> None:
     """Generate a synthetic dataset: shapes (circle, square, triangle, star, cross) on real photos, with occlusion,
     uneven illumination and noise; cells, 16-bit fluorescence-microscopy-like images with semantic and instance labels;
-    or, with --task classify, objects on photos among clutter, materials from photos (textures), or cell phenotypes."""
+    or, with --task classify, objects on photos among clutter, materials from photos (textures), or cell phenotypes;
+    or mot, tracking sequences (train/ and test/ halves, MOTChallenge layout with gt/gt.txt and noisy public detections
+    in det/det.txt) of shapes moving over a panning photo, crossing and passing behind occluders."""
     from cnnkit.console import console
+
+    if kind == "mot":
+        from cnnkit.data.synth_mot import synth_mot
+
+        if task is not None:
+            raise CnnkitError(f"--task {task}: mot writes tracking sequences", "leave --task out")
+        width = 640 if imgsz is None else imgsz
+        summary = synth_mot(out, n_sequences=8 if n is None else n, frames=frames, width=width,
+                            height=max(2, round(width * 9 / 32) * 2), seed=seed, force=force)
+        seqs = summary["sequences"]
+        console.print(f"{seqs['train']} train + {seqs['test']} test sequences of {frames} frames "
+                      f"({summary['width']}x{summary['height']}), {summary['ids']} ids, {summary['boxes']} boxes "
+                      f"(mean visibility {summary['mean_visibility']:.2f}), detections: recall "
+                      f"{summary['detection_recall']:.2f}, {summary['false_positives_per_frame']:.1f} false positives "
+                      f"a frame (MOTChallenge layout) written to {out}", soft_wrap=True, markup=False)
+        return
 
     if task == "classify" or kind in ("objects", "textures"):
         from cnnkit.data.synth_classify import synth_classification

@@ -162,6 +162,9 @@ Workers = Annotated[int, typer.Option("--workers", min=0, help="data-loading wor
 Batch = Annotated[int, typer.Option("--batch", min=1, help="batch size")]
 Split = Annotated[str, typer.Option("--split", help="split to evaluate: train, val or test")]
 ValOut = Annotated[Optional[Path], typer.Option("--out", help="output folder (default: val/ beside the weights' run)")]
+# tracking's sequences: a MOTChallenge root holds train/ and test/ folders of sequences, no val
+SequenceSplit = Annotated[str, typer.Option("--split", help="split of a MOTChallenge root with train/ and test/: train, test, "
+                                            "all (every sequence), or auto (test when the root has one, else all)")]
 
 
 def weights_option(task: str) -> Any:

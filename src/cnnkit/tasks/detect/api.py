@@ -13,7 +13,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -162,6 +162,32 @@ class Detector:
                 results += self._predict_video(net, f.path, dev, keep, out_dir / name if out_dir is not None else None,
                                                batch, max_det)
         return results
+
+    def frame_detector(self, conf: float = PREDICT_CONF, iou: float = 0.5, max_det: int = 100, classes: str | None = None,
+                       device: str = "auto") -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+        """A function from RGB frames (uint8 HxWx3) to each frame's detections [K, 6]: x1, y1, x2, y2 (pixels),
+        score, class index (0-based, into ``class_names``), as a tracker takes them."""
+        model = self._require_model()
+        dev = dist_utils.select_device(device)
+        net = for_inference(model.to(dev).eval())
+        set_postprocess(net, conf, iou, max_det)
+        keep = self._keep_labels(classes)
+
+        def detect_frames(frames: list[np.ndarray]) -> list[np.ndarray]:
+            if not frames:
+                return []
+            tensors = [torch.from_numpy(np.array(f, order="C")).permute(2, 0, 1).to(dev).float().div_(255) for f in frames]
+            with torch.inference_mode():
+                padded = detect.pad_detections(net(tensors), max_det, keep)
+            found = []
+            for boxes, scores, labels in zip(padded["boxes"].cpu(), padded["scores"].cpu(), padded["labels"].cpu()):
+                valid = labels > 0
+                found.append(np.concatenate([boxes[valid].numpy(), scores[valid, None].numpy(),
+                                             (labels[valid, None] - 1).numpy()], axis=1).astype(np.float64))
+            return found
+
+        detect_frames.class_names = self.class_names  # type: ignore[attr-defined]  # what the drawn labels say
+        return detect_frames
 
     def _detect(self, net: nn.Module, frames: list[np.ndarray], device: torch.device, keep: set[int] | None,
                 max_det: int) -> list[dict[str, Any]]:

@@ -98,6 +98,26 @@ class Embedder:
                                   progress=progress, intensity=self.intensity)
         return {"vectors": normalize(arrays["features"]), "files": arrays["files"]}
 
+    def embed_arrays(self, images: list[np.ndarray], device: str = "auto", batch: int = 64) -> np.ndarray:
+        """Unit vectors float32 [N, D] of in-memory RGB uint8 images (a tracker's box crops), resized and
+        normalised as ``embed`` does files."""
+        from cnnkit.retrieval.index import normalize
+        from cnnkit.tasks.classify.features import pooled_features
+
+        model = self._require_model()
+        if not images:
+            return np.zeros((0, 0), dtype=np.float32)
+        dev = dist_utils.select_device(device)
+        model.to(dev).eval()
+        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
+        vectors = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch):
+                tensors = torch.stack([transform(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+                                       for image in images[start:start + batch]])
+                vectors.append(pooled_features(model, tensors.to(dev)).float().cpu().numpy())
+        return normalize(np.concatenate(vectors))
+
     def val(self, data: str, query_split: str | None = None, gallery_split: str = "train", out: str | Path | None = None,
             batch: int = 64, device: str = "auto", workers: int = 2) -> dict[str, Any]:
         """recall@1, recall@5 and map of ``query_split`` (default: test, else val) against ``gallery_split``;
