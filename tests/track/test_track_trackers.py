@@ -48,7 +48,7 @@ def test_sort_keeps_ids_of_two_boxes_moving_at_constant_velocity():
 
 def test_sort_deletes_a_track_missed_for_more_than_max_age_frames():
     def run(gap: int) -> list[int | None]:
-        tracker = make_tracker("sort", TrackerOptions(max_age=5))
+        tracker = make_tracker("sort", TrackerOptions(max_age=5, min_hits=3))
         ids = []
         for t in range(10 + gap + 5):
             visible = not 10 <= t < 10 + gap

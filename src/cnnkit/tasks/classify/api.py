@@ -54,7 +54,7 @@ class Classifier:
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
         self.cost: tuple[int | None, float | None] = (None, None)  # (parameters, GFLOPs) where the weights record them
-        self.tta = "none"  # test-time augmentation the weights ask for (--tta): flip or none
+        self.tta = "none"  # test-time augmentation the weights ask for (--tta): none, flip or d8
         if self.class_names:
             self.model = build_classifier(model, len(self.class_names), pretrained)
 
@@ -85,15 +85,15 @@ class Classifier:
     def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 64,
             device: str = "auto", workers: int = 2, tta: str = "auto") -> dict[str, Any]:
         """Metrics, plots and report.html of the model on one split of a dataset, written into ``out``
-        (``tta``: flip, none, or auto = what the weights record)."""
+        (``tta``: none, flip, d8, or auto = what the weights record)."""
         model = self._require_model()
-        flip = self._flip(tta)
+        views = self._views(tta)
         samples = self._split_samples(data, split)
         out_dir = beside_run(out, self.weights_path, TASK)
         dev = dist_utils.select_device(device)
-        metrics, outputs = _evaluate_split(model, self, samples, batch, workers, dev, flip)
+        metrics, outputs = _evaluate_split(model, self, samples, batch, workers, dev, views)
         paths = classify.draw(outputs, self.class_names, [p for p, _ in samples], out_dir / "plots", prefix=split)
-        metrics = {"split": split, "tta": "flip" if flip else "none", **metrics}
+        metrics = {"split": split, "tta": views, **metrics}
         publish(out_dir, f"cnnkit classify val: {self.model_name} on {data} ({split})",
                 {"weights": str(self.weights_path), "data": str(data), "split": split, "tta": metrics["tta"]}, metrics, paths,
                 f"{split}: top1 {metrics['top1']:.4f}  macro_f1 {metrics['macro_f1']:.4f}")
@@ -104,9 +104,9 @@ class Classifier:
     def predict(self, sources: Iterable[str | Path] | str | Path, topk: int = 5, batch: int = 32,
                 device: str = "auto", tta: str = "auto") -> list[dict[str, Any]]:
         """[{"file", "label", "score", "topk": [[label, score], …]}] for images, folders and globs (``tta``:
-        flip, none, or auto = what the weights record)."""
+        none, flip, d8, or auto = what the weights record)."""
         model = self._require_model()
-        flip = self._flip(tta)
+        views = self._views(tta)
         files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
         dev = dist_utils.select_device(device)
         model.to(dev).eval()
@@ -116,7 +116,7 @@ class Classifier:
         for chunk in read_in_batches(files, batch, lambda path: load_image(path, self.intensity), "classify"):
             if chunk:
                 images = torch.stack([transform(image) for _, image in chunk]).to(dev)
-                probs = torch.softmax(classify.predict_logits(model, images, flip), dim=1).cpu()
+                probs = torch.softmax(classify.predict_logits(model, images, views), dim=1).cpu()
                 scores, indices = probs.topk(k, dim=1)
                 for (index, _), s, idx in zip(chunk, scores.tolist(), indices.tolist()):
                     results.append({"file": str(files[index][0]), "label": self.class_names[idx[0]], "score": s[0],
@@ -195,7 +195,7 @@ class Classifier:
         samples = self._split_samples(data, split)
         out_dir = beside_run(out, self.weights_path, TASK, "robustness")
         transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
-        target = rb.engine_target(classify.ClassifyTask(self.class_names, flip_tta=self._flip("auto")), model, samples, transform, batch, workers,
+        target = rb.engine_target(classify.ClassifyTask(self.class_names, tta=self._views("auto")), model, samples, transform, batch, workers,
                                   dist_utils.select_device(device), self.intensity)
         result = rb.evaluate_robustness(target, chosen, severities, seed)
         result.update({"weights": str(self.weights_path), "data": str(data), "split": split})
@@ -238,11 +238,11 @@ class Classifier:
         dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
         return _remap_labels(split_samples(data, dataset.splits, split), dataset.classes, self.class_names, data)
 
-    def _flip(self, tta: str) -> bool:
-        """Whether to average each image's logits with its mirror image's: ``tta`` flip or none, auto = the weights'."""
-        if tta not in ("auto", "flip", "none"):
-            raise CnnkitError(f"unknown --tta {tta!r}", "valid: auto (what the weights record), flip, none")
-        return (self.tta if tta == "auto" else tta) == "flip"
+    def _views(self, tta: str) -> str:
+        """The test-time views to predict with: ``tta`` none, flip or d8, auto = what the weights record."""
+        if tta != "auto" and tta not in classify.TTA_VIEWS:
+            raise CnnkitError(f"unknown --tta {tta!r}", "valid: auto (what the weights record), none, flip, d8")
+        return self.tta if tta == "auto" else tta
 
     def _require_model(self) -> nn.Module:
         if self.model is None:
@@ -273,19 +273,21 @@ def _remap_labels(samples, data_classes: list[str], model_classes: list[str], da
     return [(path, index[data_classes[label]]) for path, label in samples]
 
 
-def _evaluate_split(model, clf: Classifier, samples, batch: int, workers: int, device: torch.device, flip: bool):
+def _evaluate_split(model, clf: Classifier, samples, batch: int, workers: int, device: torch.device, views: str):
     dataset = ImageDataset(samples, classify_transforms(clf.imgsz, train=False, mean=clf.mean, std=clf.std), clf.intensity)
     loader = make_loader(dataset, batch, workers, False, 0, collate_skipping_none, device)
-    task = classify.ClassifyTask(clf.class_names, flip_tta=flip)
+    task = classify.ClassifyTask(clf.class_names, tta=views)
     return evaluate(task, model.to(device), loader, device)
 
 
 def finish_run(cfg: TrainConfig, run_dir: Path, dataset, device: torch.device) -> dict[str, Any]:
     """Evaluate best weights on val (and test), then write metrics.json, plots and report.html."""
     best = Classifier.load(run_dir / "weights" / "best.safetensors")
+    if cfg.tta == "auto" and "val" in dataset.splits:
+        choose_views(cfg, best, run_dir, dataset.splits["val"], device)
 
     def evaluate_split(split: str, samples) -> tuple[dict[str, Any], list[Path]]:
-        split_metrics, outputs = _evaluate_split(best.model, best, samples, cfg.batch, cfg.workers, device, best.tta == "flip")
+        split_metrics, outputs = _evaluate_split(best.model, best, samples, cfg.batch, cfg.workers, device, best.tta)
         return split_metrics, classify.draw(outputs, dataset.classes, [p for p, _ in samples], run_dir / "plots", prefix=split)
 
     teacher = getattr(cfg, "teacher", None)
@@ -311,10 +313,35 @@ def _class_weights(cfg: TrainConfig, dataset) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def flip_tta(cfg: TrainConfig) -> bool:
-    """--tta: flip, none, or auto = flip when the training augmentation mirrors images (the model learnt that a
-    mirror image has the same label, so the mean of both views' logits is a second opinion at no risk)."""
-    return cfg.tta == "flip" or (cfg.tta == "auto" and spec_from_config(cfg).fliplr > 0)
+def training_views(cfg: TrainConfig) -> str:
+    """The test-time views while training (validation, the best epoch): --tta none, flip or d8, or auto = flip
+    when the training augmentation mirrors images (the model learnt that a mirror image has the same label, so
+    the mean of both views' logits is a second opinion at no risk), else none."""
+    if cfg.tta != "auto":
+        return cfg.tta
+    return "flip" if spec_from_config(cfg).fliplr > 0 else "none"
+
+
+def choose_views(cfg: TrainConfig, best: Classifier, run_dir: Path, val_samples, device: torch.device) -> None:
+    """--tta auto, after training: the eight symmetries of the square (d8) replace the training-time views when
+    they score a higher val top-1 with the best weights. Images with an upright direction (objects, digits,
+    text) lose accuracy when turned, so d8 wins only where the data has no upright (textures, cells, aerial or
+    microscope images). The choice is recorded in the weights files, so val, predict, export and serve use it."""
+    from cnnkit.engine.checkpoint import load_weights, save_state_dict
+
+    base, _ = _evaluate_split(best.model, best, val_samples, cfg.batch, cfg.workers, device, best.tta)
+    turned, _ = _evaluate_split(best.model, best, val_samples, cfg.batch, cfg.workers, device, "d8")
+    if turned["top1"] <= base["top1"]:
+        console.print(f"test-time views: {best.tta} (val top1 {base['top1']:.4f}; the 8 symmetries of the square: {turned['top1']:.4f})")
+        return
+    console.print(f"test-time views: d8, the 8 symmetries of the square (val top1 {turned['top1']:.4f} against {base['top1']:.4f} "
+                  f"with {best.tta}); recorded in the weights (--tta {best.tta} to predict as before)")
+    best.tta = "d8"
+    for name in ("best.safetensors", "last.safetensors"):
+        path = run_dir / "weights" / name
+        if path.exists():
+            state, meta = load_weights(path)
+            save_state_dict(state, path, {**meta, "tta": "d8"})
 
 
 def _log_prior(cfg: TrainConfig, dataset) -> torch.Tensor | None:
@@ -368,9 +395,9 @@ CLASSIFY = Recipe(
                                                          log_prior=_log_prior(cfg, dataset),
                                                          focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else 0.0,
                                                          mix=batch_mixer(spec_from_config(cfg), len(dataset.classes)),
-                                                         flip_tta=flip_tta(cfg)),
+                                                         tta=training_views(cfg)),
     metadata=lambda cfg, dataset, model: {"class_names": dataset.classes, "num_classes": len(dataset.classes),
-                                          "tta": "flip" if flip_tta(cfg) else "none"},
+                                          "tta": training_views(cfg)},
     finish=finish_run,
     train_sampler=lambda cfg, samples: _balanced_sampler(cfg, samples),
     train_on_features=_smote_training,

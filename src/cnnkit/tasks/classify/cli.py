@@ -16,8 +16,8 @@ app = typer.Typer(help="Image classification: train, val, predict.", no_args_is_
 
 Weights = weights_option("classify")
 Tta = Annotated[str, typer.Option("--tta", help="test-time augmentation: auto (what the weights record: flip when "
-                                  "training mirrored images), flip (the mean of the logits of each image and its mirror "
-                                  "image), none")]
+                                  "training mirrored images, d8 where it scored higher on val), flip (the mean of the logits "
+                                  "of each image and its mirror image), d8 (of its 8 symmetries: quarter turns and mirrors), none")]
 
 
 @config_command(app, "train", TrainConfig, "Train a classifier on an ImageFolder dataset (or --data digits).")

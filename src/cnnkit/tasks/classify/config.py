@@ -41,9 +41,11 @@ class TrainConfig(TrainOptions):
                           "augmentation applies)",
                           ("auto", "none", "logit_adjust", "weights", "oversample", "undersample", "smote"))
     tta: str = option("auto", "test-time augmentation whenever the model predicts (validation, test, val, predict): flip = "
-                      "the mean of the logits of each image and its mirror image (twice the inference); auto = flip "
-                      "when training mirrors images (--fliplr above 0, as every preset but none does), else none; "
-                      "recorded in the weights, `val` and `predict` take --tta to override it", ("auto", "flip", "none"))
+                      "the mean of the logits of each image and its mirror image (twice the inference); d8 = of the 8 "
+                      "symmetries of the square (8x; for images with no upright: textures, cells, aerial); auto = flip "
+                      "when training mirrors images (--fliplr above 0, as every preset but none does), else none, then "
+                      "d8 instead if it scores a higher val top1 after training; recorded in the weights, `val` and "
+                      "`predict` take --tta to override it", ("auto", "flip", "d8", "none"))
     class_weights: str = option("inverse", "--balance weights: 1/count, or the effective number of samples "
                                 "(Cui et al. 2019, beta 0.999)", ("inverse", "effective"))
     mixup: float | None = option(None, "classification: MixUp with Beta(alpha, alpha), this alpha; 0 = off (heavy 0.2)")

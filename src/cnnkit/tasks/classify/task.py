@@ -32,7 +32,7 @@ class ClassifyTask:
     # features [B, D] of the frozen backbone and only this layer runs on them; eval_step still runs the
     # whole model on images, so validation and the saved weights are the real classifier
     head: nn.Module | None = None
-    flip_tta: bool = False  # evaluate on the mean logits of each image and its mirror image (--tta flip)
+    tta: str = "none"  # the views each image is evaluated on (--tta): none, flip or d8 (predict_logits)
 
     def train_loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels, _ = self.training_batch(batch)
@@ -58,7 +58,7 @@ class ClassifyTask:
 
     def eval_step(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
-        out = {"logits": predict_logits(model, images, self.flip_tta), "labels": labels}
+        out = {"logits": predict_logits(model, images, self.tta), "labels": labels}
         if len(batch) > 2:
             out["index"] = batch[2]
         return out
@@ -67,11 +67,22 @@ class ClassifyTask:
         return classification_metrics(outputs["logits"], outputs["labels"], self.class_names)
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
-    """The model's logits [B, C] (float32); ``flip``: the mean of the logits of the images and of their mirror
-    images, the test-time augmentation of fast CIFAR training (airbench) for a model trained with flips."""
-    logits = model(images).float()
-    return (logits + model(images.flip(-1)).float()) / 2 if flip else logits
+TTA_VIEWS = ("none", "flip", "d8")
+
+
+def predict_logits(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's logits [B, C] (float32), averaged over test-time views: ``flip``, each image and its mirror
+    image (the test-time augmentation of fast CIFAR training, airbench, for a model trained with flips);
+    ``d8``, the eight symmetries of the square (four quarter turns, each also mirrored), for images with no
+    upright direction (textures, cells, aerial and microscope images); ``none``, one view."""
+    if tta == "none":
+        return model(images).float()
+    if tta == "flip":
+        return (model(images).float() + model(images.flip(-1)).float()) / 2
+    if tta != "d8":
+        raise ValueError(f"unknown test-time augmentation {tta!r}: one of {TTA_VIEWS}")
+    views = [images.rot90(turns, dims=(-2, -1)) for turns in range(4)]
+    return torch.stack([model(v).float() + model(v.flip(-1)).float() for v in views]).sum(0) / 8
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,

@@ -33,8 +33,8 @@ class EmbedConfig(TrainConfig):
         super().validate()
         if self.balance not in ("none", "auto"):  # auto: nothing to balance in a metric-learning loss
             raise CnnkitError(f"--balance {self.balance} is for classification", "embed train balances its batches with --per-class")
-        if self.tta == "flip":
-            raise CnnkitError("--tta flip is for classification", "embeddings are compared one view per image: drop --tta")
+        if self.tta in ("flip", "d8"):
+            raise CnnkitError(f"--tta {self.tta} is for classification", "embeddings are compared one view per image: drop --tta")
         if self.dim < 1:
             raise CnnkitError(f"--dim must be at least 1, got {self.dim}")
         if self.per_class < 0 or self.per_class > self.batch:
