@@ -118,9 +118,12 @@ def data_synth(
 @data_app.command("convert")
 def data_convert(
     source: str = typer.Argument(..., help="dataset root: COCO, YOLO (or its data.yaml) or Pascal VOC detection; for --to masks "
-                                 "COCO instances or a masks layout with colour masks"),
-    to: str = typer.Option(..., "--to", help="target layout: coco, yolo or voc (detection), or masks (segmentation: "
-                           "images/SPLIT, masks/SPLIT index PNGs, classes.txt)"),
+                                 "COCO instances or a masks layout with colour masks; for --to coco or identities also "
+                                 "MOTChallenge sequences with gt/gt.txt (one, a folder of them, or a root with train/ and "
+                                 "test/)"),
+    to: str = typer.Option(..., "--to", help="target layout: coco, yolo or voc (detection), masks (segmentation: "
+                           "images/SPLIT, masks/SPLIT index PNGs, classes.txt), or identities (MOT sources: crops per "
+                           "track id, train/SEQ_ID and val/SEQ_ID, for embed train)"),
     out: Path = typer.Option(..., "--out", help="new folder to write (must not exist or be empty)"),
     copy: bool = typer.Option(False, "--copy", help="copy images instead of hard-linking them"),
     strict: bool = typer.Option(False, "--strict", help="boxes outside the image are errors instead of being clipped"),
@@ -130,14 +133,29 @@ def data_convert(
                                           "{\"name\": [r, g, b], ...}"),
     unknown: str = typer.Option("error", "--unknown", metavar="error|ignore", help="--to masks --palette: a colour not in the "
                                 "palette is an error (error), or set to 255 = ignore with a warning (ignore)"),
+    every: Optional[int] = typer.Option(None, "--every", metavar="N", help="MOT sources only, --to coco: keep every Nth "
+                                        "frame of each sequence (neighbouring frames are near duplicates); default 1"),
+    min_visibility: Optional[float] = typer.Option(None, "--min-visibility", metavar="V", help="MOT sources only: leave out "
+                                                   "boxes less visible than V (gt's visibility, 0-1); default 0 for --to coco, "
+                                                   "0.5 for --to identities"),
 ) -> None:
     """Convert a detection dataset between COCO, YOLO and Pascal VOC (boxes, category names and,
     where the target can hold them, the dataset's own ids); or make segmentation index masks
-    (--to masks) from COCO instance polygons / RLE or from colour masks (--palette)."""
+    (--to masks) from COCO instance polygons / RLE or from colour masks (--palette); or turn
+    MOTChallenge sequences with ground truth into training data for a tracker's models: --to coco
+    (detection; train/ sequences -> train, test/ -> val, else the last 20% of the sequences -> val)
+    for detect train, --to identities (crops per track id, each split in time between train/ and
+    val/) for embed train."""
     target = to.lower()
-    if target not in ("coco", "yolo", "voc", "masks"):
+    if target not in ("coco", "yolo", "voc", "masks", "identities"):
         raise CnnkitError(f"--to {to}: unknown target layout",
-                          "choose one of coco, yolo, voc (detection) or masks (segmentation)")
+                          "choose one of coco, yolo, voc (detection), masks (segmentation) or identities (MOT sources)")
+    if target == "identities" or _is_mot(source):
+        _convert_mot(source, target, out, copy, strict, palette, unknown, every, min_visibility)
+        return
+    if every is not None or min_visibility is not None:
+        raise CnnkitError(f"--every and --min-visibility apply to MOTChallenge sources; {source} is not one",
+                          "a MOT source has sequences with seqinfo.ini, img1/ or gt/gt.txt")
     if target == "masks":
         from cnnkit.data.convert_masks import convert_to_masks
 
@@ -158,6 +176,41 @@ def data_convert(
     images = sum(len(images) for images in data.splits.values())
     typer.echo(f"{data.layout} -> {target}: {images} images, {data.num_boxes()} boxes, "
                f"{len(data.categories)} categories written to {out}", err=True)
+
+
+def _is_mot(source: str) -> bool:
+    """MOTChallenge sequences, and not a detection layout (checked first: it is the cheaper look)."""
+    from cnnkit.data.convert_mot import is_mot_source
+    from cnnkit.data.detection import detect_layout
+
+    return detect_layout(source) is None and is_mot_source(source)
+
+
+def _convert_mot(source: str, target: str, out: Path, copy: bool, strict: bool, palette: Optional[str], unknown: str,
+                 every: Optional[int], min_visibility: Optional[float]) -> None:
+    from cnnkit.data import convert_mot
+
+    if target not in ("coco", "identities"):
+        raise CnnkitError(f"--to {target}: MOTChallenge sequences convert --to coco (detection) or --to identities (re-ID)",
+                          "convert --to coco first, then that COCO set --to yolo or voc")
+    if strict or palette is not None or unknown != "error":
+        raise CnnkitError("--strict, --palette and --unknown do not apply to MOTChallenge sources",
+                          "boxes are clipped to the frame")
+    visibility = {} if min_visibility is None else {"min_visibility": min_visibility}
+    if target == "coco":
+        summary = convert_mot.mot_to_coco(source, out, every=1 if every is None else every, copy=copy, **visibility)
+        images, boxes, splits = summary["images"], summary["boxes"], summary["splits"]
+        typer.echo(f"mot -> coco: {images['train']} train + {images['val']} val images ({len(splits['train'])} + "
+                   f"{len(splits['val'])} sequences), {boxes['train'] + boxes['val']} boxes, {len(summary['classes'])} "
+                   f"{'category' if len(summary['classes']) == 1 else 'categories'} written to {out}", err=True)
+        return
+    if every is not None or copy:
+        raise CnnkitError("--every and --copy apply to --to coco", "--to identities keeps at most 40 crops an identity, "
+                          "spread over its frames")
+    summary = convert_mot.mot_to_identities(source, out, **visibility)
+    ids, crops = summary["identities"], summary["crops"]
+    typer.echo(f"mot -> identities: {ids['train']} identities, {crops['train']} train + {crops['val']} val crops "
+               f"({ids['val']} identities in val) from {len(summary['sequences'])} sequences written to {out}", err=True)
 
 
 @config_command(augment_app, "preview", PreviewConfig,

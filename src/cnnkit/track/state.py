@@ -47,7 +47,6 @@ class TrackerOptions:
     new_track_threshold: float = 0.6  # ByteTrack: minimum score of an unmatched detection to start a track
     max_cosine_distance: float = 0.3  # DeepSORT: appearance gate (cosine distance to the nearest gallery feature)
     gallery_size: int = 50            # DeepSORT: appearance features kept per track (the most recent)
-    appearance_weight: float = 0.9    # DeepSORT: cost = w * cosine distance + (1 - w) * (1 - IoU), one global stage
     class_aware: bool = True          # never match a detection to a track of another class (-1 matches any)
 
     def check(self) -> "TrackerOptions":
@@ -56,7 +55,7 @@ class TrackerOptions:
         for name, low in ints.items():
             if int(getattr(self, name)) < low:
                 raise CnnkitError(f"tracker option {name}={getattr(self, name)} is below {low}", f"use {name} >= {low}")
-        unit = ("iou_threshold", "det_threshold", "low_threshold", "new_track_threshold", "appearance_weight")
+        unit = ("iou_threshold", "det_threshold", "low_threshold", "new_track_threshold")
         for name in unit:
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise CnnkitError(f"tracker option {name}={getattr(self, name)} is outside [0, 1]", "use a value in [0, 1]")
