@@ -41,6 +41,11 @@ def test_track_writes_mot_rows_and_a_video(mot_root, tmp_path):
     assert code == 0, err
     assert np.array_equal(read_mot_file(tmp_path / "given" / f"{seq.name}.txt", "result"), rows)
     assert not (tmp_path / "given" / f"{seq.name}.mp4").exists()
+    # the camera pans: with its motion compensated (sparse optical flow) the same detections are tracked
+    code, _, err = run_cli(["track", str(seq.root), "--public", "--tracker", "sort", "--cmc", "sparse", "--no-video",
+                            "--out", str(tmp_path / "cmc")])
+    assert code == 0, err
+    assert len(read_mot_file(tmp_path / "cmc" / f"{seq.name}.txt", "result")) > 0
 
 
 def test_track_val_scores_every_tracker_with_trackeval(mot_root, tmp_path):
