@@ -78,7 +78,7 @@ def test_hand_written_commands_share_workers_split_and_val_out():
     assert set(splits.values()) == {(Split.__metadata__[0].help, "val")}
     # track val writes beside no weights file (it runs a detector's and compares trackers): runs/track/val
     outs = {name: p.help for name, p in _options("--out").items() if name.endswith(" val") and name != "track val"}
-    assert set(outs) == {"classify val", "detect val", "segment val", "embed val"}
+    assert set(outs) == {"classify val", "detect val", "segment val", "embed val", "track sot val"}
     assert set(outs.values()) == {ValOut.__metadata__[0].help}
 
 

@@ -93,3 +93,30 @@ def test_bad_input_is_one_line(mot_root, tmp_path):
     shutil.copytree(mot_root / "test", broken)
     (broken / seq.name / "gt" / "gt.txt").write_text("1,1,10,10,-5,20,1,1,1\n")
     _one_line_error(["track", "val", "--data", str(broken), "--public", "--out", str(tmp_path / "g")], "gt.txt", "line 1")
+
+
+@pytest.mark.slow
+def test_single_object_commands(tmp_path):
+    """`track sot train` (one short epoch, for real), `track sot SOURCE --init`, `track sot val`, and a box
+    outside the frame as one line."""
+    code, _, err = run_cli(["data", "synth", "sot", "--n", "4", "--frames", "20", "--imgsz", "320", "--out", str(tmp_path / "sot")])
+    assert code == 0, err
+    code, _, err = run_cli(["track", "sot", "train", "--data", str(tmp_path / "sot"), "--epochs", "1", "--pairs", "64",
+                            "--val-pairs", "16", "--batch", "16", "--workers", "0", "--out", str(tmp_path / "run")])
+    assert code == 0, err
+    weights = tmp_path / "run" / "weights" / "best.safetensors"
+    seq = find_sequences(tmp_path / "sot", split="test")[0]
+    first = read_mot_file(seq.root / "gt" / "gt.txt", "gt")[0]
+    box = ",".join(str(int(v)) for v in first[2:6])
+    code, _, err = run_cli(["track", "sot", str(seq.root), "--weights", str(weights), "--init", box, "--no-video",
+                            "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    rows = read_mot_file(tmp_path / "out" / f"{seq.name}.txt", "result")
+    assert len(rows) == seq.length and set(rows[:, 1]) == {1}
+    code, _, err = run_cli(["track", "sot", "val", "--weights", str(weights), "--data", str(tmp_path / "sot"), "--out",
+                            str(tmp_path / "val")])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert 0.0 <= metrics["success_auc"] <= 1.0 and 0.0 <= metrics["precision_20px"] <= 1.0 and metrics["fps"] > 0
+    _one_line_error(["track", "sot", str(seq.root), "--weights", str(weights), "--init", "5000,5000,20,20",
+                     "--out", str(tmp_path / "bad")], "--init")

@@ -24,9 +24,10 @@ def mount_task_commands() -> None:
     commands need no line here. The instance task has none: Mask R-CNN trains and predicts under `segment`."""
     for name in tasks.TASKS:
         module = f"cnnkit.tasks.{name}.cli"
-        if find_spec(module) is not None:
+        if find_spec(f"cnnkit.tasks.{name}") is not None and find_spec(module) is not None:
             app.add_typer(import_module(module).app, name=name)
-    # tracking owns no weights file yet (it runs a detector's and an embedder's), so the task table does not list it
+    # tracking: multi-object tracking owns no weights file (it runs a detector's and an embedder's) and the
+    # single-object tracker's (task sot) lives in the same folder, so its commands are mounted by name
     app.add_typer(import_module("cnnkit.tasks.track.cli").app, name="track")
     app.add_typer(data_app, name="data")
     app.add_typer(augment_app, name="augment")

@@ -50,15 +50,16 @@ def data_check(
 @data_app.command("synth")
 def data_synth(
     kind: str = typer.Argument(..., help="what to generate: shapes or cells (detect/segment); objects, textures or "
-                               "cells (--task classify); mot (multi-object tracking sequences, MOTChallenge layout)"),
+                               "cells (--task classify); mot (multi-object tracking sequences, MOTChallenge layout); sot (single-object "
+                               "sequences: one target among look-alike distractors)"),
     task: Optional[str] = typer.Option(None, "--task", help="shapes: detect (COCO + YOLO layouts, the default) or segment "
                                        "(masks + classes.txt); cells: segment (the default) or classify (five phenotypes); "
                                        "objects and textures: classify (ImageFolder train/val/test)"),
     n: Optional[int] = typer.Option(None, "--n", help="number of images (train + val), default 500; classify: training "
-                                    "images of the largest class, default 300; mot: sequences (train + test), default 8"),
+                                    "images of the largest class, default 300; mot, sot: sequences (train + test), default 8"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="square image side in pixels: 32 to 4096, default 320; "
-                                        "classify: 16 to 1024, default 64; mot: frame width (height 9/16 of it), default 640"),
-    frames: int = typer.Option(150, "--frames", help="mot: frames in each sequence (30 fps)"),
+                                        "classify: 16 to 1024, default 64; mot: frame width (height 9/16 of it), default 640; sot: default 480"),
+    frames: int = typer.Option(150, "--frames", help="mot, sot: frames in each sequence (30 fps)"),
     out: Path = typer.Option(..., "--out", help="folder to create; must be new or empty unless --force"),
     seed: int = typer.Option(0, "--seed", help="the same seed writes byte-identical files"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the images in the val split (detect/segment)"),
@@ -88,6 +89,20 @@ def data_synth(
                       f"(mean visibility {summary['mean_visibility']:.2f}), detections: recall "
                       f"{summary['detection_recall']:.2f}, {summary['false_positives_per_frame']:.1f} false positives "
                       f"a frame (MOTChallenge layout) written to {out}", soft_wrap=True, markup=False)
+        return
+
+    if kind == "sot":
+        from cnnkit.data.synth_sot import synth_sot
+
+        if task is not None:
+            raise CnnkitError(f"--task {task}: sot writes tracking sequences", "leave --task out")
+        width = 480 if imgsz is None else imgsz
+        summary = synth_sot(out, n_sequences=8 if n is None else n, frames=frames, width=width,
+                            height=max(2, round(width * 9 / 32) * 2), seed=seed, force=force)
+        seqs = summary["sequences"]
+        console.print(f"{seqs['train']} train + {seqs['test']} test single-object sequences of {frames} frames "
+                      f"({summary['width']}x{summary['height']}, mean visibility {summary['mean_visibility']:.2f}) "
+                      f"written to {out}", soft_wrap=True, markup=False)
         return
 
     if task == "classify" or kind in ("objects", "textures"):

@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from cnnkit.cli.options import Device, SequenceSplit
+from cnnkit.cli.options import Device, SequenceSplit, ValOut, config_command
 
 
 class _SourcesFirst(TyperGroup):
-    """`cnnkit track video.mp4 …` runs `track run video.mp4 …`: anything that is not a subcommand (or the
-    group's --help) starts the list of sources."""
+    """`cnnkit track video.mp4 …` runs `track run video.mp4 …` (and `track sot clip.mp4` `track sot run
+    clip.mp4`): anything that is not a subcommand (or the group's --help) starts the list of sources."""
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
@@ -23,7 +23,13 @@ class _SourcesFirst(TyperGroup):
 
 app = typer.Typer(cls=_SourcesFirst, no_args_is_help=True,
                   help="Multi-object tracking: `cnnkit track SOURCE… --weights DETECTOR --tracker bytetrack` (video files, frame "
-                       "folders, MOTChallenge sequences) and `cnnkit track val` (HOTA, MOTA, IDF1 by TrackEval).")
+                       "folders, MOTChallenge sequences) and `cnnkit track val` (HOTA, MOTA, IDF1 by TrackEval); single-object "
+                       "tracking: `cnnkit track sot train|val|SOURCE…` (a Siamese tracker, SiamFC).")
+sot_app = typer.Typer(cls=_SourcesFirst, no_args_is_help=True,
+                      help="Single-object tracking with a Siamese network (SiamFC): `cnnkit track sot SOURCE… --weights W "
+                           "[--init x,y,w,h]`, `cnnkit track sot train`, `cnnkit track sot val` (OTB success AUC, precision "
+                           "at 20 px, frames per second).")
+app.add_typer(sot_app, name="sot")
 
 Tracker = Annotated[str, typer.Option("--tracker", help="sort (Kalman + IoU + Hungarian), deepsort (+ appearance from "
                                       "--reid, gated by the Kalman distance) or bytetrack (low-score boxes in a second round)")]
@@ -152,3 +158,54 @@ def track_val(
     first = TrackerClass(names[0] if names[0] != "deepsort" or reid else "sort", detector=weights, reid=reid, options=options,
                          conf=conf, classes=classes, cmc=cmc, device=device)
     first.val(data, names, public=public, out=out, split=_split(split, [data]), video=video)
+
+
+# ==================================================================== single object
+
+
+def _sot_train_command():
+    from cnnkit.tasks.track.sot_config import SotConfig
+
+    @config_command(sot_app, "train", SotConfig, "Train a Siamese single-object tracker (SiamFC) on pairs of crops of one "
+                    "object: MOTChallenge sequences (every id) or a detection dataset.")
+    def sot_train(cfg, explicit: set[str]) -> None:
+        from cnnkit.runner import train
+        from cnnkit.tasks.track.sot import SOT_RECIPE
+
+        train(cfg, explicit, SOT_RECIPE)
+
+
+_sot_train_command()
+
+
+@sot_app.command("run")
+def sot_run(
+    sources: list[Path] = typer.Argument(..., metavar="SOURCE...", help="video files, folders of frames or MOTChallenge "
+                                         "sequences (without --init: each starts from its first gt row)"),
+    weights: Path = typer.Option(..., "--weights", help="`track sot train` weights"),
+    init: Optional[str] = typer.Option(None, "--init", metavar="X,Y,W,H", help="the target's box in the first frame "
+                                       "(pixels, top-left corner; for one source)"),
+    out: Path = typer.Option(Path("runs/sot/track"), "--out", help="writes OUT/NAME.txt (one box a frame) and OUT/NAME.mp4"),
+    video: bool = typer.Option(True, "--video/--no-video", help="write OUT/NAME.mp4 with the box drawn"),
+    split: SequenceSplit = "all",
+    device: Device = "auto",
+) -> None:
+    """Follow one object through each source with a Siamese tracker: OUT/NAME.txt and OUT/NAME.mp4."""
+    from cnnkit.tasks.track.sot import SingleObjectTracker
+
+    SingleObjectTracker.load(weights).track(sources, init=init, out=out, video=video, split=_split(split, sources),
+                                            device=device)
+
+
+@sot_app.command("val")
+def sot_val(
+    weights: Path = typer.Option(..., "--weights", help="`track sot train` weights"),
+    data: Path = typer.Option(..., "--data", help="sequences with gt/gt.txt: every id is tracked from its first box"),
+    split: SequenceSplit = "auto",
+    out: ValOut = None,
+    device: Device = "auto",
+) -> None:
+    """OTB one-pass evaluation: success AUC, precision at 20 px and frames per second (metrics.json, report.html)."""
+    from cnnkit.tasks.track.sot import SingleObjectTracker
+
+    SingleObjectTracker.load(weights).val(data, split=_split(split, [data]), out=out, device=device)
