@@ -15,7 +15,8 @@ the boxes from an appearance model.
 Modules: ``kalman`` (vectorised constant-velocity Kalman filter on xyah boxes), ``association`` (IoU, cosine
 distance, class masking, thresholded Hungarian assignment), ``state`` (detections, options, the track arrays),
 ``trackers`` (the tracking loop and the three association policies), ``cmc`` (camera motion).
-This package uses numpy, scipy and OpenCV only.
+The multi-object trackers use numpy, scipy and OpenCV only; sot.py (the Siamese single-object loop) also runs a
+torch model, and is imported on its own (`from cnnkit.track.sot import SiamTracker`).
 """
 
 from cnnkit.track.cmc import CameraMotion, estimate_camera_motion
