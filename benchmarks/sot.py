@@ -1,7 +1,7 @@
 """cnnkit's SiamFC single-object tracker against OpenCV's classical trackers (CSRT, KCF, MIL), in one run.
 
-    python benchmarks/sot.py --peer-python /tmp/ocv/bin/python          # data, training, the table: about 10 min
-    python benchmarks/sot.py --weights runs/sot/exp/weights/best.safetensors --peer-python /tmp/ocv/bin/python
+    python benchmarks/sot.py --peer-python .venv-ocv/bin/python          # data, training, the table: about 10 min
+    python benchmarks/sot.py --weights runs/sot/exp/weights/best.safetensors --peer-python .venv-ocv/bin/python
 
 1) data (in --work, reused when there): the synthetic single-object sequences (cnnkit.data.synth_sot: scale
    change, occlusion, look-alike distractors, a panning camera), --sequences of them, a third held out as the
@@ -14,8 +14,8 @@
    the same run.
 
 CSRT and KCF ship in opencv-contrib-python(-headless) only, which would replace the opencv-python-headless cnnkit
-installs: give --peer-python, an interpreter of a throwaway venv with it (``python3 -m venv /tmp/ocv &&
-/tmp/ocv/bin/pip install opencv-contrib-python-headless numpy``). This script runs itself there in peer mode
+installs: give --peer-python, an interpreter of a throwaway venv with it (``python3 -m venv .venv-ocv &&
+.venv-ocv/bin/pip install opencv-contrib-python-headless numpy``). This script runs itself there in peer mode
 (``--peer-run``), which needs only numpy and OpenCV. Without it, the peers this interpreter's OpenCV has
 (MIL since OpenCV 4.5) are measured. The issue's target: cnnkit's success AUC at least CSRT's, at twice its
 frames per second or more.

@@ -206,8 +206,11 @@ def main() -> None:
     if "deepsort_idsw_vs_sort" in ratios:
         print(f"DeepSORT ID switches / SORT ID switches: {ratios['deepsort_idsw_vs_sort']:.3f} "
               f"({table['cnnkit deepsort']['id_switches']} against {table['cnnkit sort']['id_switches']})")
-    row = {"date": datetime.date.today().isoformat(), "data": str(root), "sequences": len(sequences), "frames": sum(lengths.values()),
-           "reid": str(reid), "ratios": ratios, "fps": speed,
+    # names, not this machine's paths
+    row = {"date": datetime.date.today().isoformat(), "data": args.data or f"$CNNKIT_HOME/datasets/{root.name}",
+           "sequences": len(sequences), "frames": sum(lengths.values()),
+           "reid": args.reid or (f"trained by the script on the train/ identities (--reid-epochs {args.reid_epochs})" if reid else None),
+           "ratios": ratios, "fps": speed,
            "table": {n: {k: v for k, v in s.items() if k != "per_sequence"} for n, s in table.items()}}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a", encoding="utf-8") as f:

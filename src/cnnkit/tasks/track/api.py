@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -22,44 +22,10 @@ from cnnkit.data import mot
 from cnnkit.errors import CnnkitError
 from cnnkit.track import CameraMotion, Detections, TrackerOptions, make_tracker
 from cnnkit.tasks.track import task as track_task
+from cnnkit.tasks.track.task import Source, find_sources  # noqa: F401 - part of this module's API
 
 TRACKERS = ("sort", "deepsort", "bytetrack")
 CMC_METHODS = ("none", "sparse", "ecc")
-
-
-@dataclass
-class Source:
-    """One thing to track through: a MOTChallenge sequence or frame folder, or a video file."""
-
-    name: str
-    sequence: mot.MotSequence | None = None
-    video: Path | None = None
-
-    def frames(self) -> mot.VideoFrames:
-        """The frames (RGB uint8), with ``fps``, ``width``, ``height`` and ``length`` (None when a video does not say)."""
-        return mot.VideoFrames(self.video if self.video is not None else self.sequence)
-
-
-def find_sources(sources: Iterable[str | Path], split: str | None = None) -> list[Source]:
-    """Video files, frame folders, MOTChallenge sequences and folders of them, in the order given."""
-    found: list[Source] = []
-    for source in sources:
-        path = Path(source)
-        if not path.exists():
-            raise CnnkitError(f"{path}: no such file or folder", "give a video file, a folder of frames or MOTChallenge sequences")
-        if path.is_file():
-            if not mot.is_video(path):
-                raise CnnkitError(f"{path}: not a video file", f"videos end in {', '.join(mot.VIDEO_EXTENSIONS)}; frames go in a folder")
-            found.append(Source(path.stem, video=path))
-        else:
-            found += [Source(seq.name, sequence=seq) for seq in mot.find_sequences(path, split=split)]
-    names = [s.name for s in found]
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
-        raise CnnkitError(f"two sources are both named {clash[0]!r}", "their results would share DIR/NAME.txt: track them separately")
-    if not found:
-        raise CnnkitError("nothing to track", "give a video file, a folder of frames or MOTChallenge sequences")
-    return found
 
 
 class Tracker:

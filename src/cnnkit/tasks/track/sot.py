@@ -33,6 +33,7 @@ from cnnkit.engine import distributed as dist_utils
 from cnnkit.errors import CnnkitError
 from cnnkit.runner import (Built, Recipe, Run, adopt_model_file, beside_run, evaluate_run_splits, publish, publish_run,
                            read_model_file, run_diagnosis, train_and_reload)
+from cnnkit.tasks.track import task as track_task
 from cnnkit.tasks.track.sot_task import (PairData, PairOptions, PairSet, SotSequence, SotTask, load_pair_data, require_gt,
                                           sot_sequences)
 from cnnkit.track.sot import SiamOptions, SiamTracker, check_box
@@ -64,30 +65,19 @@ class _Source:
 
 
 def _sources(sources: Iterable[str | Path], split: str | None) -> list[_Source]:
+    """track_task.find_sources, with each sequence's first ground-truth box (where tracking starts without --init)."""
     found: list[_Source] = []
-    for source in sources:
-        path = Path(source)
-        if not path.exists():
-            raise CnnkitError(f"{path}: no such file or folder", "give a video file, a folder of frames or MOTChallenge sequences")
-        if path.is_file():
-            if not mot.is_video(path):
-                raise CnnkitError(f"{path}: not a video file", f"videos end in {', '.join(mot.VIDEO_EXTENSIONS)}; frames go in a folder")
-            found.append(_Source(path.stem, video=path))
+    for source in track_task.find_sources(sources, split):
+        if source.sequence is None:
+            found.append(_Source(source.name, video=source.video))
             continue
-        for seq in mot.find_sequences(path, split=split):
-            first_gt = None
-            if seq.gt is not None:
-                rows = mot.read_mot_file(seq.gt, "gt", length=seq.length)
-                if len(rows):
-                    row = rows[np.argsort(rows[:, 0], kind="stable")[0]]
-                    first_gt = (int(row[0]), row[2:6])
-            found.append(_Source(seq.name, seq.frames, first_gt=first_gt, fps=seq.fps))
-    names = [s.name for s in found]
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
-        raise CnnkitError(f"two sources are both named {clash[0]!r}", "their results would share DIR/NAME.txt: track them separately")
-    if not found:
-        raise CnnkitError("nothing to track", "give a video file, a folder of frames or MOTChallenge sequences")
+        seq, first_gt = source.sequence, None
+        if seq.gt is not None:
+            rows = mot.read_mot_file(seq.gt, "gt", length=seq.length)
+            if len(rows):
+                row = rows[np.argsort(rows[:, 0], kind="stable")[0]]
+                first_gt = (int(row[0]), row[2:6])
+        found.append(_Source(seq.name, seq.frames, first_gt=first_gt, fps=seq.fps))
     return found
 
 

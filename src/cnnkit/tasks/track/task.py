@@ -1,14 +1,54 @@
-"""Tracking's plain functions: detections of a frame from a detector or a detections file, appearance
+"""Tracking's plain functions: the sources (videos, frame folders, MOTChallenge sequences), appearance
 features of the box crops, MOT rows, and drawing (boxes, ids and short trails)."""
 
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from typing import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
+from cnnkit.data import mot
+from cnnkit.errors import CnnkitError
+
 TRAIL = 30  # frames of a track's path drawn behind it
+
+
+@dataclass
+class Source:
+    """One thing to track through: a MOTChallenge sequence or frame folder, or a video file."""
+
+    name: str
+    sequence: mot.MotSequence | None = None
+    video: Path | None = None
+
+    def frames(self) -> mot.VideoFrames:
+        """The frames (RGB uint8), with ``fps``, ``width``, ``height`` and ``length`` (None when a video does not say)."""
+        return mot.VideoFrames(self.video if self.video is not None else self.sequence)
+
+
+def find_sources(sources: Iterable[str | Path], split: str | None = None) -> list[Source]:
+    """Video files, frame folders, MOTChallenge sequences and folders of them, in the order given."""
+    found: list[Source] = []
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            raise CnnkitError(f"{path}: no such file or folder", "give a video file, a folder of frames or MOTChallenge sequences")
+        if path.is_file():
+            if not mot.is_video(path):
+                raise CnnkitError(f"{path}: not a video file", f"videos end in {', '.join(mot.VIDEO_EXTENSIONS)}; frames go in a folder")
+            found.append(Source(path.stem, video=path))
+        else:
+            found += [Source(seq.name, sequence=seq) for seq in mot.find_sequences(path, split=split)]
+    names = [s.name for s in found]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise CnnkitError(f"two sources are both named {clash[0]!r}", "their results would share DIR/NAME.txt: track them separately")
+    if not found:
+        raise CnnkitError("nothing to track", "give a video file, a folder of frames or MOTChallenge sequences")
+    return found
 
 
 def id_colour(track_id: int) -> tuple[int, int, int]:
