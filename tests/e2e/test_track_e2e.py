@@ -43,6 +43,11 @@ def test_detector_trained_on_converted_sequences_tracks_the_held_out_one(mot_roo
     assert metrics["hota"] > 0.2 and metrics["mota"] > 0.1 and metrics["idf1"] > 0.25, metrics
     assert set(metrics["trackers"]["bytetrack"]["per_sequence"]) == {s.name for s in find_sequences(mot_root, split="test")}
     assert json.loads((tmp_path / "val" / "metrics.json").read_text())["hota"] == metrics["hota"]
+    # two trackers share one detector pass: the same boxes, so ByteTrack scores as it did alone
+    both = Tracker("bytetrack", detector=weights, device="cpu").val(mot_root, trackers=["sort", "bytetrack"], split="test",
+                                                                    out=tmp_path / "val2")
+    assert both["trackers"]["bytetrack"]["hota"] == pytest.approx(metrics["trackers"]["bytetrack"]["hota"], abs=1e-9)
+    assert both["trackers"]["sort"]["hota"] > 0.2
 
 
 def test_reid_trained_on_converted_identities_drives_deepsort(mot_root, tmp_path):

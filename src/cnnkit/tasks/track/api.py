@@ -82,12 +82,27 @@ class Tracker:
             written[source.name] = self._track_one(source, boxes, out_dir, video)
         return written
 
-    def _track_one(self, source: Source, boxes: dict[int, np.ndarray] | None, out_dir: Path, video: bool) -> Path:
+    def _detect_all(self, source: Source) -> dict[int, np.ndarray]:
+        """The detector's boxes [K, 6] (x1, y1, x2, y2, score, class) for every frame of a source, by frame number."""
+        frames = source.frames()
+        found: dict[int, np.ndarray] = {}
+        with progress_bar() as bar:
+            task_id = bar.add_task(f"{source.name}: detect", total=frames.length, info="", rate="")
+            for chunk in _chunks(iter(frames), self.batch):
+                for dets in self._detector(chunk):
+                    found[len(found) + 1] = dets
+                bar.update(task_id, advance=len(chunk))
+        return found
+
+    def _track_one(self, source: Source, boxes: dict[int, np.ndarray] | None, out_dir: Path, video: bool,
+                   detector_boxes: bool = False) -> Path:
+        """Track one source: boxes from the detector (``boxes`` None), from a detections file, or the detector's
+        computed beforehand (``detector_boxes``: already filtered by --classes)."""
         frames = source.frames()
         total, fps, width, height = frames.length, frames.fps, frames.width, frames.height
         tracker = make_tracker(self.tracker_name, self.options)
         motion = CameraMotion(self.cmc) if self.cmc != "none" else None
-        keep = _class_filter(self.classes) if boxes is not None else None
+        keep = _class_filter(self.classes) if boxes is not None and not detector_boxes else None
         drawer = track_task.TrailDrawer(self._detector_classes())
         writer, tmp_video = (_video_writer(out_dir / f"{source.name}.mp4", fps, width, height) if video else (None, None))
         rows: list[np.ndarray] = []
@@ -168,9 +183,15 @@ class Tracker:
         out_dir = Path(out)
         results: dict[str, dict[str, Path]] = {}
         speed: dict[str, float] = {}
+        # the detector runs once per sequence, not once per tracker: its boxes are the same for every tracker
+        detected = {s.name: self._detect_all(s) for s in sources} if not public and len(names) > 1 else None
         for name in names:
             member = self._with_tracker(name)
-            files = member.track([s.sequence.root for s in sources], out_dir / "results" / name, public=public, video=video)
+            if detected is None:
+                files = member.track([s.sequence.root for s in sources], out_dir / "results" / name, public=public, video=video)
+            else:
+                files = {s.name: member._track_one(s, detected[s.name], out_dir / "results" / name, video, detector_boxes=True)
+                         for s in sources}
             results[name] = files
             speed[name] = member.last_fps
         table = evaluate_mot(gt, {s.name: s.sequence.length for s in sources}, results)
