@@ -1,6 +1,6 @@
 """cnnkit's multi-object trackers against roboflow's `trackers` (Apache-2.0) on the same public detections.
 
-    python benchmarks/track.py [--data ROOT] [--sequences 8] [--frames 150] [--imgsz 640] [--seed 0]
+    python benchmarks/track.py [--data ROOT] [--sequences 8] [--frames 150] [--imgsz 640] [--seed 0] [--objects 12]
                                [--reid WEIGHTS | --reid-epochs 8] [--results benchmarks/results/track.jsonl]
 
 The data: cnnkit's synthetic MOT benchmark (`cnnkit data synth mot`, generated into $CNNKIT_HOME/datasets/
@@ -42,10 +42,11 @@ def bench_data(args) -> Path:
     from cnnkit.data.builtin import cache_dir
     from cnnkit.data.synth_mot import synth_mot
 
-    root = cache_dir() / "datasets" / f"mot_bench_n{args.sequences}_f{args.frames}_{args.imgsz}_s{args.seed}"
+    dense = f"_o{args.objects}" if args.objects != 12 else ""
+    root = cache_dir() / "datasets" / f"mot_bench_n{args.sequences}_f{args.frames}_{args.imgsz}_s{args.seed}{dense}"
     if not root.exists():
         synth_mot(root, n_sequences=args.sequences, frames=args.frames, width=args.imgsz, height=round(args.imgsz * 9 / 32) * 2,
-                  seed=args.seed)
+                  objects=args.objects, seed=args.seed)
     return root
 
 
@@ -146,6 +147,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--imgsz", type=int, default=640, help="frame width (height 9/16 of it)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--objects", type=int, default=12, help="objects on screen on average (24: dense scenes, more "
+                        "crossings and occlusions)")
     parser.add_argument("--ours", default=",".join(OURS), help="cnnkit trackers to run (deepsort trains or takes --reid)")
     parser.add_argument("--reid", help="re-ID weights for deepsort (default: train one on the train/ identities)")
     parser.add_argument("--reid-epochs", type=int, default=8)
