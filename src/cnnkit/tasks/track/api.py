@@ -104,7 +104,7 @@ class Tracker:
         motion = CameraMotion(self.cmc) if self.cmc != "none" else None
         keep = _class_filter(self.classes) if boxes is not None and not detector_boxes else None
         drawer = track_task.TrailDrawer(self._detector_classes())
-        writer, tmp_video = (_video_writer(out_dir / f"{source.name}.mp4", fps, width, height) if video else (None, None))
+        writer, tmp_video = (track_task.video_writer(out_dir / f"{source.name}.mp4", fps, width, height) if video else (None, None))
         rows: list[np.ndarray] = []
         frame_number = 0
         started = time.perf_counter()
@@ -248,17 +248,6 @@ def _class_filter(classes: str | None) -> np.ndarray | None:
         return np.array([int(c) for c in classes.split(",") if c.strip()])
     except ValueError:
         raise CnnkitError(f"--classes {classes!r}: a detections file names classes by number", "e.g. --classes 1,3") from None
-
-
-def _video_writer(target: Path, fps: float, width: int, height: int):
-    import cv2
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.part.mp4")  # OpenCV picks the container by the extension
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise CnnkitError(f"{target}: OpenCV cannot write an mp4 video here", "use --no-video")
-    return writer, tmp
 
 
 def _frame_detector(weights: str | Path, conf: float, classes: str | None, device: str):

@@ -204,7 +204,7 @@ class SingleObjectTracker:
         writer = tmp_video = None
         drawer = TrailDrawer()
         if video:
-            writer, tmp_video = _video_writer(out_dir / f"{source.name}.mp4", source.fps, first.shape[1], first.shape[0])
+            writer, tmp_video = track_task.video_writer(out_dir / f"{source.name}.mp4", source.fps, first.shape[1], first.shape[0])
 
         def draw(frame, result, score):
             x, y, w, h = result
@@ -280,17 +280,6 @@ class SingleObjectTracker:
 def _headline(metrics: dict[str, Any]) -> str:
     return (f"success AUC {metrics['success_auc']:.4f}  precision@20px {metrics['precision_20px']:.4f}  "
             f"{metrics['fps']:.1f} frames/s ({metrics['sequences']} sequences)")
-
-
-def _video_writer(target: Path, fps: float, width: int, height: int):
-    import cv2
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.part.mp4")  # OpenCV picks the container by the extension
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise CnnkitError(f"{target}: OpenCV cannot write an mp4 video here", "pass video=False")
-    return writer, tmp
 
 
 # ------------------------------------------------------------------------------------------- the recipe

@@ -59,6 +59,19 @@ def id_colour(track_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def video_writer(target: Path, fps: float, width: int, height: int):
+    """(OpenCV mp4 writer, its temporary file beside ``target``): the caller renames the file into place once
+    every frame is written, so a failed run leaves no half-written video."""
+    import cv2
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.part.mp4")  # OpenCV picks the container by the extension
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise CnnkitError(f"{target}: OpenCV cannot write an mp4 video here", "use --no-video")
+    return writer, tmp
+
+
 def crops(frame: np.ndarray, boxes: np.ndarray, min_side: int = 2) -> list[np.ndarray]:
     """RGB crops of xyxy boxes, clipped to the frame (a box reaching outside is cut at the border; one left
     thinner than ``min_side`` pixels is widened around its centre so the embedder gets pixels)."""
