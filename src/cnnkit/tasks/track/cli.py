@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from cnnkit.cli.options import Device, SequenceSplit, ValOut, config_command
+from cnnkit.track.state import TrackerOptions
 
 
 class _SourcesFirst(TyperGroup):
@@ -30,6 +31,8 @@ sot_app = typer.Typer(cls=_SourcesFirst, no_args_is_help=True,
                            "[--init x,y,w,h]`, `cnnkit track sot train`, `cnnkit track sot val` (OTB success AUC, precision "
                            "at 20 px, frames per second).")
 app.add_typer(sot_app, name="sot")
+
+DEFAULTS = TrackerOptions()  # one source for the option defaults: the library's
 
 Tracker = Annotated[str, typer.Option("--tracker", help="sort (Kalman + IoU + Hungarian), deepsort (+ appearance from "
                                       "--reid, gated by the Kalman distance) or bytetrack (low-score boxes in a second round)")]
@@ -62,8 +65,6 @@ Gallery = Annotated[int, typer.Option("--gallery-size", min=1, help="deepsort: a
 
 
 def _options(max_age, min_hits, iou, det_threshold, low_threshold, new_track_threshold, max_cosine_distance, gallery_size):
-    from cnnkit.track import TrackerOptions
-
     return TrackerOptions(max_age=max_age, min_hits=min_hits, iou_threshold=iou, det_threshold=det_threshold,
                           low_threshold=low_threshold, new_track_threshold=new_track_threshold,
                           max_cosine_distance=max_cosine_distance, gallery_size=gallery_size)
@@ -96,14 +97,14 @@ def track_run(
     classes: Classes = None,
     conf: Conf = None,
     cmc: Cmc = "none",
-    max_age: MaxAge = 30,
-    min_hits: MinHits = 2,
-    iou: Iou = 0.3,
-    det_threshold: DetThreshold = 0.5,
-    low_threshold: LowThreshold = 0.1,
-    new_track_threshold: NewTrack = 0.6,
-    max_cosine_distance: Cosine = 0.3,
-    gallery_size: Gallery = 50,
+    max_age: MaxAge = DEFAULTS.max_age,
+    min_hits: MinHits = DEFAULTS.min_hits,
+    iou: Iou = DEFAULTS.iou_threshold,
+    det_threshold: DetThreshold = DEFAULTS.det_threshold,
+    low_threshold: LowThreshold = DEFAULTS.low_threshold,
+    new_track_threshold: NewTrack = DEFAULTS.new_track_threshold,
+    max_cosine_distance: Cosine = DEFAULTS.max_cosine_distance,
+    gallery_size: Gallery = DEFAULTS.gallery_size,
     video: bool = typer.Option(True, "--video/--no-video", help="write OUT/NAME.mp4 with boxes, ids and trails"),
     split: SequenceSplit = "all",
     batch: int = typer.Option(4, "--batch", min=1, help="frames per detector batch"),
@@ -133,14 +134,14 @@ def track_val(
     classes: Classes = None,
     conf: Conf = None,
     cmc: Cmc = "none",
-    max_age: MaxAge = 30,
-    min_hits: MinHits = 2,
-    iou: Iou = 0.3,
-    det_threshold: DetThreshold = 0.5,
-    low_threshold: LowThreshold = 0.1,
-    new_track_threshold: NewTrack = 0.6,
-    max_cosine_distance: Cosine = 0.3,
-    gallery_size: Gallery = 50,
+    max_age: MaxAge = DEFAULTS.max_age,
+    min_hits: MinHits = DEFAULTS.min_hits,
+    iou: Iou = DEFAULTS.iou_threshold,
+    det_threshold: DetThreshold = DEFAULTS.det_threshold,
+    low_threshold: LowThreshold = DEFAULTS.low_threshold,
+    new_track_threshold: NewTrack = DEFAULTS.new_track_threshold,
+    max_cosine_distance: Cosine = DEFAULTS.max_cosine_distance,
+    gallery_size: Gallery = DEFAULTS.gallery_size,
     video: bool = typer.Option(False, "--video/--no-video", help="also write each tracker's annotated videos"),
     device: Device = "auto",
 ) -> None:
