@@ -5,6 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# OCR renders its synthetic text with the machine's fonts and draws words from the system dictionary: several
+# families from Debian's font packages (DejaVu, Liberation, FreeFont, URW's base 35) and wamerican
+if [ ! -d /usr/share/fonts/truetype/liberation2 ] || [ ! -d /usr/share/fonts/opentype/urw-base35 ] || [ ! -f /usr/share/dict/words ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core fonts-liberation2 \
+            fonts-freefont-ttf fonts-urw-base35 wamerican >/dev/null
+    else
+        echo "setup: for OCR's text fonts run: sudo apt-get install fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 wamerican" >&2
+    fi
+fi
 stamp=.venv/.cnnkit-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $($PYTHON --version 2>&1)"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

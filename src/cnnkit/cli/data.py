@@ -51,14 +51,15 @@ def data_check(
 def data_synth(
     kind: str = typer.Argument(..., help="what to generate: shapes or cells (detect/segment); objects, textures or "
                                "cells (--task classify); mot (multi-object tracking sequences, MOTChallenge layout); sot (single-object "
-                               "sequences: one target among look-alike distractors)"),
+                               "sequences: one target among look-alike distractors); text (--task rec: text-line images for OCR)"),
     task: Optional[str] = typer.Option(None, "--task", help="shapes: detect (COCO + YOLO layouts, the default) or segment "
                                        "(masks + classes.txt); cells: segment (the default) or classify (five phenotypes); "
                                        "objects and textures: classify (ImageFolder train/val/test)"),
     n: Optional[int] = typer.Option(None, "--n", help="number of images (train + val), default 500; classify: training "
-                                    "images of the largest class, default 300; mot, sot: sequences (train + test), default 8"),
+                                    "images of the largest class, default 300; mot, sot: sequences (train + test), default 8; text: lines, default 5000"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="square image side in pixels: 32 to 4096, default 320; "
-                                        "classify: 16 to 1024, default 64; mot: frame width (height 9/16 of it), default 640; sot: default 480"),
+                                        "classify: 16 to 1024, default 64; mot: frame width (height 9/16 of it), default 640; sot: default 480; "
+                                        "text: line height, default 32"),
     frames: int = typer.Option(150, "--frames", help="mot, sot: frames in each sequence (30 fps)"),
     out: Path = typer.Option(..., "--out", help="folder to create; must be new or empty unless --force"),
     seed: int = typer.Option(0, "--seed", help="the same seed writes byte-identical files"),
@@ -66,6 +67,9 @@ def data_synth(
     imbalance: float = typer.Option(1.0, "--imbalance", help="classify: the largest class over the smallest in train "
                                     "(a geometric long tail; 1 = balanced)"),
     eval_n: int = typer.Option(50, "--eval-n", help="classify: val and test images of every class"),
+    fonts: Optional[str] = typer.Option(None, "--fonts", help="text: font families to render with, comma-separated "
+                                        "shell patterns, !PATTERN excludes (e.g. '!Liberation*,!Nimbus*'); default: every "
+                                        "installed family that covers the character set"),
     force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
 ) -> None:
     """Generate a synthetic dataset: shapes (circle, square, triangle, star, cross) on real photos, with occlusion,
@@ -90,6 +94,22 @@ def data_synth(
                       f"{summary['detection_recall']:.2f}, {summary['false_positives_per_frame']:.1f} false positives "
                       f"a frame (MOTChallenge layout) written to {out}", soft_wrap=True, markup=False)
         return
+
+    if kind == "text":
+        from cnnkit.data.synth_text import synth_text_lines
+
+        if task not in (None, "rec"):
+            raise CnnkitError(f"--task {task}: text writes recognition lines", "use --task rec")
+        summary = synth_text_lines(out, n=5000 if n is None else n, fonts=fonts, height=32 if imgsz is None else imgsz,
+                                   val_fraction=val_fraction, seed=seed, force=force)
+        lines = summary["lines"]
+        console.print(f"{lines['train']} train + {lines['val']} val text lines ({summary['characters']} characters on "
+                      f"average, {summary['faces']} faces of {len(summary['families'])} families: "
+                      f"{', '.join(summary['families'])}) written to {out}", soft_wrap=True, markup=False)
+        return
+
+    if fonts is not None:
+        raise CnnkitError("--fonts is for text", f"{kind} draws no text")
 
     if kind == "sot":
         from cnnkit.data.synth_sot import synth_sot

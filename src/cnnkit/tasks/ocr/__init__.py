@@ -1,0 +1,1 @@
+"""OCR: text-line recognition (a CRNN trained with CTC) on the one engine."""
