@@ -74,6 +74,7 @@ TASKS: dict[str, Owner] = {owner.name: owner for owner in (
     Owner("instance", "cnnkit.tasks.instance.api:InstanceSegmenter", "mask_map"),
     Owner("embed", "cnnkit.tasks.embed.api:Embedder", "", predicts=False),
     Owner("sot", "cnnkit.tasks.track.sot:SingleObjectTracker", "success_auc", predicts=False),
+    Owner("ocr", "cnnkit.tasks.ocr.api:TextRecognizer", "cer"),
 )}
 
 
