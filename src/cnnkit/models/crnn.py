@@ -9,8 +9,8 @@ The backbone halves height and width twice, then height only (pooling (2, 1), as
 of the output covers 4 pixels of the line's width and a 32 px line yields 8 columns per 32 px: enough for
 narrow letters (CTC needs at least one column per character, two for a doubled one). Any height of 16 px or
 more works: what is left of the height is averaged away. The sequence head is a two-layer bidirectional LSTM
-(``head="lstm"``, CRNN's) or, faster on CPUs, a stack of 1-D convolutions (``head="conv"``), whose receptive
-field of about 60 px reaches across a few letters either side.
+(``head="lstm"``, CRNN's) or a stack of 1-D convolutions (``head="conv"``, a little faster on CPUs), whose
+receptive field of about 60 px reaches across a few letters either side.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ class OcrConfig(TrainOptions):
     paths relative to the labels file's folder) and ROOT/val/labels.tsv (else --val-split of train)."""
 
     data: str = option("", "text lines: ROOT/train/labels.tsv and ROOT/val/labels.tsv (`cnnkit data synth text` writes them)")
-    model: str = option("crnn", "crnn (CNN, bidirectional LSTM, CTC) or crnn_conv (CNN, 1-D convolutions, CTC: faster on CPUs)",
+    model: str = option("crnn", "crnn (CNN, bidirectional LSTM, CTC) or crnn_conv (CNN, 1-D convolutions, CTC: a little faster on CPUs)",
                         MODELS)
     epochs: int = option(20, "number of epochs")
     batch: int = option(32, "global batch size in lines (split across processes under torchrun)")
