@@ -9,8 +9,9 @@ PYTHON=${PYTHON:-python3}
 # families from Debian's font packages (DejaVu, Liberation, FreeFont, URW's base 35) and wamerican
 if [ ! -d /usr/share/fonts/truetype/liberation2 ] || [ ! -d /usr/share/fonts/opentype/urw-base35 ] || [ ! -f /usr/share/dict/words ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core fonts-liberation2 \
-            fonts-freefont-ttf fonts-urw-base35 wamerican >/dev/null
+        # not fatal: without them OCR still has matplotlib's DejaVu and its own English text
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core fonts-liberation2 \
+            fonts-freefont-ttf fonts-urw-base35 wamerican >/dev/null; } || echo "setup: apt-get could not install the OCR fonts" >&2
     else
         echo "setup: for OCR's text fonts run: sudo apt-get install fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 wamerican" >&2
     fi
