@@ -60,7 +60,7 @@ def read_labels(path: Path) -> list[Line]:
                 width, height = im.size
         except FileNotFoundError:
             raise CnnkitError(f"{where}: image {name} does not exist", f"paths are relative to {path.parent}") from None
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:  # a bomb is refused by its header, never decoded
             raise CnnkitError(f"{where}: image {name} cannot be read ({exc})") from None
         if width < 2 or height < 2:
             raise CnnkitError(f"{where}: image {name} is {width} x {height} pixels", "a text line needs at least 2 x 2 pixels")

@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnkit.evaluate.text import line_errors, scores_from_errors
 from cnnkit.models.crnn import CRNN
-from cnnkit.tasks.ocr.decode import greedy_decode
+from cnnkit.tasks.ocr.decode import beam_decode, greedy_decode
 
 
 def ctc_loss(logits: torch.Tensor, widths: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor,
@@ -28,8 +28,6 @@ def ctc_loss(logits: torch.Tensor, widths: torch.Tensor, targets: torch.Tensor, 
 
 def decode_batch(logits: torch.Tensor, widths: torch.Tensor, charset: list[str], beam: int = 0) -> list[tuple[str, float]]:
     """(text, score) of every line of a batch of logits [B, T, C]."""
-    from cnnkit.tasks.ocr.decode import beam_decode
-
     log_probs = logits.float().log_softmax(-1).cpu().numpy()
     columns = CRNN.output_lengths(widths.cpu()).clamp(max=logits.shape[1]).tolist()
     if beam > 0:
