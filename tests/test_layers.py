@@ -30,7 +30,8 @@ LAYERS = [
 ]
 # inside a task's folder (cnnkit/tasks/<task>/): its options (which check model names against the model
 # table), its plain functions, then its class, then its commands
-TASK_FOLDER = {"config": 2, "task": 3, "features": 3, "explain": 3, "api": 4, "cli": 5}
+# (ocr has two classes: api.py's recogniser and detector.py's text detector; shipped.py loads both)
+TASK_FOLDER = {"config": 2, "task": 3, "features": 3, "explain": 3, "api": 4, "detector": 4, "shipped": 4, "cli": 5}
 
 # Upward imports not yet removed: (importer, imported). Shrink this list; never grow it.
 EDGES_TO_REMOVE: set[tuple[str, str]] = set()

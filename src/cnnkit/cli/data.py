@@ -51,12 +51,13 @@ def data_check(
 def data_synth(
     kind: str = typer.Argument(..., help="what to generate: shapes or cells (detect/segment); objects, textures or "
                                "cells (--task classify); mot (multi-object tracking sequences, MOTChallenge layout); sot (single-object "
-                               "sequences: one target among look-alike distractors); text (--task rec: text-line images for OCR)"),
+                               "sequences: one target among look-alike distractors); text (--task rec: text-line images for OCR; --task det: "
+                               "pages with text-line quadrilaterals)"),
     task: Optional[str] = typer.Option(None, "--task", help="shapes: detect (COCO + YOLO layouts, the default) or segment "
                                        "(masks + classes.txt); cells: segment (the default) or classify (five phenotypes); "
-                                       "objects and textures: classify (ImageFolder train/val/test)"),
+                                       "objects and textures: classify (ImageFolder train/val/test); text: rec (lines, the default) or det (pages)"),
     n: Optional[int] = typer.Option(None, "--n", help="number of images (train + val), default 500; classify: training "
-                                    "images of the largest class, default 300; mot, sot: sequences (train + test), default 8; text: lines, default 5000"),
+                                    "images of the largest class, default 300; mot, sot: sequences (train + test), default 8; text: lines, default 5000 (pages with --task det, default 600)"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="square image side in pixels: 32 to 4096, default 320; "
                                         "classify: 16 to 1024, default 64; mot: frame width (height 9/16 of it), default 640; sot: default 480; "
                                         "text: line height, default 32"),
@@ -95,11 +96,22 @@ def data_synth(
                       f"a frame (MOTChallenge layout) written to {out}", soft_wrap=True, markup=False)
         return
 
+    if kind == "text" and task == "det":
+        from cnnkit.data.synth_text_pages import synth_text_pages
+
+        if imgsz is not None:
+            raise CnnkitError(f"--imgsz {imgsz}: pages come in sizes of 480-800 x 360-640", "leave --imgsz out for --task det")
+        summary = synth_text_pages(out, n=600 if n is None else n, fonts=fonts, val_fraction=val_fraction, seed=seed, force=force)
+        pages = summary["pages"]
+        console.print(f"{pages['train']} train + {pages['val']} val pages with {summary['lines']} text lines ({summary['faces']} "
+                      f"faces of {len(summary['families'])} families; det_labels.tsv) written to {out}", soft_wrap=True, markup=False)
+        return
+
     if kind == "text":
         from cnnkit.data.synth_text import synth_text_lines
 
         if task not in (None, "rec"):
-            raise CnnkitError(f"--task {task}: text writes recognition lines", "use --task rec")
+            raise CnnkitError(f"--task {task}: text writes recognition lines (rec) or pages for detection (det)", "use --task rec or det")
         summary = synth_text_lines(out, n=5000 if n is None else n, fonts=fonts, height=32 if imgsz is None else imgsz,
                                    val_fraction=val_fraction, seed=seed, force=force)
         lines = summary["lines"]

@@ -5,7 +5,9 @@ Every exported file takes the normalised float image batch [B, 3, imgsz, imgsz] 
 and the rest of the weights' metadata travel inside the file) and returns the eager model's output:
 class logits [B, C] for classifiers, per-pixel logits [B, C, H, W] for semantic segmenters. Detectors
 take the letterboxed 0..1 batch and return their post-processed detections (boxes, scores, labels),
-NMS included: see cnnkit.compress.detect_graph.
+NMS included: see cnnkit.compress.detect_graph. Text-line recognisers take lines [B, 3, imgsz, W] of any
+width W (a dynamic axis; data.textlines pads a batch to its widest line) and return per-column logits
+[B, W / 4, C].
 """
 
 from __future__ import annotations
@@ -77,13 +79,16 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
                           f"found, which torch.export cannot follow: {'--format pt2' if fmt == 'pt2' else '--dynamic-batch'} "
                           "is not possible for it", "export it with --format onnx or torchscript, batch 1 (val, predict "
                           "and bench run any batch through it an image at a time)")
-    example = torch.rand(2 if dynamic_batch else 1, 3, imgsz, imgsz)
+    lines = is_line_model(metadata)
+    example = torch.rand(2 if dynamic_batch else 1, 3, imgsz, imgsz * 8 if lines else imgsz)
     described = "0..1 RGB, letterboxed" if detector else "normalised with mean/std"
+    width = "W (any width)" if lines else str(imgsz)
     meta = {**metadata, "deployed": {"format": fmt, "batch": None if dynamic_batch else 1, "opset": opset if fmt == "onnx" else None,
-                                     "input": f"float32 [{'N' if dynamic_batch else 1}, 3, {imgsz}, {imgsz}], {described}"}}
+                                     "input": f"float32 [{'N' if dynamic_batch else 1}, 3, {imgsz}, {width}], {described}"}}
     if detector:
         meta["deployed"].update(outputs=output_names(metadata), max_det=model.max_det, iou=float(model.iou))
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    dims = {**({0: batch_dim} if dynamic_batch else {}), **({3: torch.export.Dim("width", min=8, max=8192)} if lines else {})}
     try:
         with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
             # torchvision's nms registration still calls a torch API renamed in 2.14
@@ -91,9 +96,9 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
             if fmt == "onnx" and traced:
                 _export_onnx_traced(model, example, tmp, opset, meta)
             elif fmt == "onnx":
-                _export_onnx(model, example, tmp, opset, dynamic_batch, meta)
+                _export_onnx(model, example, tmp, opset, dims, meta)
             elif fmt == "pt2":
-                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch_dim},) if dynamic_batch else None)
+                program = torch.export.export(model, (example,), dynamic_shapes=(dims,) if dims else None)
                 buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, and tmp is neither
                 torch.export.save(program, buffer, extra_files={META_FILE: json.dumps(meta)})
                 tmp.write_bytes(buffer.getvalue())
@@ -114,12 +119,12 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
     return path
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool, meta: dict) -> None:
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dims: dict, meta: dict) -> None:
+    """``dims``: the dynamic axes of the input (torch.export.Dim by axis; {} for a fixed shape)."""
     import contextlib
     import logging
 
     _check_opset(opset)
-    batch = torch.export.Dim("batch", min=1, max=4096)
     # the exporter reports its steps on stdout, which is for results; onnx_ir logs a harmless default
     # (an empty attribute list of NonMaxSuppression's translation taken as ints) as a warning
     quiet = logging.getLogger("onnx_ir")
@@ -128,7 +133,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-                                        output_names=_output_names(meta), dynamic_shapes=({0: batch},) if dynamic_batch else None,
+                                        output_names=_output_names(meta), dynamic_shapes=(dims,) if dims else None,
                                         verbose=False)
     finally:
         quiet.setLevel(level)
@@ -246,15 +251,25 @@ may order slots differently);
     return Parity(images, diff, scale, agreement, diff <= atol + rtol * scale and agreement >= 0.99, "detections matched")
 
 
+def is_line_model(metadata: dict[str, Any]) -> bool:
+    """A text-line recogniser (task ocr): lines of any width in, per-column logits out."""
+    return metadata.get("task") == "ocr"
+
+
 def parity_images(metadata: dict[str, Any], data: str | None = None, images: list[str] | None = None, limit: int = 16) -> torch.Tensor:
     """Real images as the model sees them (resized, normalised): ``images``, else up to ``limit`` of
-    ``data``'s val split, else the photos scikit-learn and scikit-image ship."""
+    ``data``'s val split, else the photos scikit-learn and scikit-image ship (text lines rendered in the
+    installed fonts, for a recogniser)."""
     from PIL import Image
 
     if images:
         return model_inputs(metadata, [Path(p) for p in images[:limit]])
     if data:
         return model_inputs(metadata, data_images(data, metadata.get("task"), limit))
+    if is_line_model(metadata):
+        from cnnkit.data.synth_text import sample_lines
+
+        return model_inputs(metadata, [Image.fromarray(line) for line in sample_lines(limit)])
     return model_inputs(metadata, [Image.fromarray(p) for p in bundled_photos()[:limit]])
 
 
@@ -267,6 +282,12 @@ def model_inputs(metadata: dict[str, Any], images: list) -> torch.Tensor:
     from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec
 
     intensity = IntensitySpec.from_dict(metadata.get("intensity"), missing=BEFORE_RECORD)  # as the model reads files
+    if is_line_model(metadata):
+        from cnnkit.data.textlines import line_batch
+
+        pictures = [image if isinstance(image, Image.Image) else load_image(image, intensity) for image in images]
+        return line_batch([np.asarray(p.convert("RGB")) for p in pictures], int(metadata["imgsz"]), int(metadata.get("max_width", 800)),
+                          tuple(metadata["mean"]), tuple(metadata["std"]))[0]
     if is_detection_graph(metadata):
         from cnnkit.compress.detect_graph import letterbox, letterbox_options
 

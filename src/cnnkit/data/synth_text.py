@@ -270,6 +270,16 @@ def render_line(rng: np.random.Generator, text: str, face: FontFace, photos: lis
     return np.ascontiguousarray(image)
 
 
+def sample_lines(n: int, seed: int = 0, height: int = 32) -> list[np.ndarray]:
+    """``n`` rendered lines (RGB uint8), for checks that need real-looking text without a dataset (export parity)."""
+    faces, photos = select_fonts(installed_fonts(), None), load_photos(more=True)
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 2])
+        out.append(render_line(rng, make_text(rng), faces[int(rng.integers(len(faces)))], photos, height))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ files
 
 def synth_text_lines(out: str | Path, n: int = 5000, fonts: str | None = None, height: int = 32, val_fraction: float = 0.1,

@@ -8,6 +8,7 @@ import sys
 import torch.nn as nn
 
 from cnnkit.models import detectors, segmenters, tiny_cnn  # noqa: F401  (their @register decorators fill the table)
+from cnnkit.models.dbnet import DBNet
 from cnnkit.models.segmenters import FCN
 from cnnkit.models.yolo import YoloDetector
 
@@ -21,6 +22,8 @@ def backbone_module(net: nn.Module) -> str | None:
 
     if isinstance(net, (YoloDetector, FCN)):
         return net.backbone_module
+    if isinstance(net, DBNet):
+        return "backbone"
     if isinstance(net, GeneralizedRCNN):
         return "backbone.body"
     if isinstance(net, SSD):

@@ -75,6 +75,7 @@ TASKS: dict[str, Owner] = {owner.name: owner for owner in (
     Owner("embed", "cnnkit.tasks.embed.api:Embedder", "", predicts=False),
     Owner("sot", "cnnkit.tasks.track.sot:SingleObjectTracker", "success_auc", predicts=False),
     Owner("ocr", "cnnkit.tasks.ocr.api:TextRecognizer", "cer"),
+    Owner("ocr_det", "cnnkit.tasks.ocr.detector:TextDetector", "hmean"),
 )}
 
 
@@ -111,7 +112,7 @@ def load(path: str | Path, command_task: str | None = None) -> Any:
     """The loaded object (Classifier, Detector, Segmenter, InstanceSegmenter, Embedder) for a weights or deployed
     file; with ``command_task`` (the TASK of `cnnkit TASK val|predict`), a file of another task is one line."""
     owner = owner_of(path)
-    family = "segment" if owner.name == "instance" else owner.name
+    family = {"instance": "segment", "ocr_det": "ocr"}.get(owner.name, owner.name)
     if command_task is not None and family != command_task:
         raise CnnkitError(f"{path}: weights of a '{family}' model, not '{command_task}'", f"use `cnnkit {family} …` with this file")
     return owner.load(path)

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD
+from cnnkit.data.textlines import line_batch
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.trainer import make_loader
 from cnnkit.errors import CnnkitError
 from cnnkit.models.crnn import CRNN
 from cnnkit.runner import (Built, Recipe, Run, adopt_model_file, beside_run, evaluate_run_splits, publish, publish_run,
                            read_in_batches, read_model_file, run_diagnosis, train_and_reload)
-from cnnkit.tasks.ocr.data import (LineData, LineSet, check_charset, collate_lines, fit_height, load_line_data, read_labels,
-                                   read_line, to_tensor)
+from cnnkit.tasks.ocr.data import LineData, LineSet, check_charset, collate_lines, load_line_data, read_labels, read_line
 from cnnkit.tasks.ocr.task import OcrTask, decode_batch
 
 OCR = "ocr"
@@ -55,17 +55,16 @@ class TextRecognizer:
 
     @classmethod
     def load(cls, weights: str | Path) -> "TextRecognizer":
-        """A recogniser from an `ocr train` weights file."""
+        """A recogniser from an `ocr train` weights file, or from its ONNX, TorchScript, torch.export or int8
+        file (`cnnkit export`, `cnnkit quantize`)."""
         file = read_model_file(weights, OCR)
-        if file.deployed is not None:
-            raise CnnkitError(f"{weights}: a deployed file; OCR runs cnnkit weights files for now",
-                              "pass the run's weights/best.safetensors")
         meta = file.meta
         rec = cls(meta["model"], int(meta["imgsz"]))
         rec.class_names = list(meta["class_names"])
         rec.max_width = int(meta.get("max_width", 800))
         rec.mean, rec.std = tuple(meta["mean"]), tuple(meta["std"])
-        rec.model = build_crnn(meta["model"], len(rec.class_names) + 1)
+        if file.deployed is None:  # a deployed file (cnnkit export / quantize) brings its own runnable model
+            rec.model = build_crnn(meta["model"], len(rec.class_names) + 1)
         adopt_model_file(rec, file)
         rec.model.eval()
         return rec
@@ -86,10 +85,9 @@ class TextRecognizer:
         model = self._require_model()
         dev = dist_utils.select_device(device or self.device)
         model.to(dev).eval()
-        tensors = [to_tensor(fit_height(im, self.imgsz, self.max_width), self.mean, self.std) for im in images]
-        if not tensors:
+        if not images:
             return []
-        batch, widths, _, _ = collate_lines([(t, torch.zeros(0, dtype=torch.long)) for t in tensors])
+        batch, widths = line_batch(images, self.imgsz, self.max_width, self.mean, self.std)
         with torch.no_grad():
             logits = model(batch.to(dev))
         return decode_batch(logits, widths, self.class_names, beam)

@@ -11,7 +11,6 @@ image that is missing or smaller than 2 x 2 pixels (read from its header only), 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cnnkit.data.textlines import fit_height, pad_lines, to_tensor
 from cnnkit.errors import CnnkitError
 
 LABELS = "labels.tsv"
@@ -119,15 +119,6 @@ def read_line(path: Path, height: int, max_width: int) -> np.ndarray:
     return fit_height(image[..., ::-1], height, max_width)
 
 
-def fit_height(image: np.ndarray, height: int, max_width: int) -> np.ndarray:
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    h, w = image.shape[:2]
-    width = min(max_width, max(1, round(w * height / max(h, 1))))
-    return np.ascontiguousarray(cv2.resize(image[..., :3], (width, height),
-                                           interpolation=cv2.INTER_AREA if h > height else cv2.INTER_LINEAR))
-
-
 def augment_line(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """What suits text (no flips): a slight rotation and slant, a width change, light, blur and noise."""
     h, w = image.shape[:2]
@@ -149,11 +140,6 @@ def augment_line(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 
 def encode(text: str, index: dict[str, int]) -> list[int]:
     return [index[c] for c in text]
-
-
-def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 class LineSet(Dataset):
@@ -184,9 +170,5 @@ def collate_lines(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     """(images [B, 3, H, W] padded on the right to the widest line (a multiple of 4), widths [B], targets (all
     lines' indices, concatenated) [sum], target lengths [B]), CTC's input."""
     images, targets = zip(*batch)
-    widths = torch.tensor([im.shape[-1] for im in images])
-    width = int(math.ceil(int(widths.max()) / 4) * 4)
-    padded = images[0].new_zeros((len(images), 3, images[0].shape[1], width))
-    for k, im in enumerate(images):
-        padded[k, :, :, : im.shape[-1]] = im
+    padded, widths = pad_lines(list(images))
     return padded, widths, torch.cat(targets), torch.tensor([len(t) for t in targets])

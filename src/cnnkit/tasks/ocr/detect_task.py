@@ -1,0 +1,91 @@
+"""The engine's view of text detection (DBNet): DB's loss in training; in validation each page's quadrilaterals
+from the probability map, matched to the truth at IoU 0.5 (ICDAR 2015's protocol), summed into precision,
+recall and hmean."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnkit.tasks.ocr.detect_post import boxes_from_prob, detection_scores, match_pairs
+
+OHEM_RATIO = 3  # negatives kept per positive in the probability loss (DBNet's balanced BCE)
+BINARY_WEIGHT, THRESH_WEIGHT = 1.0, 10.0  # DBNet's alpha and beta
+
+
+@dataclass(frozen=True)
+class PostOptions:
+    """How a probability map becomes quadrilaterals (detect_post.boxes_from_prob)."""
+
+    bin_thresh: float = 0.3
+    box_thresh: float = 0.6
+    unclip_ratio: float = 1.0
+
+
+def balanced_bce(prob: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE over every text pixel and the hardest non-text pixels, three for each text pixel."""
+    positive = gt * mask
+    negative = (1 - gt) * mask
+    n_pos = int(positive.sum())
+    n_neg = min(int(negative.sum()), max(n_pos, 1) * OHEM_RATIO)
+    loss = F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), gt, reduction="none")
+    hardest = torch.topk((loss * negative).flatten(), n_neg).values if n_neg else loss.new_zeros(0)
+    return ((loss * positive).sum() + hardest.sum()) / (n_pos + n_neg + 1e-6)
+
+
+def dice_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    inter = (pred * gt * mask).sum()
+    return 1 - 2 * inter / ((pred * mask).sum() + (gt * mask).sum() + 1e-6)
+
+
+def db_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prob, thresh = out["prob"][:, 0].float(), out["thresh"][:, 0].float()
+    binary = torch.sigmoid(50.0 * (prob - thresh))  # recomputed in float32: bf16 blurs P - T near zero
+    gt, mask = targets["gt"], targets["mask"]
+    prob_loss = balanced_bce(prob, gt, mask)
+    thresh_loss = ((thresh - targets["thresh"]).abs() * targets["thresh_mask"]).sum() / (targets["thresh_mask"].sum() + 1e-6)
+    binary_loss = dice_loss(binary, gt, mask)
+    return {"loss": prob_loss + BINARY_WEIGHT * binary_loss + THRESH_WEIGHT * thresh_loss, "prob": prob_loss.detach(),
+            "binary": binary_loss.detach(), "thresh": thresh_loss.detach()}
+
+
+def page_counts(prob: np.ndarray, polygons: list[np.ndarray], ignore: list[bool], post: PostOptions) -> tuple[int, int, int]:
+    """(true positives, predictions, truths) on one page; a prediction that matches a don't-care region counts
+    for nothing, as in ICDAR 2015."""
+    quads, _ = boxes_from_prob(prob, post.bin_thresh, post.box_thresh, post.unclip_ratio)
+    cared = [p for p, skip in zip(polygons, ignore) if not skip]
+    skipped = [p for p, skip in zip(polygons, ignore) if skip]
+    pairs = match_pairs(quads, cared) if cared else []
+    matched = {i for i, _ in pairs}
+    rest = [i for i in range(len(quads)) if i not in matched]
+    dont_care = {rest[i] for i, _ in match_pairs(quads[rest], skipped)} if skipped and rest else set()
+    return len(pairs), len(quads) - len(dont_care), len(cared)
+
+
+@dataclass
+class TextDetectionTask:
+    post: PostOptions = field(default_factory=PostOptions)
+    primary_metric: str = "hmean"
+    training_only: tuple = field(default=())
+
+    def train_loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        return db_loss(model(images), targets)
+
+    def eval_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        images, polygons, ignore = batch
+        probs = model(images)["prob"][:, 0].float().cpu().numpy()
+        counts = np.asarray([page_counts(p, polys, skip, self.post) for p, polys, skip in zip(probs, polygons, ignore)], np.int64)
+        return {"tp": torch.from_numpy(counts[:, 0]), "predicted": torch.from_numpy(counts[:, 1]),
+                "truths": torch.from_numpy(counts[:, 2])}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        if not outputs:
+            return {"hmean": 0.0, "precision": 0.0, "recall": 0.0}
+        scores = detection_scores(int(outputs["tp"].sum()), int(outputs["predicted"].sum()), int(outputs["truths"].sum()))
+        return {k: round(v, 5) for k, v in scores.items()} | {"pages": len(outputs["tp"])}
