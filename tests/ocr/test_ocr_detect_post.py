@@ -98,3 +98,15 @@ def test_order_points_and_rectify():
     assert crop[3:-3, 3:-3].mean() < 30  # the dark region fills it
     tall = np.float32([[100, 50], [130, 50], [130, 250], [100, 250]])
     assert rectify(page, tall).shape[1] > rectify(page, tall).shape[0]  # turned to run left to right
+
+
+def test_end_to_end_scoring_counts_misses_false_detections_and_dont_care():
+    from cnnkit.tasks.ocr.detect_task import score_page
+
+    truth = [QUADS[0], QUADS[1], QUADS[2]]
+    texts = ["hello world", "total", "###"]
+    quads = np.stack([QUADS[0] + 1, QUADS[2] + 1, QUADS[1] + np.float32([0, 60])])  # line 1 found, "###" hit, a false one
+    counts = score_page(quads, truth, [t == "###" for t in texts], ["hello word", "junk", "xy"], texts)
+    assert counts["tp"] == 1 and counts["predicted"] == 2 and counts["truths"] == 2  # the "###" hit counts for nothing
+    # one edit in line 1, all 5 characters of the missed "total", the 2 the false detection read
+    assert counts["char_errors"] == 1 + 5 + 2 and counts["chars"] == len("hello world") + len("total")

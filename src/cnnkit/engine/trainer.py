@@ -104,6 +104,8 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, se
     elif sampler is None:
         sampler = ShardSampler(len(dataset), rank, world)
     per_rank = max(1, batch_size // world) if train else batch_size
+    if workers > 0:
+        _no_opencv_pool()
     return DataLoader(
         dataset,
         batch_size=per_rank,
@@ -117,6 +119,17 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, se
         persistent_workers=False,
         worker_init_fn=_single_threaded_worker if workers > 0 else None,
     )
+
+
+def _no_opencv_pool() -> None:
+    """OpenCV's thread pool must not exist when the loader forks its workers: a worker inherits the pool's
+    state without its threads, and its first OpenCV call that touches the pool (setNumThreads in
+    _single_threaded_worker, or any parallel function) waits forever on a lock (seen: text detection, whose
+    validation post-processing runs OpenCV in the main process between epochs). With one thread, OpenCV
+    stops its pool threads in this process, so the forks that follow start clean."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _single_threaded_worker(worker_id: int) -> None:

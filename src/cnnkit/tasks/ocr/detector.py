@@ -25,8 +25,8 @@ from cnnkit.runner import (Built, Recipe, Run, adopt_model_file, beside_run, pub
 from cnnkit.tasks.ocr.data import to_tensor
 from cnnkit.tasks.ocr.detect_data import (DET_LABELS, DONT_CARE, PageData, PageSet, collate_pages, load_page_data, page_input,
                                           read_det_labels, read_page)
-from cnnkit.tasks.ocr.detect_post import boxes_from_prob, detection_scores, match_pairs
-from cnnkit.tasks.ocr.detect_task import PostOptions, TextDetectionTask
+from cnnkit.tasks.ocr.detect_post import boxes_from_prob, detection_scores
+from cnnkit.tasks.ocr.detect_task import PostOptions, TextDetectionTask, score_page
 
 OCR_DET = "ocr_det"
 DET_MODELS = ("dbnet",)
@@ -94,7 +94,7 @@ class TextDetector:
         """precision, recall and hmean at IoU 0.5 on ``data``'s ``split``/det_labels.tsv, and with a recogniser
         (``rec``) the end-to-end CER: each matched line read from its rectified crop, a missed line counting all
         its characters as errors and a false detection all it reads (metrics.json, report.html)."""
-        from cnnkit.evaluate.text import line_errors
+        from cnnkit.console import progress_bar
         from cnnkit.tasks.ocr.pages import draw_page, read_lines
 
         self._require_model()
@@ -106,33 +106,18 @@ class TextDetector:
         out_dir = beside_run(out, self.weights_path, "ocr")
         tp = predicted = truths = 0
         char_errors = chars = 0
-        from cnnkit.console import progress_bar
-
         shown = []
         with progress_bar() as bar:
             task = bar.add_task("ocr val", total=len(pages), info="", rate="")
             for page in pages:
                 image = read_page(page.path)
                 quads, _ = self.detect(image, device)
-                cared = [k for k, t in enumerate(page.texts) if t != DONT_CARE]
-                skipped = [k for k, t in enumerate(page.texts) if t == DONT_CARE]
-                pairs = match_pairs(quads, [page.polygons[k] for k in cared]) if cared else []
-                matched = {i for i, _ in pairs}
-                rest = [i for i in range(len(quads)) if i not in matched]
-                dont_care = {rest[i] for i, _ in match_pairs(quads[rest], [page.polygons[k] for k in skipped])} if skipped and rest else set()
-                tp, predicted, truths = tp + len(pairs), predicted + len(quads) - len(dont_care), truths + len(cared)
-                if rec is not None:
-                    readings = [text for text, _ in read_lines(rec, image, quads, device)]
-                    found = {cared[j]: readings[i] for i, j in pairs}
-                    truth_texts = [page.texts[k] for k in cared]
-                    errors = line_errors([found.get(k, "") for k in cared], truth_texts)
-                    false_chars = sum(len(readings[i]) for i in range(len(quads)) if i not in matched and i not in dont_care)
-                    char_errors += int(errors["char_errors"].sum()) + false_chars
-                    chars += sum(len(t) for t in truth_texts)
-                    if len(shown) < 4:
-                        shown.append(draw_page(image, quads, readings))
-                elif len(shown) < 4:
-                    shown.append(draw_page(image, quads, None))
+                readings = [text for text, _ in read_lines(rec, image, quads, device)] if rec is not None else None
+                counts = score_page(quads, page.polygons, [t == DONT_CARE for t in page.texts], readings, page.texts)
+                tp, predicted, truths = tp + counts["tp"], predicted + counts["predicted"], truths + counts["truths"]
+                char_errors, chars = char_errors + counts["char_errors"], chars + counts["chars"]
+                if len(shown) < 4:
+                    shown.append(draw_page(image, quads, readings))
                 bar.update(task, advance=1)
         metrics: dict[str, Any] = {k: round(v, 5) for k, v in detection_scores(tp, predicted, truths).items()}
         metrics |= {"pages": len(pages), "lines": truths, "detections": predicted}
