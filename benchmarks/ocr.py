@@ -107,10 +107,12 @@ def main() -> None:
     parser.add_argument("--test-lines", type=int, default=500)
     parser.add_argument("--held-out", default="Liberation*,Nimbus*", help="font families kept out of training (patterns)")
     parser.add_argument("--model", default="crnn_conv")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-amp", action="store_true", help="train in float32 (default: bf16 autocast and channels_last, "
+                        "2.4x the float32 speed on a CPU with AVX-512 bf16)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and reading")
     parser.add_argument("--weights", help="a trained recogniser: skip the training")
     parser.add_argument("--peer-python", help="an interpreter with rapidocr-onnxruntime installed")
@@ -141,7 +143,8 @@ def main() -> None:
 
         started = time.perf_counter()
         TextRecognizer(args.model).train(str(train_root), epochs=args.epochs, batch=args.batch, lr=args.lr,
-                                         workers=args.workers, out=str(work / "run"))
+                                         workers=args.workers, out=str(work / "run"), amp=not args.no_amp,
+                                         channels_last=not args.no_amp)
         train_seconds = time.perf_counter() - started
     lines = test_lines(test_root)
     truths = [t for _, t in lines]
@@ -166,7 +169,7 @@ def main() -> None:
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
     row = {"date": datetime.date.today().isoformat(), "held_out": args.held_out, "test_lines": len(lines),
-           "train_lines": args.train_lines, "model": args.model, "epochs": args.epochs, "threads": args.threads,
+           "train_lines": args.train_lines, "model": args.model, "epochs": args.epochs, "amp": not args.no_amp, "threads": args.threads,
            "train_seconds": train_seconds, "weights": args.weights or "trained by the script", "table": table, "ratios": ratios,
            "python": sys.version.split()[0]}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -111,3 +111,34 @@ def test_synth_pages_are_reproducible_and_labelled(tmp_path):
         for polygon, text in zip(page.polygons, page.texts):
             assert text and polygon.shape == (4, 2)
             assert (polygon[:, 0] >= 0).all() and (polygon[:, 0] < w).all() and (polygon[:, 1] < h).all()
+
+
+def test_shipped_models_read_held_out_pages_and_lines_offline(tmp_path):
+    """`cnnkit ocr predict` with no weights: the detector and recogniser inside the package read a page drawn in
+    font families both were trained without."""
+    from cnnkit.data.synth_text_pages import synth_text_pages
+    from cnnkit.evaluate.text import text_scores
+    from cnnkit.tasks.ocr.detect_post import polygon_iou
+
+    synth_text_pages(tmp_path / "pages", n=6, fonts="Liberation*,Nimbus*", seed=7, progress=False)
+    pages = read_det_labels(tmp_path / "pages" / "train" / "det_labels.tsv")
+    code, _, err = run_cli(["ocr", "predict", *[p.path for p in pages], "--save-json", tmp_path / "pages.json",
+                            "--out", tmp_path / "out"])
+    assert code == 0, err
+    found = json.loads((tmp_path / "pages.json").read_text())
+    assert len(found) == len(pages) and all((tmp_path / "out" / "overlays" / (p.path.stem + ".png")).is_file() for p in pages)
+    readings, truths = [], []
+    for page, result in zip(pages, found):
+        for polygon, text in zip(page.polygons, page.texts):  # each drawn line: the reading of the box that covers it
+            best = max(result["lines"], key=lambda line: polygon_iou(np.asarray(line["points"]), polygon), default=None)
+            readings.append(best["text"] if best and polygon_iou(np.asarray(best["points"]), polygon) >= 0.5 else "")
+            truths.append(text)
+    assert text_scores(readings, truths)["cer"] < 0.1, list(zip(readings, truths))
+    # --lines: each image one line; a 1-pixel-high image is a one-line error naming it
+    line = tmp_path / "line.png"
+    Image.fromarray(np.asarray(Image.open(pages[0].path))[:60]).save(line)
+    code, out, err = run_cli(["ocr", "predict", line, "--lines"])
+    assert code == 0, err
+    Image.new("RGB", (50, 1)).save(tmp_path / "thin.png")
+    code, _, err = run_cli(["ocr", "predict", tmp_path / "thin.png", "--lines"])
+    assert code == 2 and "thin.png: the image is 50 x 1 pixels" in err and "\n" not in err.strip()

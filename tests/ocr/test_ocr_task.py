@@ -67,6 +67,19 @@ def test_training_reads_digit_lines_far_better_than_an_untrained_model(tmp_path)
     assert len(readings) == 40 and {"file", "text", "score"} == set(readings[0])
     right = sum(r["text"] == truths["images/" + Path(r["file"]).name] for r in readings)
     assert right >= 28
+    # ONNX with a dynamic width (and batch): lines of every width read as the weights read them
+    code, _, err = run_cli(["export", "--weights", weights, "--format", "onnx", "--dynamic-batch", "--out", tmp_path / "rec.onnx"])
+    assert code == 0, err
+    onnx = TextRecognizer.load(tmp_path / "rec.onnx")
+    assert onnx.val(str(data), out=tmp_path / "onnx_val", workers=0, device="cpu")["cer"] == pytest.approx(metrics["cer"], abs=1e-4)
+    wide, narrow = TextRecognizer.load(weights).predict(data / "val" / "images"), onnx.predict(data / "val" / "images")
+    assert [r["text"] for r in wide] == [r["text"] for r in narrow]
+    # int8 through ONNX Runtime, calibrated on the lines, still reads them
+    code, _, err = run_cli(["quantize", "--weights", weights, "--data", data, "--backend", "onnx", "--calib-images", "32",
+                            "--out", tmp_path / "rec.int8.onnx"])
+    assert code == 0, err
+    int8 = TextRecognizer.load(tmp_path / "rec.int8.onnx").val(str(data), out=tmp_path / "int8_val", workers=0, device="cpu")
+    assert int8["cer"] < metrics["cer"] + 0.05
 
 
 def write(path: Path, text: str) -> Path:

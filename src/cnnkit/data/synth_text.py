@@ -18,7 +18,8 @@ exclude (``"DejaVu*,Free*"``, ``"!Liberation*"``), so that a benchmark can hold 
 Rendering (each line draws its own generator from (seed, index), so a line does not depend on the others):
 a font size of 20-44 px; dark text on a light ground or light on dark; the ground a crop of a real photo
 (scikit-learn's and scikit-image's) faded towards a plain colour, or paper (a plain colour with a gradient and
-fibres); then the degradations users' images have: rotation (up to 2.5 degrees), shear (italic-like slant),
+fibres); then the degradations users' images have: rotation (up to 2.5 degrees, and at most what lifts one
+end of the line by a third of its letters' height), shear (italic-like slant),
 a slight perspective, uneven light, Gaussian blur, sensor noise and JPEG artefacts. The line is cut with a
 margin of a few pixels and scaled to ``height`` pixels, aspect kept.
 
@@ -50,6 +51,7 @@ from cnnkit.errors import CnnkitError
 
 CHARSET = string.digits + string.ascii_letters + " !\"#$%&'()*+,-./:;?@"
 MAX_CHARS = 32
+MAX_TILT_DEGREES = 2.5
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.fonts", "~/.local/share/fonts", "/Library/Fonts",
              "C:/Windows/Fonts")
 DICTIONARY = Path("/usr/share/dict/words")
@@ -235,7 +237,11 @@ def render_line(rng: np.random.Generator, text: str, face: FontFace, photos: lis
     image = ground * (1 - alpha) + ink * alpha
 
     # geometry: rotation, shear and a slight perspective, one warp; the text's own box is carried along
-    angle = math.radians(rng.uniform(-2.5, 2.5))
+    # a tilt lifts one end of the line by w sin(angle): past about a third of the letters' height the crop
+    # around it is mostly ground, and scaled to the line height the letters end up narrower than the columns
+    # CTC needs (a detector's rectified crop is not tilted so much either)
+    max_tilt = min(math.radians(MAX_TILT_DEGREES), math.atan(0.35 * (bottom - top) / max(right - left, 1)))
+    angle = rng.uniform(-1, 1) * max_tilt
     shear = rng.uniform(-0.25, 0.25) if rng.random() < 0.3 else 0.0
     src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
     centre = np.float32([w / 2, h / 2])

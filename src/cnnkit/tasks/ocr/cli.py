@@ -22,8 +22,10 @@ Rec = Annotated[Optional[Path], typer.Option("--rec", help="weights of an `ocr t
 @config_command(app, "train", OcrConfig, "Train a CRNN text-line recogniser with CTC on ROOT/train/labels.tsv (PATH<TAB>TEXT), "
                 "or with --model dbnet a text detector on ROOT/train/det_labels.tsv.")
 def ocr_train(cfg: OcrConfig, explicit: set[str]) -> None:
-    from cnnkit.runner import train
+    from cnnkit.runner import resolve_run, train
 
+    if cfg.resume:  # the interrupted run's config.yaml says which model it trains
+        cfg = resolve_run(cfg, explicit, "ocr")[0]
     if cfg.model == "dbnet":
         from cnnkit.tasks.ocr.detector import DET_RECIPE as recipe
     else:

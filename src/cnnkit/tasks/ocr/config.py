@@ -48,7 +48,7 @@ class OcrConfig(TrainOptions):
             self.batch = 8 if self.detector else 32
         if self.backbone and not self.detector:
             raise CnnkitError(f"--backbone {self.backbone}: only dbnet takes a backbone", "leave --backbone out for crnn")
-        if not self.data:
+        if not self.data and not self.resume:  # --resume reads it from the run's config.yaml
             raise CnnkitError("ocr train needs --data", "a folder with train/labels.tsv (cnnkit data synth text --out DIR writes one)")
         for flip in ("fliplr", "flipud"):
             if getattr(self, flip):

@@ -116,6 +116,8 @@ def read_line(path: Path, height: int, max_width: int) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise CnnkitError(f"{path}: cannot be read as an image")
+    if min(image.shape[:2]) < 2:
+        raise CnnkitError(f"{path}: the image is {image.shape[1]} x {image.shape[0]} pixels", "a text line needs at least 2 x 2 pixels")
     return fit_height(image[..., ::-1], height, max_width)
 
 
