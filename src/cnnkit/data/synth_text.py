@@ -151,7 +151,7 @@ def dictionary_words() -> tuple[str, ...]:
 
 def _structured(rng: np.random.Generator) -> str:
     """A string of the kind forms, receipts and labels carry."""
-    kind = rng.integers(8)
+    kind = rng.integers(14)
     n = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
     if kind == 0:
         return f"${n(0, 1000)}.{n(0, 100):02d}"
@@ -168,17 +168,47 @@ def _structured(rng: np.random.Generator) -> str:
         return f"{n(1, 1000)} {rng.choice(['kg', 'g', 'ml', 'cm', 'mm', 'km', 'pcs', 'x'])}"
     if kind == 6:
         return f"({n(100, 1000)}) {n(100, 1000)}-{n(1000, 10000)}"
+    if kind == 7:
+        return f"{n(1, 29):02d}/{n(1, 13):02d}/{n(1990, 2031)}"
+    if kind == 8:
+        return f"#{n(1, 10000)}"
+    if kind == 9:
+        word = str(rng.choice(corpus_words())).strip(".,;:!?\"'()").lower() or "info"
+        return f"{word}@{rng.choice(['mail', 'example', 'shop', 'post'])}.{rng.choice(['com', 'org', 'net'])}"
+    if kind == 10:
+        return f"+{n(1, 99)} {n(10, 100)} {n(1000, 10000)} {n(1000, 10000)}"
+    if kind == 11:
+        return f"{n(2, 10)} * {n(2, 100)} + {n(1, 10)}"
+    if kind == 12:
+        return f"{rng.choice(corpus_words())} & {rng.choice(corpus_words())}"
     return f"No. {n(1, 10000)}"
 
 
+def _punctuate(rng: np.random.Generator, words: list[str]) -> list[str]:
+    """Prose's own marks that the corpus seldom has: a question or an exclamation, quotes, a slash."""
+    pick = rng.random()
+    if pick < 0.3 and words:
+        words[-1] = words[-1].rstrip(".,;:") + str(rng.choice(["?", "!"]))
+    elif pick < 0.55 and words:
+        k = int(rng.integers(len(words)))
+        words[k] = f"\"{words[k]}\""
+    elif pick < 0.7 and len(words) > 1:
+        k = int(rng.integers(len(words) - 1))
+        words[k:k + 2] = [f"{words[k]}/{words[k + 1]}"]
+    return words
+
+
 def make_text(rng: np.random.Generator, max_chars: int = MAX_CHARS) -> str:
-    """One line of text: a run of corpus words (60 %), dictionary words (25 %, corpus words without a
-    dictionary) or words and a form's strings mixed (15 %), trimmed to ``max_chars``."""
+    """One line of text: a run of corpus words (60 %; one in seven given a question or exclamation mark, quotes
+    or a slash), dictionary words (25 %, corpus words without a dictionary) or words and a form's strings mixed
+    (15 %), trimmed to ``max_chars``."""
     corpus, dictionary = corpus_words(), dictionary_words()
     pick = rng.random()
     if pick < 0.6 or (pick < 0.85 and not dictionary):
         start = int(rng.integers(len(corpus)))
         words = list(corpus[start:start + int(rng.integers(1, 8))])
+        if rng.random() < 0.15:
+            words = _punctuate(rng, words)
     elif pick < 0.85:
         words = [str(rng.choice(dictionary)) for _ in range(int(rng.integers(1, 5)))]
         words = [w.capitalize() if rng.random() < 0.2 else (w.upper() if rng.random() < 0.05 else w) for w in words]
@@ -246,7 +276,8 @@ def render_line(rng: np.random.Generator, text: str, face: FontFace, photos: lis
     src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
     centre = np.float32([w / 2, h / 2])
     rot = np.float32([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    dst = (src - centre) @ np.float32([[1, 0], [shear, 1]]).T @ rot.T + centre
+    # x' = x + shear * y: the top of the letters leans (an italic's slant); the baseline stays level
+    dst = (src - centre) @ np.float32([[1, shear], [0, 1]]).T @ rot.T + centre
     dst += rng.uniform(-0.03, 0.03, (4, 2)).astype(np.float32) * np.float32([w, h]) * (rng.random() < 0.3)
     dst -= dst.min(axis=0)
     out_w, out_h = int(math.ceil(dst[:, 0].max())) + 1, int(math.ceil(dst[:, 1].max())) + 1
