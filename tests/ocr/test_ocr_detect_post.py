@@ -110,3 +110,13 @@ def test_end_to_end_scoring_counts_misses_false_detections_and_dont_care():
     assert counts["tp"] == 1 and counts["predicted"] == 2 and counts["truths"] == 2  # the "###" hit counts for nothing
     # one edit in line 1, all 5 characters of the missed "total", the 2 the false detection read
     assert counts["char_errors"] == 1 + 5 + 2 and counts["chars"] == len("hello world") + len("total")
+
+
+def test_expand_quad_grows_each_side_along_the_quads_axes():
+    from cnnkit.tasks.ocr.detect_post import expand_quad
+
+    box = np.float32([[10, 20], [110, 20], [110, 40], [10, 40]])
+    assert np.allclose(expand_quad(box, 0.25), [[5, 15], [115, 15], [115, 45], [5, 45]])
+    tilted = QUADS[0]
+    grown = expand_quad(tilted, 0.2)
+    assert polygon_iou(grown, tilted) == pytest.approx(cv2.contourArea(tilted) / cv2.contourArea(grown), rel=1e-3)

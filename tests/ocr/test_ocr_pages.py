@@ -75,6 +75,11 @@ def test_dbnet_learns_to_find_lines_far_better_than_untrained(tmp_path):
     assert code == 2 and "--rec" in err and "text detector" in err and "\n" not in err.strip()
     code, _, err = run_cli(["ocr", "val", "--weights", weights, "--data", data])
     assert code == 0, err
+    # exported to ONNX (a fixed square input), the detector finds the same lines
+    code, _, err = run_cli(["export", "--weights", weights, "--format", "onnx", "--out", tmp_path / "det.onnx"])
+    assert code == 0, err
+    exported = TextDetector.load(tmp_path / "det.onnx").predict([page], device="cpu")
+    assert len(exported[0]["lines"]) == len(found[0]["lines"])
 
 
 def test_bad_detection_labels_are_one_line_errors(tmp_path):

@@ -6,9 +6,11 @@ region back by unclipping (cnnkit.tasks.ocr.detect_post).
 
     net = DBNet()                                   # cnnkit's own light backbone
     net = DBNet(backbone="resnet18", pretrained=True)   # any timm CNN with stride 4, 8, 16 and 32 features
-    out = net(images)                               # [B, 3, H, W] -> {"prob", "thresh", "binary"} each [B, 1, H, W]
+    out = net(images)                               # training: [B, 3, H, W] -> {"prob", "thresh", "binary"}, each [B, 1, H, W]
+    prob = net.eval()(images)                       # eval: the probability map alone, [B, 1, H, W]
 
-In eval mode only "prob" is computed (the threshold head serves training). H and W must be multiples of 32.
+In eval mode only the probability is computed (the threshold head serves training), as one tensor, which is
+what an exported file returns too. H and W must be multiples of 32.
 """
 
 from __future__ import annotations
@@ -104,10 +106,10 @@ class DBNet(nn.Module):
         return torch.cat([F.interpolate(s(f), size=size, mode="nearest") if k else s(f)
                           for k, (s, f) in enumerate(zip(self.smooth, feats))], dim=1)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         fused = self.fuse(images)
         prob = torch.sigmoid(self.prob_head(fused))
         if not self.training:
-            return {"prob": prob}
+            return prob
         thresh = torch.sigmoid(self.thresh_head(fused))
         return {"prob": prob, "thresh": thresh, "binary": torch.sigmoid(K * (prob - thresh))}

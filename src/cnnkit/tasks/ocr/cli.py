@@ -115,6 +115,8 @@ def ocr_predict(
     if given is not None and rec is not None:
         raise CnnkitError("--weights and --rec both name a recogniser", "give one of them")
     recognizer = given or _role(rec, False, "--rec")
+    if lines and det is not None:
+        raise CnnkitError("--lines reads each image as one line, so a detector has nothing to do", "leave out --lines or the detector")
     if lines or (given is not None and det is None):
         recognizer = recognizer or shipped_recognizer()
         results = recognizer.predict(sources, batch=batch, device=device, beam=beam)

@@ -206,6 +206,17 @@ def reading_order(quads: np.ndarray) -> list[int]:
     return [k for row in rows for k in sorted(row, key=lambda i: centres[i, 0])]
 
 
+def expand_quad(quad: np.ndarray, margin: float) -> np.ndarray:
+    """The quadrilateral (clockwise from the top-left) grown on every side by ``margin`` times its height, along
+    its own axes."""
+    quad = np.asarray(quad, np.float32)
+    u, v = quad[1] - quad[0], quad[3] - quad[0]
+    height = float(np.linalg.norm(v))
+    u, v = u / max(float(np.linalg.norm(u)), 1e-6), v / max(height, 1e-6)
+    step = margin * height
+    return quad + np.stack([-u - v, u - v, u + v, v - u]) * step
+
+
 def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     """The quadrilateral's content warped to an upright rectangle (width along its top edge); a region taller
     than 1.5 times its width is turned a quarter so that its text runs left to right."""

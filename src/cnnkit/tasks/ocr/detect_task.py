@@ -90,7 +90,7 @@ class TextDetectionTask:
 
     def eval_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
         images, polygons, ignore = batch
-        probs = model(images)["prob"][:, 0].float().cpu().numpy()
+        probs = model(images)[:, 0].float().cpu().numpy()
         counts = []
         for prob, polys, skip in zip(probs, polygons, ignore):
             quads, _ = boxes_from_prob(prob, self.post.bin_thresh, self.post.box_thresh, self.post.unclip_ratio)

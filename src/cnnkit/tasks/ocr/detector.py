@@ -47,6 +47,7 @@ class TextDetector:
         self.class_names: list[str] | None = ["text"]
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.post = PostOptions()
+        self.deployed = False  # an exported file: a fixed square input of imgsz
         self.weights_path: Path | None = None
         self.val_split, self.split_seed = 0.2, 0
         self.cost: tuple[int | None, float | None] = (None, None)
@@ -54,12 +55,12 @@ class TextDetector:
     @classmethod
     def load(cls, weights: str | Path) -> TextDetector:
         file = read_model_file(weights, OCR_DET)
-        if file.deployed is not None:
-            raise CnnkitError(f"{weights}: a deployed file; the text detector runs cnnkit weights files", "pass the run's weights/best.safetensors")
         meta = file.meta
         det = cls(meta["model"], int(meta["imgsz"]), backbone=meta.get("backbone"))
         det.mean, det.std = tuple(meta["mean"]), tuple(meta["std"])
-        det.model = build_dbnet(meta["model"], meta.get("backbone"))
+        det.deployed = file.deployed is not None
+        if not det.deployed:  # a deployed file (cnnkit export / quantize) brings its own runnable model
+            det.model = build_dbnet(meta["model"], meta.get("backbone"))
         adopt_model_file(det, file)
         det.model.eval()
         return det
@@ -80,9 +81,10 @@ class TextDetector:
         model = self._require_model()
         dev = dist_utils.select_device(device or self.device)
         model.to(dev).eval()
-        canvas, scale = page_input(image, self.imgsz)
+        # an exported file takes the square input it was exported with; the network any multiple of 32
+        canvas, scale = page_input(image, self.imgsz, square=self.deployed)
         with torch.no_grad():
-            prob = model(to_tensor(canvas, self.mean, self.std)[None].to(dev))["prob"][0, 0].float().cpu().numpy()
+            prob = model(to_tensor(canvas, self.mean, self.std)[None].to(dev))[0, 0].float().cpu().numpy()
         quads, scores = boxes_from_prob(prob, self.post.bin_thresh, self.post.box_thresh, self.post.unclip_ratio)
         quads = quads / scale
         quads[..., 0] = np.clip(quads[..., 0], 0, image.shape[1] - 1)

@@ -16,9 +16,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cnnkit.engine.rundir import write_bytes
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.ocr.detect_post import reading_order, rectify
+from cnnkit.tasks.ocr.detect_post import expand_quad, reading_order, rectify
 
 MIN_CROP = 2  # pixels: a region thinner than this has nothing to read
+# a margin around each detected box before it is read, as a fraction of its height: measured on the 200 held-out
+# pages of benchmarks/ocr_pages.py, 0 gave end-to-end CER 0.112, 0.1 0.117, 0.15 0.126, 0.3 0.228 (the boxes,
+# grown back from the kernels, already hold the margin the recogniser learned)
+CROP_MARGIN = 0.0
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
@@ -29,9 +33,11 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     return write_bytes(path, buf.tobytes())
 
 
-def read_lines(rec: Any, image: np.ndarray, quads: np.ndarray, device: str | None = None, beam: int = 0) -> list[tuple[str, float]]:
-    """(text, score) of each quadrilateral of the page, read from its rectified crop ("" for a crop too thin)."""
-    crops = [rectify(image, q) for q in quads]
+def read_lines(rec: Any, image: np.ndarray, quads: np.ndarray, device: str | None = None, beam: int = 0,
+               margin: float = CROP_MARGIN) -> list[tuple[str, float]]:
+    """(text, score) of each quadrilateral of the page, read from its rectified crop grown by ``margin`` times its
+    height ("" for a crop too thin)."""
+    crops = [rectify(image, expand_quad(q, margin)) for q in quads]
     readable = [k for k, c in enumerate(crops) if min(c.shape[:2]) >= MIN_CROP]
     readings = rec.read([crops[k] for k in readable], device, beam) if readable else []
     out = [("", 0.0)] * len(crops)
