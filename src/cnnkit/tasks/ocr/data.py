@@ -91,6 +91,15 @@ def check_charset(lines: list[Line], charset: list[str]) -> None:
                               "add them to --charset, or leave --charset out to take the training labels' characters")
 
 
+def hold_out_val(train: list, val_split: float, seed: int, root: Path, what: str) -> tuple[list, list]:
+    """(train, val): a seeded ``val_split`` of ``train`` held out, both in their file order (no val/ folder)."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, round(len(train) * val_split))
+    if len(train) - n_val < 1:
+        raise CnnkitError(f"{root}: {len(train)} training {what}(s), none left after holding out val", f"add {what}s or a val/ split")
+    return [train[i] for i in sorted(order[n_val:])], [train[i] for i in sorted(order[:n_val])]
+
+
 def load_line_data(cfg, root: Path) -> LineData:
     """train/ and val/ (or --val-split of train) and the charset of a recognition dataset."""
     root = Path(root)
@@ -98,12 +107,7 @@ def load_line_data(cfg, root: Path) -> LineData:
     if (root / "val" / LABELS).is_file():
         val = read_labels(root / "val" / LABELS)
     else:
-        order = np.random.default_rng(cfg.seed).permutation(len(train))
-        n_val = max(1, round(len(train) * cfg.val_split))
-        if len(train) - n_val < 1:
-            raise CnnkitError(f"{root}: {len(train)} training line(s), none left after holding out val", "add lines or a val/ split")
-        val = [train[i] for i in sorted(order[:n_val])]
-        train = [train[i] for i in sorted(order[n_val:])]
+        train, val = hold_out_val(train, cfg.val_split, cfg.seed, root, "line")
     # by default every character of the labels, val's too: a character only val holds is one the model can
     # still be asked for (and gets wrong), not a reason to stop
     charset = read_charset(cfg.charset) if cfg.charset else sorted({c for line in train + val for c in line.text})

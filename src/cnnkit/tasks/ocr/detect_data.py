@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.ocr.data import to_tensor
+from cnnkit.tasks.ocr.data import hold_out_val, to_tensor
 from cnnkit.tasks.ocr.detect_post import db_targets
 
 DET_LABELS = "det_labels.tsv"
@@ -94,12 +94,7 @@ def load_page_data(cfg, root: Path) -> PageData:
     if (root / "val" / DET_LABELS).is_file():
         val = read_det_labels(root / "val" / DET_LABELS)
     else:
-        order = np.random.default_rng(cfg.seed).permutation(len(train))
-        n_val = max(1, round(len(train) * cfg.val_split))
-        if len(train) - n_val < 1:
-            raise CnnkitError(f"{root}: {len(train)} training page(s), none left after holding out val", "add pages or a val/ split")
-        val = [train[i] for i in sorted(order[:n_val])]
-        train = [train[i] for i in sorted(order[n_val:])]
+        train, val = hold_out_val(train, cfg.val_split, cfg.seed, root, "page")
     return PageData(root, ["text"], {"train": train, "val": val})
 
 
