@@ -6,7 +6,8 @@
 1) data (in --work, reused when there): `cnnkit data synth text` lines for training in every installed family
    but the held-out ones (--held-out, shell patterns of family names), and test lines drawn only in the
    held-out families with another seed: fonts the recogniser never saw.
-2) training (unless --weights): `TextRecognizer(--model).train`, i.e. the one runner, timed.
+2) training (unless --weights): `TextRecognizer(--model).train`, i.e. the one runner, timed; from scratch, or
+   with --init from a recogniser (fine-tuning, its charset kept).
 3) every recogniser reads every test line, one line at a time, on the same machine in the same run:
    - cnnkit: greedy CTC decoding, --threads torch threads;
    - Tesseract (Debian's tesseract-ocr, `--psm 7`: the image is one text line), one process per line as its
@@ -115,6 +116,7 @@ def main() -> None:
                         "2.4x the float32 speed on a CPU with AVX-512 bf16)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and reading")
     parser.add_argument("--weights", help="a trained recogniser: skip the training")
+    parser.add_argument("--init", help="start the training from this recogniser (fine-tuning; its charset is kept)")
     parser.add_argument("--peer-python", help="an interpreter with rapidocr-onnxruntime installed")
     parser.add_argument("--peer-run", help=argparse.SUPPRESS)
     parser.add_argument("--results", default="benchmarks/results/ocr.jsonl")
@@ -126,6 +128,7 @@ def main() -> None:
     import torch
 
     from cnnkit.data.synth_text import synth_text_lines
+    from cnnkit.engine.trainer import cpu_runs_bf16  # --amp trains in bf16 only where this is true
     from cnnkit.evaluate.text import text_scores
 
     torch.set_num_threads(args.threads)
@@ -141,10 +144,16 @@ def main() -> None:
     if not args.weights and not weights.is_file():
         from cnnkit.tasks.ocr.api import TextRecognizer
 
+        start = {}
+        if args.init:  # the charset file keeps the head's classes in the order the weights have them
+            charset = work / "charset.txt"
+            charset.write_text("".join(TextRecognizer.load(args.init).class_names), encoding="utf-8")
+            # the same task on new data: every layer at --lr (the transfer default keeps a backbone at 0.1 x)
+            start = {"weights": args.init, "charset": str(charset), "backbone_lr_mult": 1.0}
         started = time.perf_counter()
         TextRecognizer(args.model).train(str(train_root), epochs=args.epochs, batch=args.batch, lr=args.lr,
                                          workers=args.workers, out=str(work / "run"), amp=not args.no_amp,
-                                         channels_last=not args.no_amp)
+                                         channels_last=not args.no_amp, **start)
         train_seconds = time.perf_counter() - started
     lines = test_lines(test_root)
     truths = [t for _, t in lines]
@@ -169,8 +178,8 @@ def main() -> None:
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
     row = {"date": datetime.date.today().isoformat(), "held_out": args.held_out, "test_lines": len(lines),
-           "train_lines": args.train_lines, "model": args.model, "epochs": args.epochs, "amp": not args.no_amp, "threads": args.threads,
-           "train_seconds": train_seconds, "weights": args.weights or "trained by the script", "table": table, "ratios": ratios,
+           "train_lines": args.train_lines, "model": args.model, "epochs": args.epochs, "amp": not args.no_amp, "cpu_bf16": cpu_runs_bf16(), "threads": args.threads,
+           "train_seconds": train_seconds, "weights": args.weights or ("fine-tuned by the script from " + args.init if args.init else "trained by the script"), "table": table, "ratios": ratios,
            "python": sys.version.split()[0]}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     with open(args.results, "a", encoding="utf-8") as f:

@@ -153,6 +153,7 @@ def main() -> None:
     import torch
 
     from cnnkit.data.synth_text_pages import synth_text_pages
+    from cnnkit.engine.trainer import cpu_runs_bf16  # amp=True trains in bf16 only where this is true
     from cnnkit.tasks.ocr.detect_data import read_det_labels
     from cnnkit.tasks.ocr.shipped import RECOGNIZER
 
@@ -194,7 +195,7 @@ def main() -> None:
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
     row = {"date": datetime.date.today().isoformat(), "held_out": args.held_out, "test_pages": len(pages),
-           "train_pages": args.train_pages, "epochs": args.epochs, "threads": args.threads, "train_seconds": train_seconds,
+           "train_pages": args.train_pages, "epochs": args.epochs, "cpu_bf16": cpu_runs_bf16(), "threads": args.threads, "train_seconds": train_seconds,
            "det": args.det or "trained by the script", "rec": args.rec or "shipped", "table": table, "ratios": ratios,
            "python": sys.version.split()[0]}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

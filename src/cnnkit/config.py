@@ -142,7 +142,7 @@ class TrainOptions(_Options):
     window: str | None = option(None, "fixed intensity window LOW,HIGH in the files' units (CT: Hounsfield units, "
                                 "e.g. -160,240 for soft tissue); values outside are clipped")
     device: str = option("auto", "auto (CUDA, then Apple MPS, then CPU), cpu, cuda or cuda:N, mps")
-    amp: bool = option(False, "mixed precision: bf16 on CPU, fp16 (or --amp-dtype) on CUDA")
+    amp: bool = option(False, "mixed precision: fp16 (or --amp-dtype) on CUDA; bf16 on a CPU with bf16 instructions (AVX-512, AMX), float32 on others unless --amp-dtype bf16")
     amp_dtype: str = option("auto", "autocast dtype", ("auto", "bf16", "fp16"))
     channels_last: bool = option(False, "use the channels_last memory format (faster convs on recent CPUs and GPUs)")
     compile: bool = option(False, "torch.compile the model (slow first epoch, faster afterwards)")

@@ -454,3 +454,19 @@ def test_per_class_sampler_gives_class_groups_and_covers_the_epoch():
     shards = [list(PerClassSampler(labels, 4, seed=3, rank=r, world=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 12  # 7 groups over 2 ranks: 3 each, the same count on every rank
     assert all(len({labels[i] for i in shard[s:s + 4]}) == 1 for shard in shards for s in range(0, 12, 4))
+
+
+def test_amp_on_a_cpu_without_bf16_instructions_keeps_float32_unless_forced(monkeypatch, capsys):
+    from cnnkit import console
+    from cnnkit.engine import trainer
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(console, "_warned", set())
+    monkeypatch.setattr(trainer, "cpu_runs_bf16", lambda: False)
+    assert trainer.autocast_dtype(cpu, True, "auto") is None
+    assert "no bf16 instructions" in capsys.readouterr().err
+    assert trainer.autocast_dtype(cpu, True, "bf16") is torch.bfloat16
+    assert trainer.autocast_dtype(cpu, False, "bf16") is None
+    assert trainer.autocast_dtype(cuda, True, "auto") is torch.float16
+    monkeypatch.setattr(trainer, "cpu_runs_bf16", lambda: True)
+    assert trainer.autocast_dtype(cpu, True, "auto") is torch.bfloat16

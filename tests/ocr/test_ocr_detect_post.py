@@ -10,6 +10,7 @@ from cnnkit.tasks.ocr.detect_post import (
     boxes_from_prob,
     db_targets,
     detection_scores,
+    join_row_pieces,
     match_pairs,
     order_points,
     polygon_iou,
@@ -55,6 +56,29 @@ def test_unclip_distance_inverts_the_shrink_for_rectangles():
         shrink = w * h * k / (2 * (w + h))
         kernel_w, kernel_h = w - 2 * shrink, h - 2 * shrink
         assert unclip_distance(kernel_w, kernel_h) == pytest.approx(shrink, rel=1e-6)
+
+
+def _box(x0, y0, x1, y1, degrees=0.0, about=(250, 150)):
+    turn = np.radians(degrees)
+    rot = np.float32([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    return (np.float32([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) - about) @ rot.T + about
+
+
+@pytest.mark.parametrize("degrees", [0.0, 8.0])
+def test_pieces_of_one_line_are_joined_and_other_boxes_are_not(degrees):
+    pieces = [_box(40, 100, 120, 120, degrees), _box(132, 100, 260, 120, degrees)]  # a 12-px gap, 0.6 of the height
+    others = [_box(300, 100, 380, 120, degrees),   # 40 px on: another label on the row
+              _box(40, 130, 200, 150, degrees),    # the next line
+              _box(275, 60, 340, 100, degrees)]    # beside the first, but twice as tall
+    quads = np.stack(pieces + others)
+    scores = np.float32([0.9, 0.6, 0.8, 0.8, 0.8])
+    joined, joined_scores = join_row_pieces(quads, scores, gap=1.0)
+    assert len(joined) == 4
+    line = next(q for q in joined if polygon_iou(q, _box(40, 100, 260, 120, degrees)) > 0.95)
+    assert joined_scores[[np.array_equal(q, line) for q in joined].index(True)] == pytest.approx((0.9 * 80 + 0.6 * 128) / 208, abs=0.01)
+    assert all(any(polygon_iou(q, other) > 0.99 for q in joined) for other in others)
+    assert len(join_row_pieces(quads, scores, gap=0.5)[0]) == 5  # the gap is 0.6 of the height
+    assert join_row_pieces(quads, scores, gap=0.0)[0] is quads
 
 
 def test_low_scoring_regions_and_empty_maps_give_nothing():

@@ -16,12 +16,13 @@ out by that rule. ``fonts`` picks families by shell patterns on the family name,
 exclude (``"DejaVu*,Free*"``, ``"!Liberation*"``), so that a benchmark can hold whole families out of training.
 
 Rendering (each line draws its own generator from (seed, index), so a line does not depend on the others):
-a font size of 20-44 px; dark text on a light ground or light on dark; the ground a crop of a real photo
+a font size of 12-44 px; dark text on a light ground or light on dark; the ground a crop of a real photo
 (scikit-learn's and scikit-image's) faded towards a plain colour, or paper (a plain colour with a gradient and
 fibres); then the degradations users' images have: rotation (up to 2.5 degrees, and at most what lifts one
 end of the line by a third of its letters' height), shear (italic-like slant),
 a slight perspective, uneven light, Gaussian blur, sensor noise and JPEG artefacts. The line is cut with a
-margin of a few pixels and scaled to ``height`` pixels, aspect kept.
+margin of none to a quarter of the type size (a detector's box may hug the ink or leave room) and scaled to
+``height`` pixels, aspect kept: small type comes out as blurred as a page's small words do.
 
 Files: ``out/{train,val}/labels.tsv`` (``images/000001.png<TAB>text``, PaddleOCR's and cnnkit's recognition
 layout), ``out/{train,val}/images/*.png`` and ``out/fonts.txt`` (the families used). The same seed and the same
@@ -38,6 +39,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
+from typing import Callable
 from pathlib import Path
 
 import cv2
@@ -251,7 +253,7 @@ def _ground(rng: np.random.Generator, photos: list[np.ndarray], width: int, heig
 
 def render_line(rng: np.random.Generator, text: str, face: FontFace, photos: list[np.ndarray], height: int = 32) -> np.ndarray:
     """[height, w, 3] uint8 RGB image of ``text`` in ``face`` with the module's ground and degradations."""
-    size = int(rng.integers(20, 45))
+    size = int(rng.integers(12, 45))  # small type too: a page's 12-px words, upscaled to the line height, read blurred
     font = ImageFont.truetype(str(face.path), size)
     left, top, right, bottom = font.getbbox(text)
     pad = int(size * 0.6)
@@ -284,8 +286,8 @@ def render_line(rng: np.random.Generator, text: str, face: FontFace, photos: lis
     matrix = cv2.getPerspectiveTransform(src, dst)
     image = cv2.warpPerspective(image, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     ys, xs = np.nonzero(cv2.warpPerspective(np.asarray(mask), matrix, (out_w, out_h)) > 64)
-    if len(xs):  # cut around the ink with a margin of a few pixels
-        m = int(rng.integers(2, max(3, size // 4)))
+    if len(xs):  # cut around the ink with a margin of none to a quarter of the type size: a detector's box can hug the ink
+        m = int(rng.integers(0, max(2, size // 4)))
         image = image[max(0, ys.min() - m):ys.max() + m + 1, max(0, xs.min() - m):xs.max() + m + 1]
 
     # light and sensor
@@ -319,17 +321,27 @@ def sample_lines(n: int, seed: int = 0, height: int = 32) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ files
 
-def synth_text_lines(out: str | Path, n: int = 5000, fonts: str | None = None, height: int = 32, val_fraction: float = 0.1,
-                     seed: int = 0, force: bool = False, progress: bool = True) -> dict:
-    """Write ``n`` text-line images (train + val) into ``out`` (see the module docstring). Refuses a non-empty
-    ``out`` unless ``force`` (then it is replaced once the new one is complete).
+@dataclass
+class Sample:
+    """One rendered sample for ``write_text_set``: the image, its file suffix and cv2.imwrite parameters, its
+    row's label (after the tab) and how many it counts (characters, lines)."""
+    image: np.ndarray  # [h, w, 3] uint8 RGB
+    suffix: str
+    params: list[int]
+    label: str
+    count: int
 
-    Returns ``{"root", "lines": {"train": count, "val": count}, "families": [names], "faces": count,
-    "characters": mean characters a line, "seconds"}``."""
+
+def write_text_set(out: str | Path, n: int, fonts: str | None, val_fraction: float, seed: int, force: bool, progress: bool,
+                   what: str, labels_file: str, sample: Callable[[int, list[FontFace], list[np.ndarray]], Sample]) -> dict:
+    """The writing shared by the line and the page generators: ``sample(i, faces, photos)`` for i in 0..n-1, the
+    last ``val_fraction`` of them in val, each split's ``labels_file`` (NAME<TAB>label) and ``fonts.txt``, all
+    built in a temporary folder that replaces ``out`` once complete (a non-empty ``out`` only with ``force``).
+
+    Returns ``{"root", "split": {"train": count, "val": count}, "count": summed sample counts, "families": [names],
+    "faces", "seconds"}``."""
     if n < 2:
-        raise CnnkitError(f"--n {n}: need at least 2 lines (train and val)")
-    if not 8 <= height <= 256:
-        raise CnnkitError(f"--imgsz {height}: out of range", "use a line height of 8 to 256 pixels")
+        raise CnnkitError(f"--n {n}: need at least 2 {what} (train and val)")
     if not 0 < val_fraction < 1 or seed < 0:
         raise CnnkitError(f"val_fraction={val_fraction}, seed={seed}: out of range", "use a share in (0, 1) and a seed of 0 or more")
     root = _check_out(out, force)
@@ -343,32 +355,49 @@ def synth_text_lines(out: str | Path, n: int = 5000, fonts: str | None = None, h
     bar = progress_bar(transient=True, auto_refresh=False) if progress else None
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(root.parent, root.name)
-    chars = 0
+    count = 0
     try:
         with bar if bar is not None else nullcontext():
-            task = bar.add_task("synth text", total=n, info="", rate="") if bar is not None else None
+            task = bar.add_task(f"synth {what}", total=n, info="", rate="") if bar is not None else None
             rows: dict[str, list[str]] = {"train": [], "val": []}
             for i in range(n):
                 split = "val" if i >= n - n_val else "train"
-                rng = np.random.default_rng([seed, i])
-                text = make_text(rng)
-                face = faces[int(rng.integers(len(faces)))]
-                image = render_line(rng, text, face, photos, height)
-                name = f"images/{i + 1:06d}.png"
+                drawn = sample(i, faces, photos)
+                name = f"images/{i + 1:06d}{drawn.suffix}"
                 path = tmp / split / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(path), image[..., ::-1])
-                rows[split].append(f"{name}\t{text}")
-                chars += len(text)
-                if bar is not None and ((i + 1) % 50 == 0 or i + 1 == n):
+                cv2.imwrite(str(path), drawn.image[..., ::-1], drawn.params)
+                rows[split].append(f"{name}\t{drawn.label}")
+                count += drawn.count
+                if bar is not None and ((i + 1) % 10 == 0 or i + 1 == n):
                     bar.update(task, completed=i + 1)
                     bar.refresh()
         for split, lines in rows.items():
-            (tmp / split / "labels.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        families = sorted({f.family for f in faces})
+            (tmp / split / labels_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "fonts.txt").write_text("\n".join(f"{f.family}\t{f.style}\t{f.path.name}" for f in faces) + "\n", encoding="utf-8")
         _swap_in(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"root": str(root), "lines": {s: len(v) for s, v in rows.items()}, "families": families, "faces": len(faces),
-            "characters": round(chars / n, 1), "seconds": round(time.perf_counter() - started, 2)}
+    return {"root": str(root), "split": {s: len(v) for s, v in rows.items()}, "count": count,
+            "families": sorted({f.family for f in faces}), "faces": len(faces), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def synth_text_lines(out: str | Path, n: int = 5000, fonts: str | None = None, height: int = 32, val_fraction: float = 0.1,
+                     seed: int = 0, force: bool = False, progress: bool = True) -> dict:
+    """Write ``n`` text-line images (train + val) into ``out`` (see the module docstring). Refuses a non-empty
+    ``out`` unless ``force`` (then it is replaced once the new one is complete).
+
+    Returns ``{"root", "lines": {"train": count, "val": count}, "families": [names], "faces": count,
+    "characters": mean characters a line, "seconds"}``."""
+    if not 8 <= height <= 256:
+        raise CnnkitError(f"--imgsz {height}: out of range", "use a line height of 8 to 256 pixels")
+
+    def sample(i: int, faces: list[FontFace], photos: list[np.ndarray]) -> Sample:
+        rng = np.random.default_rng([seed, i])
+        text = make_text(rng)
+        face = faces[int(rng.integers(len(faces)))]
+        return Sample(render_line(rng, text, face, photos, height), ".png", [], text, len(text))
+
+    summary = write_text_set(out, n, fonts, val_fraction, seed, force, progress, "lines", "labels.tsv", sample)
+    return {"root": summary["root"], "lines": summary["split"], "families": summary["families"], "faces": summary["faces"],
+            "characters": round(summary["count"] / n, 1), "seconds": summary["seconds"]}

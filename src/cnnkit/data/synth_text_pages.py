@@ -8,7 +8,8 @@ quadrilateral and transcription recorded in PaddleOCR's detection layout.
 
 A page (480-800 x 360-640 px) holds paragraphs (lines of one font and size, left-aligned, one under the other,
 as a letter or a manual has them) and scattered labels (a form's fields, a sign's words: each its own font
-and size), 12-40 px high, none overlapping. The text, fonts, grounds and inks are synth_text's; the page then
+and size), 12-40 px high, none overlapping, and two on one row at least 1.5 line heights apart (closer, they
+would read as one line). The text, fonts, grounds and inks are synth_text's; the page then
 gets one slight rotation and perspective (up to 4 degrees), uneven light, blur, noise and JPEG artefacts. A
 line's quadrilateral is the box around its ink, carried through the same warp, so it hugs the letters.
 
@@ -21,27 +22,29 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cnnkit.data.convert_mot import _check_out
-from cnnkit.data.synth import _swap_in, load_photos
-from cnnkit.data.synth_text import FontFace, _ground, _luma, installed_fonts, make_text, select_fonts
-from cnnkit.engine.rundir import temp_dir
-from cnnkit.errors import CnnkitError
+from cnnkit.data.synth_text import FontFace, Sample, _ground, _luma, make_text, write_text_set
 
 DET_LABELS = "det_labels.tsv"
 
 
 def _free(box: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]], gap: int) -> bool:
+    """True when ``box`` keeps ``gap`` pixels above and below every taken box and, beside one on the same row,
+    1.5 times the taller one's height: two labels a word space apart read as one line, and a truth that splits
+    them would be one that no reader (nor annotator) could follow."""
     x0, y0, x1, y1 = box
-    return all(x1 + gap <= a or b + gap <= x0 or y1 + gap <= c or d + gap <= y0 for a, c, b, d in taken)
+    for a, c, b, d in taken:
+        if y1 + gap <= c or d + gap <= y0:
+            continue
+        side_gap = max(gap, int(1.5 * max(y1 - y0, d - c)))
+        if not (x1 + side_gap <= a or b + side_gap <= x0):
+            return False
+    return True
 
 
 def _ink(rng: np.random.Generator, ground_luma: float) -> np.ndarray:
@@ -149,45 +152,12 @@ def synth_text_pages(out: str | Path, n: int = 600, fonts: str | None = None, va
 
     Returns ``{"root", "pages": {"train": count, "val": count}, "lines": count, "families": [names], "faces",
     "seconds"}``."""
-    if n < 2:
-        raise CnnkitError(f"--n {n}: need at least 2 pages (train and val)")
-    if not 0 < val_fraction < 1 or seed < 0:
-        raise CnnkitError(f"val_fraction={val_fraction}, seed={seed}: out of range", "use a share in (0, 1) and a seed of 0 or more")
-    root = _check_out(out, force)
-    faces = select_fonts(installed_fonts(), fonts)
-    photos = load_photos(more=True)
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    started = time.perf_counter()
 
-    from cnnkit.console import progress_bar
+    def sample(i: int, faces: list[FontFace], photos: list[np.ndarray]) -> Sample:
+        rng = np.random.default_rng([seed, i, 1])
+        image, labels = render_page(rng, faces, photos)
+        return Sample(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))], json.dumps(labels, ensure_ascii=False), len(labels))
 
-    bar = progress_bar(transient=True, auto_refresh=False) if progress else None
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(root.parent, root.name)
-    count = 0
-    try:
-        with bar if bar is not None else nullcontext():
-            task = bar.add_task("synth pages", total=n, info="", rate="") if bar is not None else None
-            rows: dict[str, list[str]] = {"train": [], "val": []}
-            for i in range(n):
-                split = "val" if i >= n - n_val else "train"
-                rng = np.random.default_rng([seed, i, 1])
-                image, labels = render_page(rng, faces, photos)
-                name = f"images/{i + 1:06d}.jpg"
-                path = tmp / split / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(path), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
-                rows[split].append(f"{name}\t{json.dumps(labels, ensure_ascii=False)}")
-                count += len(labels)
-                if bar is not None and ((i + 1) % 10 == 0 or i + 1 == n):
-                    bar.update(task, completed=i + 1)
-                    bar.refresh()
-        for split, lines in rows.items():
-            (tmp / split / DET_LABELS).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        families = sorted({f.family for f in faces})
-        (tmp / "fonts.txt").write_text("\n".join(f"{f.family}\t{f.style}\t{f.path.name}" for f in faces) + "\n", encoding="utf-8")
-        _swap_in(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"root": str(root), "pages": {s: len(v) for s, v in rows.items()}, "lines": count, "families": families,
-            "faces": len(faces), "seconds": round(time.perf_counter() - started, 2)}
+    summary = write_text_set(out, n, fonts, val_fraction, seed, force, progress, "pages", DET_LABELS, sample)
+    return {"root": summary["root"], "pages": summary["split"], "lines": summary["count"], "families": summary["families"],
+            "faces": summary["faces"], "seconds": summary["seconds"]}

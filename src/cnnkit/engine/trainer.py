@@ -166,9 +166,25 @@ def batch_images(batch: Any) -> int:
     return len(first)
 
 
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (oneDNN's check: AVX-512 or AMX on x86, BF16 on Arm). Without it
+    bf16 is emulated: a DBNet training step under bf16 autocast took 11 s against 1.2 s in float32 on an AVX2 EPYC."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: let autocast decide
+        return True
+
+
 def autocast_dtype(device: torch.device, amp: bool, amp_dtype: str) -> torch.dtype | None:
-    """None when mixed precision is off; bf16 on CPU; fp16 by default on CUDA."""
+    """None when mixed precision is off; fp16 by default on CUDA; bf16 on CPU, but with ``amp_dtype`` "auto" only
+    where the CPU has bf16 instructions (elsewhere float32, with a warning: emulated bf16 is ten times slower)."""
     if not amp:
+        return None
+    if device.type == "cpu" and amp_dtype == "auto" and not cpu_runs_bf16():
+        from cnnkit.console import warn
+
+        warn("--amp: this CPU has no bf16 instructions (AVX-512 or AMX), where bf16 runs about ten times slower "
+             "than float32; training in float32 (--amp-dtype bf16 forces it)", once_key="amp-cpu-bf16")
         return None
     if amp_dtype == "bf16" or device.type == "cpu":
         return torch.bfloat16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from cnnkit import registry
@@ -73,3 +74,27 @@ def _torchvision_classifier(name: str, num_classes: int, pretrained: bool) -> nn
     old = getattr(parent, attr)
     setattr(parent, attr, nn.Linear(old.in_features, num_classes))
     return model
+
+
+class TimmFeatures(nn.Module):
+    """A timm CNN's feature maps at ``strides`` (``features_only``), for the heads that take a timm backbone
+    (``needs`` names the head in the error when the CNN lacks one of the strides)."""
+
+    def __init__(self, name: str, strides: tuple[int, ...], needs: str, pretrained: bool = False):
+        super().__init__()
+        import timm
+
+        try:
+            probe = timm.create_model(name, pretrained=False, features_only=True)
+        except RuntimeError as exc:  # unknown model, or one without features_only support
+            raise CnnkitError(f"--backbone {name}: {exc}".splitlines()[0],
+                              "use a timm CNN (resnet18, efficientnet_b0, mobilenetv3_large_100, …) or leave --backbone out") from None
+        reductions = probe.feature_info.reduction()
+        if any(s not in reductions for s in strides):
+            raise CnnkitError(f"--backbone {name}: its feature strides are {reductions}; {needs} needs {', '.join(map(str, strides))}",
+                              "pick a CNN with the usual five stride-2 stages (resnet, efficientnet, mobilenet, convnext…)")
+        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=[reductions.index(s) for s in strides])
+        self.channels = list(self.body.feature_info.channels())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.models.backbones import TimmFeatures
 
 STRIDES = (4, 8, 16, 32)
 K = 50.0
@@ -55,30 +55,6 @@ class LightBackbone(nn.Module):
         return out
 
 
-class TimmFeatures(nn.Module):
-    """A timm CNN's stride 4, 8, 16 and 32 feature maps (``features_only``)."""
-
-    def __init__(self, name: str, pretrained: bool = False):
-        super().__init__()
-        import timm
-
-        try:
-            probe = timm.create_model(name, pretrained=False, features_only=True)
-        except RuntimeError as exc:  # unknown model, or one without features_only support
-            raise CnnkitError(f"--backbone {name}: {exc}".splitlines()[0],
-                              "use a timm CNN (resnet18, mobilenetv3_large_100, efficientnet_b0, …) or leave --backbone out") from None
-        reductions = probe.feature_info.reduction()
-        if any(s not in reductions for s in STRIDES):
-            raise CnnkitError(f"--backbone {name}: its feature strides are {reductions}; DBNet needs 4, 8, 16 and 32",
-                              "pick a CNN with the usual five stride-2 stages (resnet, efficientnet, mobilenet, convnext…)")
-        self.body = timm.create_model(name, pretrained=pretrained, features_only=True,
-                                      out_indices=[reductions.index(s) for s in STRIDES])
-        self.channels = list(self.body.feature_info.channels())
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x))
-
-
 def _head(c_in: int) -> nn.Sequential:
     """Stride 4 -> full resolution, one channel of logits: DB's conv, then two 2x transposed convolutions."""
     mid = max(16, c_in // 4)
@@ -89,7 +65,7 @@ def _head(c_in: int) -> nn.Sequential:
 class DBNet(nn.Module):
     def __init__(self, backbone: str | None = None, pretrained: bool = False, inner: int = 96):
         super().__init__()
-        self.backbone = TimmFeatures(backbone, pretrained) if backbone else LightBackbone()
+        self.backbone = TimmFeatures(backbone, STRIDES, "DBNet", pretrained) if backbone else LightBackbone()
         self.lateral = nn.ModuleList([nn.Conv2d(c, inner, 1, bias=False) for c in self.backbone.channels])
         self.smooth = nn.ModuleList([_conv(inner, inner // 4) for _ in STRIDES])
         self.prob_head = _head(inner)

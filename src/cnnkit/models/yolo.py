@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import CnnkitError
+from cnnkit.models.backbones import TimmFeatures
 from cnnkit.models.yolo_ops import STRIDES, anchor_points, decode_boxes, distances_from_logits, encode_boxes  # noqa: F401 - encode_boxes: read here by others
 
 REG_MAX = 16  # DFL bins: distances up to 15 strides (120 px at stride 8, 480 px at stride 32)
@@ -140,30 +141,6 @@ class CSPBackbone(nn.Module):
         return [c3, c4, self.stage4(c4)]
 
 
-class TimmBackbone(nn.Module):
-    """A timm CNN's stride 8, 16 and 32 feature maps (``features_only``)."""
-
-    def __init__(self, name: str, pretrained: bool = False):
-        super().__init__()
-        import timm
-
-        try:
-            probe = timm.create_model(name, pretrained=False, features_only=True)
-        except RuntimeError as exc:  # unknown model, or one without features_only support
-            raise CnnkitError(f"--backbone {name}: {exc}".splitlines()[0],
-                              "use a timm CNN (resnet18, efficientnet_b0, mobilenetv3_large_100, …) or leave --backbone out") from None
-        reductions = probe.feature_info.reduction()
-        wanted = [reductions.index(s) if s in reductions else None for s in STRIDES]
-        if None in wanted:
-            raise CnnkitError(f"--backbone {name}: its feature strides are {reductions}; a YOLO head needs 8, 16 and 32",
-                              "pick a CNN with the usual five stride-2 stages (resnet, efficientnet, mobilenet, convnext…)")
-        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=wanted)
-        self.channels = list(self.body.feature_info.channels())
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x))
-
-
 class PANNeck(nn.Module):
     """Path aggregation (Liu et al. 2018, PANet): a top-down pass carries the deep semantics to the fine
     levels (as FPN does), then a bottom-up pass carries the fine localisation back to the coarse ones."""
@@ -229,7 +206,7 @@ class YoloDetector(nn.Module):
         super().__init__()
         scale = YOLO_SCALES[name]
         if backbone:
-            self.backbone: nn.Module = TimmBackbone(backbone, pretrained)
+            self.backbone: nn.Module = TimmFeatures(backbone, STRIDES, "a YOLO head", pretrained)
         else:
             if pretrained:
                 raise CnnkitError(f"{name}: cnnkit publishes no pretrained weights for its own CSP backbone",

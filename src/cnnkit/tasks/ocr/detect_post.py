@@ -112,11 +112,11 @@ def unclip_distance(width: float, height: float, ratio: float = SHRINK_RATIO) ->
 
 
 def boxes_from_prob(prob: np.ndarray, bin_thresh: float = 0.3, box_thresh: float = 0.6, unclip_ratio: float = 1.0,
-                    min_side: float = 3.0, max_candidates: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+                    join_gap: float = 0.0, min_side: float = 3.0, max_candidates: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """Quadrilaterals [N, 4, 2] (clockwise from the top-left, in the map's pixels) and their scores [N] from a
     text probability map: each connected region above ``bin_thresh`` whose mean probability reaches
     ``box_thresh``, its minimum-area rectangle grown by ``unclip_ratio`` x unclip_distance (1 undoes the
-    shrink the targets applied)."""
+    shrink the targets applied); then, with ``join_gap``, the pieces of one line joined (join_row_pieces)."""
     binary = (prob > bin_thresh).astype(np.uint8)
     contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     quads, scores = [], []
@@ -140,7 +140,60 @@ def boxes_from_prob(prob: np.ndarray, bin_thresh: float = 0.3, box_thresh: float
         scores.append(score)
     if not quads:
         return np.zeros((0, 4, 2), np.float32), np.zeros(0, np.float32)
-    return np.stack(quads).astype(np.float32), np.asarray(scores, np.float32)
+    return join_row_pieces(np.stack(quads).astype(np.float32), np.asarray(scores, np.float32), join_gap)
+
+
+def join_row_pieces(quads: np.ndarray, scores: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes that are pieces of one line, joined into one: the probability map can break a line at a wide space
+    (after a full stop, in a monospaced face). Two boxes join when they run the same way (within 5 degrees), their
+    heights are within 1.5 times, their centre lines are less than a quarter of the lower one apart and their
+    ends less than ``gap`` times it (EasyOCR's group_text_box joins words by the same kind of rule). Each group
+    becomes the minimum-area rectangle around its corners, scored by its pieces' mean weighted by length."""
+    n = len(quads)
+    if n < 2 or gap <= 0:
+        return quads, scores
+    quads = np.asarray(quads, np.float32)
+    along = quads[:, 1] - quads[:, 0]
+    lengths = np.maximum(np.linalg.norm(along, axis=1), 1e-6)
+    directions = along / lengths[:, None]
+    heights = np.maximum(np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1), 1e-6)
+    centres = quads.mean(axis=1)
+    parent = list(range(n))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    same_way = np.cos(np.radians(5.0))
+    for i in range(n):
+        for j in range(i + 1, n):
+            if float(directions[i] @ directions[j]) < same_way:
+                continue
+            low, high = sorted((heights[i], heights[j]))
+            if high > 1.5 * low:
+                continue
+            offset = centres[j] - centres[i]
+            across = abs(float(directions[i, 0] * offset[1] - directions[i, 1] * offset[0]))
+            ends_apart = abs(float(directions[i] @ offset)) - (lengths[i] + lengths[j]) / 2
+            if across < 0.25 * low and ends_apart < gap * low:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for k in range(n):
+        groups.setdefault(root(k), []).append(k)
+    if len(groups) == n:
+        return quads, scores
+    joined, joined_scores = [], []
+    for members in groups.values():
+        if len(members) == 1:
+            joined.append(quads[members[0]])
+            joined_scores.append(scores[members[0]])
+            continue
+        rect = cv2.minAreaRect(quads[members].reshape(-1, 2))
+        joined.append(order_points(cv2.boxPoints(rect)))
+        joined_scores.append(float(np.average(scores[members], weights=lengths[members])))
+    return np.stack(joined).astype(np.float32), np.asarray(joined_scores, np.float32)
 
 
 def polygon_iou(a: np.ndarray, b: np.ndarray) -> float:

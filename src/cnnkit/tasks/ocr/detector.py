@@ -85,7 +85,7 @@ class TextDetector:
         canvas, scale = page_input(image, self.imgsz, square=self.deployed)
         with torch.no_grad():
             prob = model(to_tensor(canvas, self.mean, self.std)[None].to(dev))[0, 0].float().cpu().numpy()
-        quads, scores = boxes_from_prob(prob, self.post.bin_thresh, self.post.box_thresh, self.post.unclip_ratio)
+        quads, scores = boxes_from_prob(prob, self.post.bin_thresh, self.post.box_thresh, self.post.unclip_ratio, self.post.join_gap)
         quads = quads / scale
         quads[..., 0] = np.clip(quads[..., 0], 0, image.shape[1] - 1)
         quads[..., 1] = np.clip(quads[..., 1], 0, image.shape[0] - 1)
