@@ -158,34 +158,20 @@ def join_row_pieces(quads: np.ndarray, scores: np.ndarray, gap: float) -> tuple[
     directions = along / lengths[:, None]
     heights = np.maximum(np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1), 1e-6)
     centres = quads.mean(axis=1)
-    parent = list(range(n))
+    same_way = directions @ directions.T >= np.cos(np.radians(5.0))
+    low = np.minimum(heights[:, None], heights[None, :])
+    like_height = np.maximum(heights[:, None], heights[None, :]) <= 1.5 * low
+    offsets = centres[None, :] - centres[:, None]  # [i, j]: from box i's centre to box j's, measured along box i
+    across = np.abs(directions[:, None, 0] * offsets[..., 1] - directions[:, None, 1] * offsets[..., 0])
+    ends_apart = np.abs(np.einsum("ik,ijk->ij", directions, offsets)) - (lengths[:, None] + lengths[None, :]) / 2
+    pieces = np.triu(same_way & like_height & (across < 0.25 * low) & (ends_apart < gap * low), k=1)
+    from scipy.sparse.csgraph import connected_components
 
-    def root(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    same_way = np.cos(np.radians(5.0))
-    for i in range(n):
-        for j in range(i + 1, n):
-            if float(directions[i] @ directions[j]) < same_way:
-                continue
-            low, high = sorted((heights[i], heights[j]))
-            if high > 1.5 * low:
-                continue
-            offset = centres[j] - centres[i]
-            across = abs(float(directions[i, 0] * offset[1] - directions[i, 1] * offset[0]))
-            ends_apart = abs(float(directions[i] @ offset)) - (lengths[i] + lengths[j]) / 2
-            if across < 0.25 * low and ends_apart < gap * low:
-                parent[root(j)] = root(i)
-    groups: dict[int, list[int]] = {}
-    for k in range(n):
-        groups.setdefault(root(k), []).append(k)
-    if len(groups) == n:
+    count, labels = connected_components(pieces, directed=False)
+    if count == n:
         return quads, scores
     joined, joined_scores = [], []
-    for members in groups.values():
+    for members in (np.flatnonzero(labels == label) for label in range(count)):
         if len(members) == 1:
             joined.append(quads[members[0]])
             joined_scores.append(scores[members[0]])
