@@ -68,6 +68,11 @@ def data_synth(
     imbalance: float = typer.Option(1.0, "--imbalance", help="classify: the largest class over the smallest in train "
                                     "(a geometric long tail; 1 = balanced)"),
     eval_n: int = typer.Option(50, "--eval-n", help="classify: val and test images of every class"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="classify: the classes to draw, comma-separated; objects "
+                                          "(shapes) has six more than its default six: pentagon, hexagon, arrow, crescent, "
+                                          "ellipse, semicircle (a supervised source for transfer)"),
+    unlabelled: int = typer.Option(0, "--unlabelled", help="classify: also write this many images of random classes, with "
+                                   "no labels, into OUT/unlabelled/ (for `cnnkit ssl train`)"),
     fonts: Optional[str] = typer.Option(None, "--fonts", help="text: font families to render with, comma-separated "
                                         "shell patterns, !PATTERN excludes (e.g. '!Liberation*,!Nimbus*'); default: every "
                                         "installed family that covers the character set"),
@@ -79,6 +84,9 @@ def data_synth(
     or mot, tracking sequences (train/ and test/ halves, MOTChallenge layout with gt/gt.txt and noisy public detections
     in det/det.txt) of shapes moving over a panning photo, crossing and passing behind occluders."""
     from cnnkit.console import console
+
+    if (classes is not None or unlabelled) and task != "classify" and kind not in ("objects", "textures"):
+        raise CnnkitError("--classes and --unlabelled are for classification datasets", "add --task classify")
 
     if kind == "mot":
         from cnnkit.data.synth_mot import synth_mot
@@ -143,11 +151,13 @@ def data_synth(
         if task not in (None, "classify"):
             raise CnnkitError(f"--task {task}: {kind} is a classification dataset", "use --task classify")
         summary = synth_classification(kind, out, n=300 if n is None else n, imgsz=64 if imgsz is None else imgsz, seed=seed,
-                                       imbalance=imbalance, eval_n=eval_n, force=force)
+                                       imbalance=imbalance, eval_n=eval_n, force=force, unlabelled=unlabelled,
+                                       classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None)
         counts = summary["per_class"]["train"]
         console.print(f"{summary['images']['train']} train ({max(counts)} to {min(counts)} per class) + {summary['images']['val']} "
                       f"val + {summary['images']['test']} test images of {len(summary['classes'])} classes "
-                      f"(ImageFolder) written to {out}", soft_wrap=True, markup=False)
+                      f"(ImageFolder)" + (f" and {unlabelled} unlabelled images" if unlabelled else "") + f" written to {out}",
+                      soft_wrap=True, markup=False)
         return
     from cnnkit.data.synth import synth_dataset
 

@@ -20,6 +20,13 @@ test image was seen in training.
 binucleate), one centred cell per image among parts of neighbours, with the optics and camera of
 ``cnnkit data synth cells`` (blur, uneven illumination, shot and read noise), saved as grey 8-bit RGB PNGs.
 
+``--classes`` picks classes (objects: from six more, pentagon, hexagon, arrow, crescent, ellipse and
+semicircle, a supervised source for transfer to the first six), ``--unlabelled N`` adds N images of random
+classes in ``OUT/unlabelled/`` for self-supervised pretraining (`cnnkit ssl train --data OUT/unlabelled`):
+
+    cnnkit data synth shapes --task classify --n 10 --eval-n 100 --unlabelled 5000 --out data/ssl_objects
+    cnnkit data synth shapes --task classify --classes pentagon,hexagon,arrow,crescent,ellipse,semicircle --out data/source
+
 The layout is ImageFolder: ``OUT/{train,val,test}/CLASS/NNNNNN.png``. ``--n`` is the number of training
 images of the most frequent class; ``--imbalance R`` gives class k of K ``n * R**(-k/(K-1))`` of them (a
 geometric long tail, the largest class R times the smallest); val and test have ``--eval-n`` images of
@@ -41,14 +48,20 @@ from cnnkit.engine.rundir import temp_dir
 from cnnkit.errors import CnnkitError
 
 KINDS = ("objects", "textures", "cells")
+ALIASES = {"shapes": "objects"}  # `cnnkit data synth shapes --task classify`: the objects, one per image
 OBJECTS = (*SHAPES, "ring")
+# more object classes of the same domain, drawn the same way: a supervised source for transfer to OBJECTS
+# (`--classes`; docs/ssl.md), each distinct under rotation from every other class
+MORE_OBJECTS = ("pentagon", "hexagon", "arrow", "crescent", "ellipse", "semicircle")
+ALL_OBJECTS = (*OBJECTS, *MORE_OBJECTS)
+UNLABELLED = "unlabelled"  # OUT/unlabelled/: images of random classes with no class folder (--unlabelled N)
 TEXTURES = ("brick", "grass", "gravel", "moon", "tissue", "stars")
 CELL_KINDS = ("round", "elongated", "irregular", "dividing", "binucleate")
 TRAIN_SHARE = 0.7  # textures: training crops come from the left part of each photo, val/test from the rest
 
 
 def classes_of(kind: str) -> tuple[str, ...]:
-    return {"objects": OBJECTS, "textures": TEXTURES, "cells": CELL_KINDS}[kind]
+    return {"objects": OBJECTS, "textures": TEXTURES, "cells": CELL_KINDS}[ALIASES.get(kind, kind)]
 
 
 def train_counts(n: int, classes: int, imbalance: float) -> list[int]:
@@ -75,19 +88,48 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, cou
             draw.polygon([(cx + q * math.cos(a), cy + q * math.sin(a)) for q, a in zip(radii, angles)], fill=colour)
 
 
-def make_object_image(rng: np.random.Generator, photos: list[np.ndarray], cls: int, size: int) -> np.ndarray:
-    """One ``objects`` image of class ``cls`` (index into OBJECTS): [S, S, 3] uint8."""
+def _polar(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(x, y) in the unit disc -> (radius, angle), the form the outlines are rotated and placed in."""
+    return [(math.hypot(x, y), math.atan2(y, x)) for x, y in points]
+
+
+def _more_outline(name: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Polygon of one of MORE_OBJECTS (all but the crescent, which is two discs) in the circle (cx, cy, r)."""
+    if name in ("pentagon", "hexagon"):
+        k = 5 if name == "pentagon" else 6
+        points = [(1.0, -math.pi / 2 + 2 * math.pi / k * j) for j in range(k)]
+    elif name == "arrow":
+        points = _polar([(-1.0, -0.2), (0.15, -0.2), (0.15, -0.55), (1.0, 0.0), (0.15, 0.55), (0.15, 0.2), (-1.0, 0.2)])
+    elif name == "ellipse":
+        points = _polar([(math.cos(t), 0.45 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)])
+    else:  # semicircle
+        points = _polar([(math.cos(t), math.sin(t) - 0.4) for t in np.linspace(0, math.pi, 25)])
+    return [(cx + r * rho * math.cos(theta + angle), cy + r * rho * math.sin(theta + angle)) for rho, theta in points]
+
+
+def _object_mask(rng: np.random.Generator, name: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
+    """[S, S] bool: object class ``name`` (one of ALL_OBJECTS) in the circle (cx, cy, r), at a random angle."""
+    if name == "ring":
+        outer = _rasterise(_outline(SHAPES.index("circle"), cx, cy, r, 0.0), size)
+        return outer & ~_rasterise(_outline(SHAPES.index("circle"), cx, cy, r * rng.uniform(0.45, 0.7), 0.0), size)
+    if name in SHAPES:
+        return _rasterise(_outline(SHAPES.index(name), cx, cy, r, rng.uniform(0, 2 * math.pi)), size)
+    if name == "crescent":  # a disc less a disc shifted towards a random side
+        angle, shift = rng.uniform(0, 2 * math.pi), r * rng.uniform(0.35, 0.55)
+        disc = _rasterise(_outline(SHAPES.index("circle"), cx, cy, r, 0.0), size)
+        bite = _outline(SHAPES.index("circle"), cx + shift * math.cos(angle), cy + shift * math.sin(angle), r * 0.85, 0.0)
+        return disc & ~_rasterise(bite, size)
+    return _rasterise(_more_outline(name, cx, cy, r, rng.uniform(0, 2 * math.pi)), size)
+
+
+def make_object_image(rng: np.random.Generator, photos: list[np.ndarray], cls: int | str, size: int) -> np.ndarray:
+    """One ``objects`` image of class ``cls`` (a name of ALL_OBJECTS, or an index into OBJECTS): [S, S, 3] uint8."""
     image = Image.fromarray(_background(rng, photos, size))
     draw = ImageDraw.Draw(image)
     _clutter(rng, draw, size, int(rng.integers(0, 4)))  # behind the object
     r = rng.uniform(0.15, 0.375) * size
     cx, cy = rng.uniform(r * 0.8, size - r * 0.8, 2)  # mostly inside: a corner may leave the frame
-    name = OBJECTS[cls]
-    if name == "ring":
-        outer = _rasterise(_outline(SHAPES.index("circle"), cx, cy, r, 0.0), size)
-        mask = outer & ~_rasterise(_outline(SHAPES.index("circle"), cx, cy, r * rng.uniform(0.45, 0.7), 0.0), size)
-    else:
-        mask = _rasterise(_outline(cls, cx, cy, r, rng.uniform(0, 2 * math.pi)), size)
+    mask = _object_mask(rng, OBJECTS[cls] if isinstance(cls, int) else cls, cx, cy, r, size)
     pixels = np.asarray(image).copy()
     pixels[mask] = _colour(rng, pixels[mask])
     image = Image.fromarray(pixels)
@@ -203,49 +245,77 @@ def make_cell_image(rng: np.random.Generator, cls: int, size: int) -> np.ndarray
 # ------------------------------------------------------------------------------------------ dataset
 
 def synth_classification(kind: str, out: str | Path, n: int = 300, imgsz: int = 64, seed: int = 0, imbalance: float = 1.0,
-                         eval_n: int = 50, force: bool = False, progress: bool = True) -> dict:
+                         eval_n: int = 50, force: bool = False, progress: bool = True, classes: list[str] | None = None,
+                         unlabelled: int = 0) -> dict:
     """Write a classification dataset of ``kind`` into ``out`` (ImageFolder, see the module docstring).
+    ``classes``: objects only, which of ALL_OBJECTS (default OBJECTS); ``unlabelled``: that many more images of
+    random classes in OUT/unlabelled/ (no class folders: self-supervised pretraining, `cnnkit ssl train`).
     Returns ``{"root", "task": "classify", "classes", "images": {split: count}, "per_class": {split: [counts]}}``."""
     from cnnkit.data.synth import _numbered
 
+    kind = ALIASES.get(kind, kind)
     if kind not in KINDS:
-        raise CnnkitError(f"--task classify: no '{kind}' dataset", f"valid kinds: {', '.join(KINDS)}")
+        raise CnnkitError(f"--task classify: no '{kind}' dataset", f"valid kinds: {', '.join(KINDS)} (shapes = objects)")
     if n < 1 or eval_n < 1:
         raise CnnkitError(f"--n {n} and --eval-n {eval_n}: need at least 1 image per class")
+    if unlabelled < 0:
+        raise CnnkitError(f"--unlabelled {unlabelled}: a number of images, 0 or more")
     if not imbalance >= 1:  # `not >=`: NaN fails too
         raise CnnkitError(f"--imbalance {imbalance}: the largest class over the smallest, at least 1")
     if seed < 0:  # numpy's seed sequences take non-negative integers only
         raise CnnkitError(f"--seed {seed}: must not be negative")
     if not 16 <= imgsz <= 1024:
         raise CnnkitError(f"--imgsz {imgsz}: out of range", "use 16 to 1024 pixels")
+    names = _chosen_classes(kind, classes)
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise CnnkitError(f"{root}: exists and is not a folder", "pass a new folder for --out")
     if root.is_dir() and any(root.iterdir()) and not force:
         raise CnnkitError(f"{root}: folder exists and is not empty", "pass a new --out, or --force to replace it")
-    classes = classes_of(kind)
-    counts = {"train": train_counts(n, len(classes), imbalance), "val": [eval_n] * len(classes), "test": [eval_n] * len(classes)}
-    jobs = [(split, k, i) for split in ("train", "val", "test") for k in range(len(classes)) for i in range(counts[split][k])]
+    pool = ALL_OBJECTS if kind == "objects" else classes_of(kind)
+    counts = {"train": train_counts(n, len(names), imbalance), "val": [eval_n] * len(names), "test": [eval_n] * len(names)}
+    jobs = [(split, k, i) for split in ("train", "val", "test") for k in range(len(names)) for i in range(counts[split][k])]
+    # an unlabelled image draws its class from its own stream, then the image as a labelled one would
+    jobs += [(UNLABELLED, int(np.random.default_rng([seed, 3, i]).integers(len(names))), i) for i in range(unlabelled)]
     photos = load_photos(more=True) if kind == "objects" else []
     sources = texture_sources() if kind == "textures" else []
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(root.parent, root.name)
     try:
         for split in counts:
-            for name in classes:
+            for name in names:
                 (tmp / split / name).mkdir(parents=True)
+        if unlabelled:
+            (tmp / UNLABELLED).mkdir()
         for j, _, _ in _numbered([split for split, _, _ in jobs], f"synth {kind}", progress):
             split, k, i = jobs[j]
-            rng = np.random.default_rng([seed, ("train", "val", "test").index(split), k, i])
+            # seeded by the class's place among all of the kind's classes: a subset draws the images it would in the whole
+            rng = np.random.default_rng([seed, ("train", "val", "test", UNLABELLED).index(split), pool.index(names[k]), i])
             if kind == "objects":
-                image = make_object_image(rng, photos, k, imgsz)
+                image = make_object_image(rng, photos, names[k], imgsz)
             elif kind == "textures":
-                image = make_texture_image(rng, sources[k], split, imgsz)
+                image = make_texture_image(rng, sources[pool.index(names[k])], "train" if split == UNLABELLED else split, imgsz)
             else:
-                image = make_cell_image(rng, k, imgsz)
-            Image.fromarray(image, "RGB").save(tmp / split / classes[k] / f"{i:06d}.png")
+                image = make_cell_image(rng, pool.index(names[k]), imgsz)
+            folder = tmp / UNLABELLED if split == UNLABELLED else tmp / split / names[k]
+            Image.fromarray(image, "RGB").save(folder / f"{i:06d}.png")
         _swap_in(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"root": str(root), "task": "classify", "classes": list(classes), "per_class": counts,
-            "images": {split: sum(c) for split, c in counts.items()}}
+    images = {split: sum(c) for split, c in counts.items()}
+    if unlabelled:
+        images[UNLABELLED] = unlabelled
+    return {"root": str(root), "task": "classify", "classes": list(names), "per_class": counts, "images": images}
+
+
+def _chosen_classes(kind: str, classes: list[str] | None) -> tuple[str, ...]:
+    """--classes: a subset of the kind's classes (objects: of ALL_OBJECTS), in the order given; default the kind's own."""
+    if not classes:
+        return classes_of(kind)
+    pool = ALL_OBJECTS if kind == "objects" else classes_of(kind)
+    unknown = [name for name in classes if name not in pool]
+    if unknown:
+        raise CnnkitError(f"--classes: '{unknown[0]}' is not a {kind} class", f"choose from {', '.join(pool)}")
+    if len(set(classes)) != len(classes):
+        raise CnnkitError(f"--classes {','.join(classes)}: a class is named twice")
+    return tuple(classes)

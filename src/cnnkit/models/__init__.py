@@ -10,6 +10,7 @@ import torch.nn as nn
 from cnnkit.models import detectors, segmenters, tiny_cnn  # noqa: F401  (their @register decorators fill the table)
 from cnnkit.models.dbnet import DBNet
 from cnnkit.models.segmenters import FCN
+from cnnkit.models.ssl import SSLNet
 from cnnkit.models.yolo import YoloDetector
 
 
@@ -22,7 +23,7 @@ def backbone_module(net: nn.Module) -> str | None:
 
     if isinstance(net, (YoloDetector, FCN)):
         return net.backbone_module
-    if isinstance(net, DBNet):
+    if isinstance(net, (DBNet, SSLNet)):
         return "backbone"
     if isinstance(net, GeneralizedRCNN):
         return "backbone.body"

@@ -52,7 +52,7 @@ class Owner:
     """A task as the rest of cnnkit sees it: its name, the class whose ``load``/``val``/``predict`` serve its
     files, and the headline metric that quantize and bench report (compress.owner.ModelOwner)."""
 
-    name: str  # classify | detect | segment | instance | embed
+    name: str  # classify | detect | segment | instance | embed | sot | ocr | ocr_det | ssl
     facade: str  # "module:Class", imported when a file is loaded (keeps `cnnkit --help` free of torch)
     metric: str  # "" for a task whose val has no single headline metric
     val_options: Mapping[str, Any] = field(default_factory=dict)
@@ -76,6 +76,7 @@ TASKS: dict[str, Owner] = {owner.name: owner for owner in (
     Owner("sot", "cnnkit.tasks.track.sot:SingleObjectTracker", "success_auc", predicts=False),
     Owner("ocr", "cnnkit.tasks.ocr.api:TextRecognizer", "cer"),
     Owner("ocr_det", "cnnkit.tasks.ocr.detector:TextDetector", "hmean"),
+    Owner("ssl", "cnnkit.tasks.ssl.api:Pretrainer", "knn_top1", predicts=False),
 )}
 
 

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining (`cnnkit ssl train|val`): SimCLR, BYOL, VICReg, masked image modelling, autoencoder."""
