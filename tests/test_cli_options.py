@@ -68,17 +68,17 @@ def test_hand_written_commands_share_workers_split_and_val_out():
     training = {" ".join(path) for path, command in _commands() if any("--config" in p.opts for p in command.params)}
     workers = {name: p for name, p in _options("--workers").items() if name not in training}
     assert {"classify val", "classify features", "detect val", "segment val", "embed val", "embed index", "ocr val",
-            "robustness", "quantize"} <= set(workers)
+            "ssl val", "robustness", "quantize"} <= set(workers)
     want = Workers.__metadata__[0].help
     assert {name: (p.help, p.default, p.min) for name, p in workers.items()} == {name: (want, 2, 0) for name in workers}
     # tracking's --split names a folder of MOTChallenge sequences (train, test, all), a shared option of its own
     sequence_splits = {name for name in _options("--split") if name.startswith("track ")}
     splits = {name: (p.help, p.default) for name, p in _options("--split").items() if name not in training | sequence_splits}
-    assert set(splits) == {"classify val", "detect val", "segment val", "ocr val", "robustness"}
+    assert set(splits) == {"classify val", "detect val", "segment val", "ocr val", "ssl val", "robustness"}
     assert set(splits.values()) == {(Split.__metadata__[0].help, "val")}
     # track val writes beside no weights file (it runs a detector's and compares trackers): runs/track/val
     outs = {name: p.help for name, p in _options("--out").items() if name.endswith(" val") and name != "track val"}
-    assert set(outs) == {"classify val", "detect val", "segment val", "embed val", "ocr val", "track sot val"}
+    assert set(outs) == {"classify val", "detect val", "segment val", "embed val", "ocr val", "ssl val", "track sot val"}
     assert set(outs.values()) == {ValOut.__metadata__[0].help}
 
 

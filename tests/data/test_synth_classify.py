@@ -154,7 +154,7 @@ def test_texture_sources_are_grey_photos():
 # ------------------------------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("kwargs, needle", [
-    ({"kind": "shapes"}, "no 'shapes' dataset"),
+    ({"kind": "planets"}, "no 'planets' dataset"),
     ({"n": 0}, "--n 0"),
     ({"eval_n": 0}, "--eval-n 0"),
     ({"imbalance": 0.5}, "--imbalance 0.5"),
@@ -206,7 +206,7 @@ def test_cli_long_tail_and_cells_classify(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["objects", "--task", "detect"], "--task detect"),
     (["textures", "--task", "segment"], "--task segment"),
-    (["shapes", "--task", "classify"], "no 'shapes' dataset"),
+    (["planets", "--task", "classify"], "no 'planets' dataset"),
     (["objects", "--imbalance", "0.5"], "--imbalance 0.5"),
     (["objects", "--imgsz", "2000"], "--imgsz 2000"),
     (["objects", "--seed", "-1"], "--seed -1"),

@@ -69,3 +69,20 @@ def test_distillation_with_a_hint_resumes_exactly(digits_classifier, tmp_path):
     full, cut, _ = _run_killed_and_resumed(args, ["distill"], 3, tmp_path)
     _same_weights(full, cut, 3)
     assert "cnnkit_hint" in " ".join(torch.load(cut / "checkpoint.pt", weights_only=True)["model"])
+
+
+@pytest.mark.slow
+def test_byol_pretraining_resumes_exactly(digits_root, tmp_path):
+    """BYOL's teacher lives outside the weights file: its state and its momentum schedule's step count come back
+    from checkpoint.pt, so the student after a resume is the uninterrupted run's."""
+    import shutil
+
+    images = tmp_path / "unlabelled"
+    for k, path in enumerate(sorted((digits_root / "train").rglob("*.png"))[::12]):
+        (images / f"part{k % 3}").mkdir(parents=True, exist_ok=True)  # subfolders: the search is recursive
+        shutil.copy(path, images / f"part{k % 3}" / path.name)
+    args = ["ssl", "train", "--data", str(images), "--method", "byol", "--model", "tiny_cnn", "--epochs", "3", "--imgsz", "16",
+            "--batch", "16", "--workers", "1", "--seed", "3"]
+    full, cut, _ = _run_killed_and_resumed(args, ["ssl", "train"], 3, tmp_path)
+    _same_weights(full, cut, 3)
+    assert not any(key.startswith("teacher.") for key in load_file(str(full / "weights/last.safetensors")))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cnnkit.cli.options import Batch, Device, ValOut, Workers, config_command, pixel_limited
+from cnnkit.cli.options import Batch, Device, Split, ValOut, Workers, config_command, pixel_limited
 from cnnkit.tasks.ssl.config import SSLConfig
 
 app = typer.Typer(help="Self-supervised pretraining on unlabelled images: train, val. The backbone goes into any "
@@ -28,7 +28,7 @@ def ssl_val(
     weights: Path = typer.Option(..., "--weights", help="an ssl weights file (runs/ssl/NAME/weights/best.safetensors)"),
     data: str = typer.Option(..., "--data", help="a labelled ImageFolder: ROOT/train/CLASS/… (the kNN bank and the linear "
                              "probe's training set) and the split to score"),
-    split: str = typer.Option("val", "--split", help="the split whose images are scored (val or test)"),
+    split: Split = "val",
     knn_k: int = typer.Option(20, "--knn-k", min=1, help="neighbours of the kNN vote"),
     out: ValOut = None,
     batch: Batch = 64,

@@ -45,7 +45,7 @@ class SSLConfig(TrainOptions):
         super().validate()
         if self.warmup_epochs is None:  # recorded in config.yaml, so --resume keeps it
             self.warmup_epochs = round(0.1 * self.epochs, 3)
-        if not self.data:
+        if not self.data and not self.resume:  # --resume reads it from the run's config.yaml
             raise CnnkitError("ssl train needs --data FOLDER, a folder of images (searched recursively)")
         if self.method == "simclr" and self.batch < MIN_SIMCLR_BATCH:
             raise CnnkitError(f"--batch {self.batch} is too small for simclr: each image's negatives are the other "
