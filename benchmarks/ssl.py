@@ -144,9 +144,12 @@ def downstream(backbone: str, weights: Path | None, target: Path, args, rows: li
             if "finetune" not in done:
                 out = args.work / "runs" / f"ft_{backbone}_L{per_class}_s{seed}_{args.imgsz}"
                 started = time.perf_counter()
-                cnnkit("classify", "train", "--data", str(root), "--model", MODEL, "--epochs", str(args.finetune_epochs),
-                       "--imgsz", str(args.imgsz), "--seed", str(seed), "--out", str(out), "--workers", "2",
-                       *(["--backbone-from", str(weights)] if weights is not None else []), *args.finetune_set)
+                if (out / "checkpoint.pt").is_file():  # an interrupted run of this cell: finish it
+                    cnnkit("classify", "train", "--resume", "--out", str(out))
+                else:
+                    cnnkit("classify", "train", "--data", str(root), "--model", MODEL, "--epochs", str(args.finetune_epochs),
+                           "--imgsz", str(args.imgsz), "--seed", str(seed), "--out", str(out), "--workers", "2",
+                           *(["--backbone-from", str(weights)] if weights is not None else []), *args.finetune_set)
                 metrics = json.loads((out / "metrics.json").read_text())
                 append(results, {**base, "measure": "finetune", "top1": metrics["test"]["top1"], "val_top1": metrics["top1"],
                                  "minutes": (time.perf_counter() - started) / 60, "options": args.finetune_set})
