@@ -105,7 +105,7 @@ def features(weights: Path | None, files: list[Path], imgsz: int, seed: int = 0)
     from cnnkit.tasks.classify.features import extract_features
 
     torch.manual_seed(seed)
-    net = build_classifier(MODEL, 0)
+    net = build_classifier(MODEL, 2)  # with a head for load_backbone to tell apart; the features are its input
     if weights is not None:
         load_backbone(net, read_state_dict(weights), str(weights), MODEL)
     arrays = extract_features(net, files, None, classify_transforms(imgsz, False), 128, 2, torch.device("cpu"), progress=False)
