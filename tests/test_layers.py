@@ -26,7 +26,8 @@ LAYERS = [
     # `augment preview` and SMOTE on backbone features are tools that read data, run models and draw
     (3, ("cnnkit.runner", "cnnkit.compress", "cnnkit.retrieval", "cnnkit.track", "cnnkit.augment.preview", "cnnkit.data.smote")),
     (4, ("cnnkit.tasks",)),  # the task table (cnnkit/tasks/__init__.py), which names the task classes without importing them
-    (5, ("cnnkit.cli", "cnnkit.__main__", "cnnkit.api", "cnnkit")),  # cnnkit.api: re-exports for users
+    (5, ("cnnkit.serve",)),  # the HTTP server: loads task objects through the table and calls their predict_images
+    (6, ("cnnkit.cli", "cnnkit.__main__", "cnnkit.api", "cnnkit")),  # cnnkit.api: re-exports for users
 ]
 # inside a task's folder (cnnkit/tasks/<task>/): its options (which check model names against the model
 # table), its plain functions, then its class, then its commands

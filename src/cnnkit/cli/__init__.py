@@ -13,7 +13,7 @@ from importlib import import_module
 from importlib.util import find_spec
 
 from cnnkit import tasks
-from cnnkit.cli import data, tools  # noqa: F401 - each registers its commands
+from cnnkit.cli import data, serve, tools  # noqa: F401 - each registers its commands
 from cnnkit.cli.options import app, augment_app, config_command, data_app, pixel_limited, takes_sources  # noqa: F401 - the CLI's API
 from cnnkit.errors import CnnkitError
 from cnnkit.libwarnings import routed_warnings

@@ -123,6 +123,21 @@ def coco_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
     return segmentation
 
 
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """[H, W] 0/1 -> COCO compressed RLE {"size": [H, W], "counts": str} (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))  # pycocotools reads column-major uint8
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """COCO RLE -> [H, W] uint8 0/1."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode(coco_rle(rle, *rle["size"]))
+
+
 def _mask_area(segmentation: Any, height: int, width: int) -> float:
     from pycocotools import mask as mask_utils
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD, batch_mixer, classify_transforms, spec_from_config
 from cnnkit.tasks.classify.config import AUTO_BALANCE_RATIO, TrainConfig
@@ -105,22 +106,35 @@ class Classifier:
                 device: str = "auto", tta: str = "auto") -> list[dict[str, Any]]:
         """[{"file", "label", "score", "topk": [[label, score], …]}] for images, folders and globs (``tta``:
         none, flip, d8, or auto = what the weights record)."""
-        model = self._require_model()
-        views = self._views(tta)
         files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
-        dev = dist_utils.select_device(device)
-        model.to(dev).eval()
-        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
-        k = min(topk, len(self.class_names))
         results: list[dict[str, Any]] = []
         for chunk in read_in_batches(files, batch, lambda path: load_image(path, self.intensity), "classify"):
             if chunk:
-                images = torch.stack([transform(image) for _, image in chunk]).to(dev)
-                probs = torch.softmax(classify.predict_logits(model, images, views), dim=1).cpu()
-                scores, indices = probs.topk(k, dim=1)
-                for (index, _), s, idx in zip(chunk, scores.tolist(), indices.tolist()):
-                    results.append({"file": str(files[index][0]), "label": self.class_names[idx[0]], "score": s[0],
-                                    "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]})
+                results += self.predict_images([image for _, image in chunk], [str(files[k][0]) for k, _ in chunk], topk=topk,
+                                               device=device, tta=tta)
+        return results
+
+    @torch.no_grad()
+    def predict_images(self, images: list[Any], names: list[str], topk: int = 5, device: str = "auto", tta: str = "auto",
+                       draw: bool = False) -> list[dict[str, Any]]:
+        """The rows of predict for decoded pictures (8-bit RGB, PIL or HxWx3 arrays) in one batch, ``names`` their
+        "file"; with ``draw``, each row also holds "drawn", the picture with its label and score written on it."""
+        model = self._require_model()
+        views = self._views(tta)
+        dev = dist_utils.select_device(device)
+        model.to(dev).eval()
+        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
+        pictures = [image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)) for image in images]
+        batch = torch.stack([transform(picture) for picture in pictures]).to(dev)
+        probs = torch.softmax(classify.predict_logits(model, batch, views), dim=1).cpu()
+        scores, indices = probs.topk(min(topk, len(self.class_names)), dim=1)
+        results: list[dict[str, Any]] = []
+        for name, picture, s, idx in zip(names, pictures, scores.tolist(), indices.tolist()):
+            row = {"file": name, "label": self.class_names[idx[0]], "score": s[0],
+                   "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]}
+            if draw:
+                row["drawn"] = classify.draw_label(np.asarray(picture), f"{row['label']} {row['score']:.2f}")
+            results.append(row)
         return results
 
     def features(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None,

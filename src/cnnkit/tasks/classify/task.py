@@ -218,3 +218,16 @@ def _ap(positives: np.ndarray, scores: np.ndarray) -> float:
     from sklearn.metrics import average_precision_score
 
     return float(average_precision_score(positives, scores))
+
+
+def draw_label(pixels: np.ndarray, caption: str) -> np.ndarray:
+    """HxWx3 uint8 with ``caption`` (the predicted label and score) on a dark band across the top."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(10, min(canvas.size) // 12))
+    left, top, right, bottom = draw.textbbox((4, 2), caption, font=font)
+    draw.rectangle((0, 0, max(right + 4, 1), bottom + 4), fill=(20, 20, 20))
+    draw.text((4, 2), caption, font=font, fill=(255, 255, 255))
+    return np.asarray(canvas)

@@ -149,19 +149,41 @@ class Detector:
         images = [(f, name) for f, name in zip(media, names) if not is_video(f.path)]  # videos: a bar each
         read = lambda path: load_image(path, self.intensity)  # noqa: E731
         for chunk in read_in_batches([f for f, _ in images], batch, read, "detect", "images"):
-            frames = [np.asarray(image) for _, image in chunk]
-            for (index, _), pixels, found in zip(chunk, frames, self._detect(net, frames, dev, keep, max_det)):
-                (path, _, _), name = images[index]
-                result = {"file": str(path), **found}
+            rows = self.predict_images([image for _, image in chunk], [str(images[k][0].path) for k, _ in chunk], conf, iou,
+                                       max_det, classes, device, draw=out_dir is not None, net=net)
+            for (index, _), result in zip(chunk, rows):
                 if out_dir is not None:
-                    result["overlay"] = str(out_dir / name)
-                    _save_image(Path(result["overlay"]), self._draw(pixels, found))
+                    result["overlay"] = str(out_dir / images[index][1])
+                    _save_image(Path(result["overlay"]), result.pop("drawn"))
                 results.append(result)
         for f, name in zip(media, names):
             if is_video(f.path):
                 results += self._predict_video(net, f.path, dev, keep, out_dir / name if out_dir is not None else None,
                                                batch, max_det)
         return results
+
+    @torch.no_grad()
+    def predict_images(self, images: list[Any], names: list[str], conf: float = PREDICT_CONF, iou: float = 0.5,
+                       max_det: int = 100, classes: str | None = None, device: str = "auto", draw: bool = False,
+                       net: nn.Module | None = None) -> list[dict[str, Any]]:
+        """The rows of predict for decoded pictures (8-bit RGB, PIL or HxWx3 arrays) in one batch, ``names`` their
+        "file"; with ``draw``, each row also holds "drawn", the picture with its boxes. ``net``: the network to run
+        (inference_model's, prepared once by a caller that predicts many batches)."""
+        dev = dist_utils.select_device(device)
+        net = net if net is not None else self.inference_model(dev)
+        set_postprocess(net, conf, iou, max_det)
+        frames = [np.asarray(image) for image in images]
+        rows = []
+        for name, pixels, found in zip(names, frames, self._detect(net, frames, dev, self._keep_labels(classes), max_det)):
+            row = {"file": name, **found}
+            if draw:
+                row["drawn"] = self._draw(pixels, found)
+            rows.append(row)
+        return rows
+
+    def inference_model(self, device: torch.device | str = "cpu") -> nn.Module:
+        """The network predict runs on ``device``, in eval mode (YOLO's with its BatchNorms folded: a copy)."""
+        return for_inference(self._require_model().to(device).eval())
 
     def frame_detector(self, conf: float = PREDICT_CONF, iou: float = 0.5, max_det: int = 100, classes: str | None = None,
                        device: str = "auto") -> Callable[[list[np.ndarray]], list[np.ndarray]]:

@@ -118,6 +118,12 @@ class Embedder:
                 vectors.append(pooled_features(model, tensors.to(dev)).float().cpu().numpy())
         return normalize(np.concatenate(vectors))
 
+    def predict_images(self, images: list[Any], names: list[str], device: str = "auto", draw: bool = False) -> list[dict[str, Any]]:
+        """[{"file", "vector": [D floats, unit length]}] for decoded pictures (8-bit RGB, PIL or HxWx3 arrays), ``names``
+        their "file" (the vectors of `embed` and of an index; nothing to draw: ``draw`` is accepted and ignored)."""
+        vectors = self.embed_arrays([np.asarray(image) for image in images], device)
+        return [{"file": name, "vector": [round(float(v), 6) for v in vector]} for name, vector in zip(names, vectors)]
+
     def val(self, data: str, query_split: str | None = None, gallery_split: str = "train", out: str | Path | None = None,
             batch: int = 64, device: str = "auto", workers: int = 2) -> dict[str, Any]:
         """recall@1, recall@5 and map of ``query_split`` (default: test, else val) against ``gallery_split``;

@@ -137,14 +137,44 @@ class InstanceSegmenter:
         for chunk in read_in_batches(files, batch, load_image, "segment"):
             if chunk:
                 frames = [np.asarray(image) for _, image in chunk]
-                tensors = [torch.from_numpy(np.array(p, order="C")).permute(2, 0, 1).to(dev).float().div_(255)
-                           for p in frames]  # a copy torch may own: a decoded image's buffer is read-only
-                for (index, _), pixels, found in zip(chunk, frames, instance.detect_unpasted(model, tensors)):
+                for (index, _), pixels, found in zip(chunk, frames, self._detect(model, frames, dev)):
                     results.append(self._instances(files[index].path, pixels, found, out_dir, overlays, names[index]))
         if out_dir is not None:
             write_json(out_dir / "instances.json", results)
             write_text(out_dir / "classes.txt", "".join(f"{name}\n" for name in ["background", *self.class_names]))
         return results
+
+    @torch.no_grad()
+    def predict_images(self, images: list[Any], names: list[str], conf: float = PREDICT_CONF, iou: float = 0.5,
+                       max_det: int = 100, device: str = "auto", draw: bool = False) -> list[dict[str, Any]]:
+        """The rows of predict for decoded pictures (8-bit RGB, PIL or HxWx3 arrays) in one batch, ``names`` their
+        "file"; with ``draw``, each row also holds "drawn", the picture with every instance, box and caption."""
+        model = self._require_model()
+        dev = dist_utils.select_device(device)
+        model.to(dev).eval()
+        set_postprocess(model, conf, iou, max_det)
+        frames = [np.asarray(image) for image in images]
+        rows = []
+        for name, pixels, found in zip(names, frames, self._detect(model, frames, dev)):
+            row = self._instances(Path(name), pixels, found, None, False, "")
+            row["file"] = name
+            if draw:
+                row["drawn"] = self._draw(pixels, row)
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _detect(model: nn.Module, frames: list[np.ndarray], device: torch.device) -> list[dict[str, torch.Tensor]]:
+        # a copy torch may own: a decoded image's buffer is read-only
+        tensors = [torch.from_numpy(np.array(p, order="C")).permute(2, 0, 1).to(device).float().div_(255) for p in frames]
+        return instance.detect_unpasted(model, tensors)
+
+    @staticmethod
+    def _draw(pixels: np.ndarray, row: dict[str, Any]) -> np.ndarray:
+        entries = row["instances"]
+        masks = np.stack([instance.decode(e["rle"]) for e in entries]) if entries else np.zeros((0, *pixels.shape[:2]), np.uint8)
+        boxes = np.asarray([e["box"] for e in entries], dtype=np.float32).reshape(-1, 4)
+        return instance.draw_instances(pixels, masks, boxes, [f"{e['label']} {e['id']} {e['score']:.2f}" for e in entries])
 
     def _instances(self, path: Path, pixels: np.ndarray, found: dict[str, torch.Tensor], out_dir: Path | None,
                    overlays: bool, name: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from cnnkit.data.detection import DetectionImage
 from cnnkit.data.images import load_image_in_frame
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluate import plots
-from cnnkit.evaluate.coco import coco_evaluate, coco_precision, coco_rle
+from cnnkit.evaluate.coco import coco_evaluate, coco_precision, coco_rle, decode_rle as decode, encode_rle as encode  # noqa: F401
 from cnnkit.tasks.detect.task import CONFUSION_CONF, DetectionSet, DetectTask
 
 MASK_THRESHOLD = 0.5  # a pasted mask probability above this is the object (torchvision's and Detectron2's choice)
@@ -43,21 +43,6 @@ def rasterise(segmentations: Sequence[Any], height: int, width: int) -> np.ndarr
     for k, segmentation in enumerate(segmentations):
         masks[k] = mask_utils.decode(coco_rle(segmentation, height, width))
     return masks
-
-
-def encode(mask: np.ndarray) -> dict[str, Any]:
-    """[H, W] 0/1 -> COCO compressed RLE {"size": [H, W], "counts": str} (JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))  # pycocotools reads column-major uint8
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def decode(rle: dict[str, Any]) -> np.ndarray:
-    """COCO RLE -> [H, W] uint8 0/1."""
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.decode(coco_rle(rle, *rle["size"]))
 
 
 def paste(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int, chunk: int = 16) -> torch.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cnnkit.augment.presets import IMAGENET_MEAN, IMAGENET_STD
-from cnnkit.data.textlines import line_batch
+from cnnkit.data.textlines import fit_height, line_batch
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.trainer import make_loader
 from cnnkit.errors import CnnkitError
@@ -105,6 +105,26 @@ class TextRecognizer:
                 for (index, _), (text, score) in zip(chunk, self.read([im for _, im in chunk], device, beam)):
                     results.append({"file": str(files[index][0]), "text": text, "score": round(score, 5)})
         return results
+
+    def predict_images(self, images: list[Any], names: list[str], device: str = "auto", beam: int = 0,
+                       draw: bool = False) -> list[dict[str, Any]]:
+        """The rows of predict for decoded line images (8-bit RGB, PIL or HxWx3 arrays) in one batch, ``names`` their
+        "file"; with ``draw``, each row also holds "drawn", the line with its reading written over it."""
+        from cnnkit.tasks.ocr.pages import draw_page
+
+        pixels = [np.ascontiguousarray(np.asarray(image)) for image in images]
+        for picture, name in zip(pixels, names):
+            if min(picture.shape[:2]) < 2:
+                raise CnnkitError(f"{name}: the image is {picture.shape[1]} x {picture.shape[0]} pixels", "a text line needs at least 2 x 2 pixels")
+        readings = self.read([fit_height(p, self.imgsz, self.max_width) for p in pixels], device, beam)
+        rows = []
+        for name, picture, (text, score) in zip(names, pixels, readings):
+            row: dict[str, Any] = {"file": name, "text": text, "score": round(score, 5)}
+            if draw:
+                h, w = picture.shape[:2]
+                row["drawn"] = draw_page(picture, np.array([[[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]], np.float32), [text])
+            rows.append(row)
+        return rows
 
     def val(self, data: str, split: str = "val", out: str | Path | None = None, batch: int = 32, device: str = "auto",
             workers: int = 2, beam: int = 0) -> dict[str, Any]:

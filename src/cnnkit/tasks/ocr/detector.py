@@ -139,6 +139,15 @@ class TextDetector:
 
         return read_pages(self, rec, sources, device=device, out=out, beam=beam)
 
+    def predict_images(self, images: list[Any], names: list[str], device: str = "auto", rec: Any = None, beam: int = 0,
+                       draw: bool = False) -> list[dict[str, Any]]:
+        """The rows of predict for decoded pages (8-bit RGB, PIL or HxWx3 arrays), ``names`` their "file"; with
+        ``draw``, each row also holds "drawn", the page with its lines and their text."""
+        from cnnkit.tasks.ocr.pages import read_page_image
+
+        return [read_page_image(self, rec, np.ascontiguousarray(np.asarray(image)), name, device, beam, draw)
+                for image, name in zip(images, names)]
+
 
 def _save_pages(images: list[np.ndarray], folder: Path) -> list[Path]:
     from cnnkit.tasks.ocr.pages import write_png

@@ -87,15 +87,25 @@ def read_pages(det: Any, rec: Any, sources, device: str = "auto", out: str | Pat
         task = bar.add_task("ocr pages", total=len(files), info="", rate="")
         for path in files:
             image = read_page(Path(path))
-            quads, scores = det.detect(image, device)
-            order = reading_order(quads)
-            quads, scores = quads[order], scores[order]
-            readings = read_lines(rec, image, quads, device, beam) if rec is not None else [("", float(s)) for s in scores]
-            lines = [{"points": [[round(float(x), 1), round(float(y), 1)] for x, y in q], "text": text, "score": round(float(score), 5)}
-                     for q, (text, score) in zip(quads, readings)]
-            results.append({"file": str(path), "lines": lines})
+            row = read_page_image(det, rec, image, str(path), device, beam, draw=out is not None)
             if out is not None:
-                write_png(Path(out) / "overlays" / (Path(path).stem + ".png"),
-                          draw_page(image, quads, [t for t, _ in readings] if rec is not None else None))
+                write_png(Path(out) / "overlays" / (Path(path).stem + ".png"), row.pop("drawn"))
+            results.append(row)
             bar.update(task, advance=1)
     return results
+
+
+def read_page_image(det: Any, rec: Any, image: np.ndarray, name: str, device: str | None = "auto", beam: int = 0,
+                    draw: bool = False) -> dict[str, Any]:
+    """One decoded page (HxWx3 uint8 RGB): {"file": name, "lines": [...]} as read_pages gives it; with ``draw``, also
+    "drawn", the page with its lines outlined and their text."""
+    quads, scores = det.detect(image, device)
+    order = reading_order(quads)
+    quads, scores = quads[order], scores[order]
+    readings = read_lines(rec, image, quads, device, beam) if rec is not None else [("", float(s)) for s in scores]
+    lines = [{"points": [[round(float(x), 1), round(float(y), 1)] for x, y in q], "text": text, "score": round(float(score), 5)}
+             for q, (text, score) in zip(quads, readings)]
+    row: dict[str, Any] = {"file": name, "lines": lines}
+    if draw:
+        row["drawn"] = draw_page(image, quads, [t for t, _ in readings] if rec is not None else None)
+    return row

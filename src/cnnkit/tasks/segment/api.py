@@ -162,6 +162,34 @@ class Segmenter:
         skips.report(len(files))
         return results
 
+    @torch.no_grad()
+    def predict_images(self, images: list[Any], names: list[str], tile: bool | None = None, overlap: float | None = None,
+                       device: str = "auto", draw: bool = False) -> list[dict[str, Any]]:
+        """Decoded pictures (8-bit RGB, PIL or HxWx3 arrays) in one batch, ``names`` their "file": predict's rows
+        with each class's pixels as COCO compressed RLE at the picture's size ("masks": {name: rle}, the classes
+        present); with ``draw``, each row also holds "drawn", the picture with its mask over it."""
+        from cnnkit.evaluate.coco import encode_rle
+
+        model = self._require_model()
+        dev = dist_utils.select_device(device)
+        model.to(dev).eval()
+        pixels = [np.asarray(image) for image in images]
+        inputs = [_to_model_input(p).to(dev) for p in pixels]
+        same_size = len({tuple(t.shape) for t in inputs}) == 1
+        probabilities = segment.segment_probabilities(model, torch.stack(inputs) if same_size else inputs, self.inference(tile, overlap))
+        rows = []
+        for name, picture, probs in zip(names, pixels, probabilities):
+            predicted = probs.argmax(0).to(torch.uint8).cpu().numpy()
+            shares = np.bincount(predicted.ravel(), minlength=len(self.class_names)) / predicted.size
+            row: dict[str, Any] = {"file": name, "size": [int(predicted.shape[1]), int(predicted.shape[0])],
+                                   "classes": {c: round(float(v), 5) for c, v in zip(self.class_names, shares) if v > 0},
+                                   "masks": {c: encode_rle(predicted == k) for k, c in enumerate(self.class_names) if shares[k] > 0}}
+            if draw:
+                row["drawn"] = segment.overlay(segment.display_pixels(picture), predicted, segment.palette(len(self.class_names)),
+                                               ignore_index=self.ignore_index)
+            rows.append(row)
+        return rows
+
     def _require_model(self) -> nn.Module:
         if self.model is None:
             raise CnnkitError("this Segmenter has no weights yet", "train it first or use Segmenter.load(FILE)")
