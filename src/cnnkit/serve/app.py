@@ -171,8 +171,13 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), api_key: st
     state: dict[str, Any] = {"ready": False, "batchers": {}}
 
     def warm() -> None:
+        from cnnkit.console import warn
+
         for served in models:
-            state["batchers"][served.name].run([warm_picture(served)], ["warm-up"], {}, False)
+            try:
+                state["batchers"][served.name].run([warm_picture(served)], ["warm-up"], {}, False)
+            except Exception as exc:  # say so, and serve: the first request gets the model's own error
+                warn(f"{served.name}: the warm-up batch failed: {type(exc).__name__}: {exc}")
         state["ready"] = True
 
     @asynccontextmanager
@@ -279,7 +284,7 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), api_key: st
             try:
                 rows = await asyncio.wrap_future(job.future)
             except CnnkitError as exc:  # the model refused an image (a text line too thin, …)
-                raise ApiError(422, exc.message) from None
+                raise ApiError(422, str(exc)) from None
             done = time.perf_counter()
             timing = (f"queue;dur={1000 * (job.started_at - job.queued_at):.2f}, "
                       f"infer;dur={1000 * (done - job.started_at):.2f}, total;dur={1000 * (done - started):.2f}")

@@ -121,7 +121,7 @@ class Embedder:
     def predict_images(self, images: list[Any], names: list[str], device: str = "auto", draw: bool = False) -> list[dict[str, Any]]:
         """[{"file", "vector": [D floats, unit length]}] for decoded pictures (8-bit RGB, PIL or HxWx3 arrays), ``names``
         their "file" (the vectors of `embed` and of an index; nothing to draw: ``draw`` is accepted and ignored)."""
-        vectors = self.embed_arrays([np.asarray(image) for image in images], device)
+        vectors = self.embed_arrays([np.array(image) for image in images], device)  # writable copies for torch
         return [{"file": name, "vector": [round(float(v), 6) for v in vector]} for name, vector in zip(names, vectors)]
 
     def val(self, data: str, query_split: str | None = None, gallery_split: str = "train", out: str | Path | None = None,
