@@ -16,6 +16,15 @@ if [ ! -d /usr/share/fonts/truetype/liberation2 ] || [ ! -d /usr/share/fonts/ope
         echo "setup: for OCR's text fonts run: sudo apt-get install fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 wamerican" >&2
     fi
 fi
+# the browser test of `cnnkit serve`'s web page drives Debian's Chromium through its driver (tests/serve/test_browser.py)
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+            || echo "setup: apt-get could not install chromium and chromium-driver (the browser test needs them)" >&2
+    else
+        echo "setup: for the browser test run: sudo apt-get install chromium chromium-driver" >&2
+    fi
+fi
 stamp=.venv/.cnnkit-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $($PYTHON --version 2>&1)"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
