@@ -1,6 +1,8 @@
-"""Self-supervised pretraining: do unlabelled images make a few labels go further? (issue: self-supervised learning)
+"""Self-supervised pretraining: do unlabelled images make a few labels go further? (issue: self-supervised learning;
+the issue names it benchmarks/ssl.py, but a script named ssl.py in this folder is the standard library's ssl for every
+script beside it, and asyncio, which torch imports, needs the real one)
 
-    python benchmarks/ssl.py --work W [--unlabelled 5000] [--imgsz 32] [--epochs 50] [--methods simclr,byol,vicreg,masked,ae]
+    python benchmarks/ssl_transfer.py --work W [--unlabelled 5000] [--imgsz 32] [--epochs 50] [--methods simclr,byol,vicreg,masked,ae]
                              [--labels 1,10,100] [--seeds 0,1,2] [--finetune-epochs 30] [--only pretrain,source,downstream,throughput]
 
 1. The domain: `cnnkit data synth shapes --task classify` (six shapes on crops of real photos among clutter, uneven light,
@@ -26,18 +28,12 @@ pieces; the table and the targets are printed at the end from that file.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# this file is named as the issue names it, which is also the standard library's ssl: run as a script, its folder
-# comes first on sys.path and `import ssl` (asyncio, joblib, urllib) would find it; the folder is not needed
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
 import argparse
 import json
+import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
