@@ -258,18 +258,49 @@ def test_segmenter_served_masks_are_predicts(shapes_segmenter, tmp_path):
 
 
 @pytest.mark.slow
-def test_onnx_export_is_served_like_the_weights(digits_classifier, digit_files, tmp_path):
+def test_every_deployed_format_is_served_like_the_weights(digits_classifier, digit_files, tmp_path):
     from cnnkit import tasks
 
-    onnx_file, _ = tasks.export_weights(digits_classifier, "onnx", tmp_path / "digits.onnx", dynamic_batch=True)
-    eager, exported = load_served(digits_classifier, "eager"), load_served(onnx_file)
-    assert exported.name == "digits" and exported.format == "onnx"
-    with serving(create_app([eager, exported], Limits(max_files=20))) as client:
-        assert [m["format"] for m in client.get("/models").json()] == ["eager", "onnx"]
-        a = client.post("/predict/eager", files=upload(*digit_files)).json()
-        b = client.post("/predict/digits", files=upload(*digit_files)).json()
-    assert [r["label"] for r in a] == [r["label"] for r in b]
-    assert np.allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-3)
+    files = [tasks.export_weights(digits_classifier, fmt, tmp_path / f"digits{suffix}", dynamic_batch=True)[0]
+             for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts"), ("pt2", ".pt2"))]
+    files.append(tasks.quantize_weights(digits_classifier, None, method="dynamic", out=tmp_path / "digits.int8.pt",
+                                        evaluate=False)[0])
+    files.append(tasks.quantize_weights(digits_classifier, "digits", backend="onnx", calib_images=32, out=tmp_path / "q.int8.onnx",
+                                        evaluate=False, workers=0)[0])
+    served = [load_served(digits_classifier, "eager")] + [load_served(f, f"m{k}") for k, f in enumerate(files)]
+    assert [m.format for m in served] == ["eager", "onnx", "torchscript", "torch.export", "int8", "onnx-int8"]
+    with serving(create_app(served, Limits(max_files=20))) as client:
+        assert [m["format"] for m in client.get("/models").json()] == [m.format for m in served]
+        answers = {m.name: client.post(f"/predict/{m.name}", files=upload(*digit_files)).json() for m in served}
+    eager = answers.pop("eager")
+    for name, rows in answers.items():
+        agree = np.mean([r["label"] == e["label"] for r, e in zip(rows, eager)])
+        assert agree >= (0.9 if "int8" in served[int(name[1:]) + 1].format else 1.0), (name, agree)
+        if "int8" not in served[int(name[1:]) + 1].format:
+            assert np.allclose([r["score"] for r in rows], [e["score"] for e in eager], atol=1e-3), name
+
+
+@pytest.mark.slow
+def test_mask_rcnn_instances_are_served_as_predict_gives_them(tmp_path):
+    import torch
+
+    from cnnkit.engine.checkpoint import save_weights
+    from cnnkit.tasks.instance.api import InstanceSegmenter
+
+    torch.manual_seed(0)
+    seg = InstanceSegmenter(class_names=["thing"], imgsz=64)
+    weights = save_weights(seg.model, tmp_path / "maskrcnn.safetensors",
+                           {"task": "segment", "model": "maskrcnn", "backbone": seg.backbone, "imgsz": 64, "class_names": ["thing"],
+                            "category_ids": [1], "mean": [0.0] * 3, "std": [1.0] * 3})
+    rng = np.random.default_rng(0)
+    image = tmp_path / "scene.png"
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(image)
+    expected = InstanceSegmenter.load(weights).predict([image], conf=0.0, device="cpu")
+    with serving(create_app([load_served(weights, "things")])) as client:
+        assert client.get("/models").json()[0]["task"] == "instance"
+        (row,) = client.post("/predict/things?conf=0&overlay=true", files=upload(image)).json()
+    assert row["instances"] and row["size"] == [64, 48] and [e["rle"] for e in row["instances"]] == [e["rle"] for e in expected[0]["instances"]]
+    assert Image.open(io.BytesIO(base64.b64decode(row["overlay"]))).size == (64, 48)
 
 
 @pytest.mark.slow
