@@ -30,6 +30,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +94,8 @@ class Server:
     def __init__(self, command: list[str], port: int, health: str = "/health"):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        # a session of its own: LitServe's inference workers are child processes, stopped with the group
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait(health)
 
     def wait(self, health: str, seconds: float = 300) -> None:
@@ -122,11 +124,16 @@ class Server:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.process.terminate()
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
+        time.sleep(1)  # the group's other processes exit after their parent
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def drive(url: str, clients: int, requests: int, images: list[bytes], check=None) -> dict:
