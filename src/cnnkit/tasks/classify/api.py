@@ -106,6 +106,7 @@ class Classifier:
                 device: str = "auto", tta: str = "auto") -> list[dict[str, Any]]:
         """[{"file", "label", "score", "topk": [[label, score], …]}] for images, folders and globs (``tta``:
         none, flip, d8, or auto = what the weights record)."""
+        self._require_model()
         files = expand_sources([sources] if isinstance(sources, (str, Path)) else list(sources))
         results: list[dict[str, Any]] = []
         for chunk in read_in_batches(files, batch, lambda path: load_image(path, self.intensity), "classify"):
