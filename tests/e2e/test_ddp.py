@@ -130,3 +130,24 @@ def test_torchrun_restarts_a_killed_rank_and_ends_on_the_same_weights(digits_roo
     a, b = load_file(str(tmp_path / "full/weights/last.safetensors")), load_file(str(cut / "weights/last.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_simclr_pretraining_under_torchrun(tmp_path):
+    """`ssl train` under two gloo processes: SimCLR's negatives come from both ranks (the gather is tested on its own in
+    tests/tasks/test_ssl.py), the ranks stay in step, and the run writes its history, kNN monitor and backbone."""
+    import csv
+
+    from cnnkit.data.synth_classify import synth_classification
+
+    synth_classification("shapes", tmp_path / "objects", n=10, eval_n=10, unlabelled=192, progress=False)
+    launcher = _torchrun("--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()))
+    done = run_cnnkit("ssl", "train", "--data", str(tmp_path / "objects" / "unlabelled"), "--method", "simclr", "--model", "tiny_cnn",
+                      "--epochs", "2", "--imgsz", "32", "--batch", "32", "--workers", "0", "--device", "cpu",
+                      "--eval-data", str(tmp_path / "objects"), "--out", str(tmp_path / "run"), launcher=launcher)
+    assert done.returncode == 0, done.stderr
+    log = " ".join(done.stderr.split())
+    assert "x2" in log and "DDP check: weights identical on 2 ranks" in log, log[-2000:]
+    history = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert len(history) == 2 and all(0 <= float(row["knn_top1"]) <= 1 for row in history)
+    assert (tmp_path / "run" / "weights" / "best.safetensors").is_file()
