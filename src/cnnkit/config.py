@@ -67,6 +67,8 @@ class _Options:
         if self.hue is not None and self.hue > 0.5:
             raise CnnkitError(f"--hue must be between 0 and 0.5, got {self.hue}")
         self.lr = _learning_rate(self.lr)
+        if getattr(self, "save_every_steps", 0) < 0:
+            raise CnnkitError(f"--save-every-steps must be 0 (epoch ends only) or more, got {self.save_every_steps}")
         if self.workers < 0:
             raise CnnkitError(f"--workers must be 0 or more, got {self.workers}")
         if getattr(self, "max_pixels", 0) < 0:
@@ -154,7 +156,11 @@ class TrainOptions(_Options):
     deterministic: bool = option(False, "use deterministic algorithms (slower on GPU)")
     out: str | None = option(None, "run directory (default: runs/TASK/NAME)")
     name: str | None = option(None, "run name under runs/TASK (default: exp, exp2, …)")
-    resume: bool = option(False, "continue the interrupted run in --out / --name (default: the latest run)")
+    resume: bool = option(False, "continue the interrupted run in --out / --name (default: the latest run); under torchrun a "
+                          "run whose directory holds a checkpoint continues by itself (--no-resume refuses instead), so "
+                          "`torchrun --max-restarts N` recovers from a lost process")
+    save_every_steps: int = option(0, "also write checkpoint.pt every N optimizer steps inside an epoch (0: at the end of each "
+                                   "epoch only): a crash or preemption loses at most N steps; SIGTERM always writes one")
     weights: str | None = option(None, "initialise from this weights file (.safetensors from a cnnkit run)")
     pretrained: bool = option(False, "start from the library's published weights (needs the internet once)")
     backbone_from: str | None = option(None, "copy the backbone (all but the head) from this weights file: another dataset, task or pretraining")

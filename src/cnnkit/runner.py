@@ -7,6 +7,7 @@ its model builder, engine task, weights metadata and finish, and where it has it
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -81,6 +82,13 @@ class Recipe:
 def resolve_run(cfg: TrainOptions, explicit: set[str] = frozenset(), task: str = "classify") -> tuple[TrainOptions, Path]:
     """The run directory and, for --resume, the saved configuration of the interrupted run
     (``explicit``: the options the user typed; of these only device, workers and max_pixels may change)."""
+    if not cfg.resume and "resume" not in explicit and dist_utils.launched_by_torchrun():
+        # elastic: a group torchrun restarts (or a job requeued after preemption) continues from the run's checkpoint
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        found = Path(cfg.out) if cfg.out else (Path("runs") / task / cfg.name if cfg.name else
+                                               latest_run_dir(task) if restarted else None)
+        if found is not None and (found / "checkpoint.pt").is_file():
+            cfg = replace(cfg, resume=True, out=str(found))
     if cfg.resume:
         run_dir = Path(cfg.out) if cfg.out else (Path("runs") / task / cfg.name if cfg.name else latest_run_dir(task))
         if run_dir is None or not (run_dir / "checkpoint.pt").is_file():

@@ -86,3 +86,49 @@ def test_byol_pretraining_resumes_exactly(digits_root, tmp_path):
     full, cut, _ = _run_killed_and_resumed(args, ["ssl", "train"], 3, tmp_path)
     _same_weights(full, cut, 3)
     assert not any(key.startswith("teacher.") for key in load_file(str(full / "weights/last.safetensors")))
+
+
+def _stop_inside_an_epoch(args: list[str], run_dir: Path, sig: int) -> tuple[dict, subprocess.CompletedProcess | None, str]:
+    """Start `cnnkit ARGS --out RUN_DIR`, send ``sig`` once a checkpoint written inside an epoch is on disk; (the
+    checkpoint the run left, its exit code, its stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", *args, "--out", str(run_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if torch.load(run_dir / "checkpoint.pt", weights_only=True).get("step", 0) > 0:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True), proc.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_stopped_inside_an_epoch_resumes_exactly(digits_root, tmp_path, sig):
+    """--save-every-steps: a crash (SIGKILL) loses at most N steps; SIGTERM (a scheduler's preemption) writes a
+    checkpoint at the next step and exits in one line. Either way --resume continues inside the epoch (the loader's
+    workers replay the batches already trained on, so augmentation stays in step) and ends on the uninterrupted
+    run's weights."""
+    args = ["classify", "train", "--data", "digits", "--model", "tiny_cnn", "--epochs", "3", "--imgsz", "16", "--batch", "16",
+            "--workers", "2", "--fliplr", "0.5", "--seed", "5", "--save-every-steps", "7"]
+    full = tmp_path / "full"
+    done = run_cnnkit(*args, "--out", str(full))
+    assert done.returncode == 0, done.stderr
+    cut = tmp_path / "cut"
+    state, code, err = _stop_inside_an_epoch(args, cut, sig)
+    if sig == signal.SIGTERM:
+        assert code == 2 and "stopped by SIGTERM" in err and "--resume" in err, err
+    assert state["step"] > 0 and state["epoch"] < 3, (state["epoch"], state["step"])
+    resumed = run_cnnkit("classify", "train", "--resume", "--out", str(cut))
+    assert resumed.returncode == 0, resumed.stderr
+    flat = " ".join(resumed.stderr.split())
+    assert f"from epoch {state['epoch'] + 1}/3, step {state['step'] + 1}/{state['steps_in_epoch']}" in flat, resumed.stderr
+    a, b = load_file(str(full / "weights/last.safetensors")), load_file(str(cut / "weights/last.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = [line.split(",")[:-2] for line in (full / "history.csv").read_text().splitlines()]  # less images/s and time
+    assert rows == [line.split(",")[:-2] for line in (cut / "history.csv").read_text().splitlines()]

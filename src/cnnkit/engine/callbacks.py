@@ -67,10 +67,14 @@ class EpochProgress:
     def images_per_s(self) -> float:
         return self.images / max(time.perf_counter() - self.started, 1e-9)
 
-    def end_epoch(self, row: dict[str, float], best: bool, metric: str) -> None:
+    def close(self) -> None:
+        """Take the bar off the screen (the epoch ends without a summary: the run stops inside it)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def end_epoch(self, row: dict[str, float], best: bool, metric: str) -> None:
+        self.close()
         if not self.enabled:
             return
         shown = [k for k in row if "loss" in k or k == "train_accuracy"] + [metric]  # accuracy: a classifier's fit

@@ -50,6 +50,11 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def global_batch(batch: int, world: int) -> int:
+    """Images per optimizer step over all processes: each takes ``batch // world`` (at least one) of --batch."""
+    return max(1, batch // world) * world
+
+
 def setup(device: torch.device) -> None:
     """Join the process group when started by torchrun (NCCL on CUDA, gloo otherwise)."""
     if not launched_by_torchrun() or dist.is_initialized():

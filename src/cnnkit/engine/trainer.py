@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from cnnkit.config import TrainOptions
 from cnnkit.console import console
 from cnnkit.engine import distributed as dist_utils
+from cnnkit.errors import CnnkitError
 from cnnkit.engine.callbacks import EpochProgress, progress_bar, write_history
 from cnnkit.engine.rundir import copy_file
 from cnnkit.engine.transfer import TransferPlan, apply_freeze, freeze_for_run
@@ -283,6 +285,94 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Preempted(CnnkitError):
+    """The run stopped on SIGTERM after writing its checkpoint."""
+
+
+class StopRequest:
+    """SIGTERM (what a scheduler sends before it preempts a job, and torchrun before it restarts a group) asks the
+    loop to write a checkpoint at its next optimizer step and stop. Under DDP the ranks agree first (a max over one
+    number every ``every`` steps), so that all of them save at the same step; alone, the check is a flag read."""
+
+    def __init__(self, every: int = 10):
+        self.flag, self.every, self.previous = False, every, None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (a training run inside a server or a notebook worker): no handler
+            self.previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+
+    def requested(self, step: int, world: int, device: torch.device) -> bool:
+        if world == 1:
+            return self.flag
+        if step % self.every:
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.flag else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+@dataclass
+class WithinEpoch:
+    """Where a checkpoint written inside an epoch left it: batches done, the epoch's loss sums so far, and what changed."""
+
+    step: int = 0
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    counted: int = 0
+    message: str = ""
+
+
+def resume_within_epoch(state: dict[str, Any], steps_now: int, world: int, batch: int) -> WithinEpoch:
+    """The position inside the epoch a checkpoint records, for this many processes. A run resumed on another number
+    of processes keeps --batch as the global batch (each process takes its share), but the data order and the
+    steps per epoch change with the world size: it is said, and an epoch begun is resumed at the same fraction."""
+    step, saved_world = int(state.get("step", 0)), int(state.get("world", world))
+    within = WithinEpoch(step, dict(state.get("loss_sums") or {}), int(state.get("counted", 0)))
+    if saved_world != world:
+        before, now = int(state.get("global_batch", dist_utils.global_batch(batch, saved_world))), dist_utils.global_batch(batch, world)
+        within.message = (f"the checkpoint was written by {saved_world} process{'es' if saved_world > 1 else ''}, this run has "
+                          f"{world}: global batch {now} (was {before}), {max(1, batch // world)} per process; the data order "
+                          "differs from here on, so the result will not match an uninterrupted run bit for bit")
+        if step:
+            within.step = min(steps_now - 1, round(step * steps_now / max(1, int(state.get("steps_in_epoch", step)))))
+    return within
+
+
+def check_ranks_agree(model: nn.Module, loader: DataLoader, samples: int, main: bool) -> None:
+    """Under DDP, after the first epoch a run trains: every rank holds the same weights (a float64 sum and a sum of
+    squares of every parameter, compared exactly), and the ranks' shards of the epoch cover the training set with
+    no image on two ranks but DistributedSampler's padding. A rank out of step is a warning naming it."""
+    with torch.no_grad():
+        params = [p.detach().double() for p in model.parameters()]
+        checksum = (float(sum(p.sum() for p in params)), float(sum((p * p).sum() for p in params)))
+    sampler = loader.sampler
+    seen = list(iter(sampler))[: len(loader) * (loader.batch_size or 1)] if sampler is not None else []
+    reports = dist_utils.gather({"checksum": checksum, "seen": seen})
+    if not main:
+        return
+    from cnnkit.console import warn
+
+    differ = [k for k, r in enumerate(reports) if r["checksum"] != reports[0]["checksum"]]
+    if differ:
+        warn(f"DDP: the weights of rank{'s' if len(differ) > 1 else ''} {', '.join(map(str, differ))} differ from rank 0's after "
+             "the first epoch: the processes are out of step (a model whose parameters change outside the optimizer?)")
+    counts = np.bincount(np.concatenate([np.asarray(r["seen"], dtype=np.int64) for r in reports]), minlength=samples)
+    padding = (-samples) % len(reports)  # DistributedSampler repeats this many images so every rank gets as many
+    state = f"weights identical on {len(reports)} ranks" if not differ else "weights differ"
+    console.print(f"DDP check: {state}; {int((counts == 1).sum())} of {samples} training images seen once this epoch, "
+                  f"{int((counts > 1).sum())} twice (the sampler's padding: at most {padding}), {int((counts == 0).sum())} not "
+                  "(the last partial batches)")
+
+
 def _write_epoch(run_dir: Path, weights: dict, checkpoint: dict, meta: dict, best: bool, history: list[dict]) -> None:
     """An epoch's files, in an order that keeps the run consistent wherever a kill lands: weights,
     history, and the checkpoint last (if we die before it, resume redoes this epoch)."""
@@ -327,6 +417,7 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
 
     start_epoch, best_metric, best_epoch, bad_epochs, history = 0, -float("inf"), -1, 0, []
     checkpoint_path = run_dir / "checkpoint.pt"
+    within, resumed_rng = WithinEpoch(), None
     if cfg.resume:
         state = load_checkpoint(checkpoint_path)
         raw_model.load_state_dict(state["model"])
@@ -338,10 +429,16 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
         start_epoch, best_metric, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
         bad_epochs, history = state["bad_epochs"], list(state["history"])
         rng = state["rng"]
-        _set_rng_state(rng[dist_utils.rank()] if dist_utils.rank() < len(rng) else rng[0])
+        resumed_rng = rng[dist_utils.rank()] if dist_utils.rank() < len(rng) else rng[0]
+        within = resume_within_epoch(state, len(train_loader), world, cfg.batch)
+        if within.step == 0:  # an epoch boundary; inside an epoch the state is set once the loader is back at the step
+            _set_rng_state(resumed_rng)
         if main:
-            console.print(f"resuming {run_dir} from epoch {start_epoch + 1}/{cfg.epochs}" if start_epoch < cfg.epochs
+            where = f"epoch {start_epoch + 1}/{cfg.epochs}" + (f", step {within.step + 1}/{len(train_loader)}" if within.step else "")
+            console.print(f"resuming {run_dir} from {where}" if start_epoch < cfg.epochs
                           else f"{run_dir}: all {cfg.epochs} epochs are done; writing its results again")
+            if within.message:
+                console.print(within.message)
 
     train_model: nn.Module = raw_model
     if world > 1:
@@ -349,85 +446,114 @@ def fit(task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg:
     if cfg.compile:
         train_model = torch.compile(train_model)
 
+    def state_now(epoch_done: int, step: int, loss_sums: dict[str, Any], counted: int) -> dict[str, Any]:
+        """The checkpoint: ``epoch_done`` whole epochs and ``step`` batches of the next (0 at an epoch's end)."""
+        return {"format": FORMAT, "epoch": epoch_done, "step": step, "steps_in_epoch": len(train_loader), "world": world,
+                "global_batch": dist_utils.global_batch(cfg.batch, world), "loss_sums": {k: float(v) for k, v in loss_sums.items()},
+                "counted": counted, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None, "best_metric": best_metric, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "history": history, "rng": dist_utils.gather(_rng_state())}
+
+    def save_within_epoch(epoch: int, step: int, loss_sums: dict[str, Any], counted: int) -> None:
+        state = state_now(epoch, step, loss_sums, counted)  # every rank: the RNG states are gathered
+        if main:
+            save_checkpoint(checkpoint_path, state)
+        dist_utils.barrier()
+
     progress = EpochProgress(enabled=main, epochs=cfg.epochs)
     metrics: dict[str, Any] = {}
     stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
-        set_epoch(train_loader, cfg.seed, epoch)
-        train_model.train()
-        frozen = apply_freeze(raw_model, transfer.frozen(epoch)) if transfer is not None else []
-        progress.start_epoch(epoch, len(train_loader))
-        loss_sums: dict[str, torch.Tensor] = {}
-        counted = 0
-        optimizer.zero_grad(set_to_none=True)
-        for step, batch in enumerate(train_loader):
-            if batch is None:  # every image of the batch was unreadable (already warned)
-                continue
-            batch = to_device(batch, device, cfg.channels_last)
-            do_step = (step + 1) % cfg.accumulate == 0 or step + 1 == len(train_loader)
-            sync = contextlib.nullcontext() if do_step or world == 1 else train_model.no_sync()
-            with sync:
-                with autocast(device, amp_dtype):
-                    losses = task.train_loss(train_model, batch)
-                loss = losses["loss"] / cfg.accumulate if cfg.accumulate > 1 else losses["loss"]
-                scaler.scale(loss).backward()
-            if do_step:
-                for param in frozen:  # gradual unfreezing: not yet this part of the backbone
-                    param.grad = None
-                if cfg.clip_grad > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if ema is not None:
-                    ema.update(raw_model, step=scheduler.last_epoch)
-            for key, value in losses.items():
-                loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float()
-            counted += 1
-            # reading the loss forces a device sync: only when the bar is redrawn
-            progress.advance(batch_images(batch), (loss_sums["loss"] / counted).item() if progress.due() else None)
+    stop = StopRequest()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            set_epoch(train_loader, cfg.seed, epoch)
+            train_model.train()
+            frozen = apply_freeze(raw_model, transfer.frozen(epoch)) if transfer is not None else []
+            skip = within.step if epoch == start_epoch else 0
+            progress.start_epoch(epoch, len(train_loader) - skip)
+            loss_sums: dict[str, torch.Tensor] = {k: torch.tensor(v) for k, v in within.loss_sums.items()} if skip else {}
+            counted = within.counted if skip else 0
+            optimizer.zero_grad(set_to_none=True)
+            for step, batch in enumerate(train_loader):
+                if step < skip:  # resuming inside the epoch: the loader goes through the batches already trained on, so its
+                    if step == skip - 1:  # workers' random streams stay where they were; then the saved state takes over
+                        _set_rng_state(resumed_rng)
+                    continue
+                if batch is None:  # every image of the batch was unreadable (already warned)
+                    continue
+                batch = to_device(batch, device, cfg.channels_last)
+                do_step = (step + 1) % cfg.accumulate == 0 or step + 1 == len(train_loader)
+                sync = contextlib.nullcontext() if do_step or world == 1 else train_model.no_sync()
+                with sync:
+                    with autocast(device, amp_dtype):
+                        losses = task.train_loss(train_model, batch)
+                    loss = losses["loss"] / cfg.accumulate if cfg.accumulate > 1 else losses["loss"]
+                    scaler.scale(loss).backward()
+                if do_step:
+                    for param in frozen:  # gradual unfreezing: not yet this part of the backbone
+                        param.grad = None
+                    if cfg.clip_grad > 0:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    if ema is not None:
+                        ema.update(raw_model, step=scheduler.last_epoch)
+                for key, value in losses.items():
+                    loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float()
+                counted += 1
+                # reading the loss forces a device sync: only when the bar is redrawn
+                progress.advance(batch_images(batch), (loss_sums["loss"] / counted).item() if progress.due() else None)
+                if do_step and step + 1 < len(train_loader):
+                    if stop.requested(step, world, device):
+                        save_within_epoch(epoch, step + 1, loss_sums, counted)
+                        progress.close()
+                        raise Preempted(f"{run_dir}: stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}/{len(train_loader)}; "
+                                        "checkpoint.pt holds the run", "continue it with --resume (under torchrun it continues by itself)")
+                    if cfg.save_every_steps and scheduler.last_epoch % cfg.save_every_steps == 0:
+                        save_within_epoch(epoch, step + 1, loss_sums, counted)
 
-        images_per_s = progress.images_per_s() * world
-        eval_model = ema.module if ema is not None else raw_model
-        if getattr(cfg, "precise_bn", 0) > 0:
-            eval_model.train()
-            apply_freeze(eval_model, transfer.frozen(epoch) if transfer is not None else set())
-            recalibrate_batchnorm(task, eval_model, train_loader, cfg.precise_bn, device, amp_dtype, cfg.channels_last)
-        metrics, _ = evaluate(task, eval_model, val_loader, device, amp_dtype, cfg.channels_last)
-        train_losses = {f"train_{k}": (v / max(counted, 1)) for k, v in loss_sums.items()}
-        reduced = dist_utils.gather({k: float(v) for k, v in train_losses.items()})
-        row: dict[str, float] = {"epoch": epoch + 1}
-        row.update({k: float(np.mean([r[k] for r in reduced if k in r])) for k in train_losses})
-        row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        row.update({"lr": optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
-                    "time": time.perf_counter() - progress.started})
-        history.append(row)
-        current = float(metrics[task.primary_metric])
-        improved = current > best_metric
-        if improved:
-            best_metric, best_epoch, bad_epochs = current, epoch + 1, 0
-        else:
-            bad_epochs += 1
-        rng_states = dist_utils.gather(_rng_state())
-        if main:
-            epoch_meta = {**metadata, "epoch": epoch + 1, "primary_metric": task.primary_metric,
-                          "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-            # written synchronously: on a 2-core CPU a writer thread slowed the next epoch more
-            # than the write itself costs (measured with benchmarks/train_overhead.py)
-            _write_epoch(run_dir, deployable_state(eval_model, getattr(task, "training_only", ())), {
-                "format": FORMAT, "epoch": epoch + 1, "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
-                "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "history": history, "rng": rng_states,
-            }, epoch_meta, improved, history)
-        progress.end_epoch(row, improved, task.primary_metric)
-        dist_utils.barrier()
-        if cfg.patience and bad_epochs >= cfg.patience:
-            stopped_early = True
+            images_per_s = progress.images_per_s() * world
+            eval_model = ema.module if ema is not None else raw_model
+            if getattr(cfg, "precise_bn", 0) > 0:
+                eval_model.train()
+                apply_freeze(eval_model, transfer.frozen(epoch) if transfer is not None else set())
+                recalibrate_batchnorm(task, eval_model, train_loader, cfg.precise_bn, device, amp_dtype, cfg.channels_last)
+            metrics, _ = evaluate(task, eval_model, val_loader, device, amp_dtype, cfg.channels_last)
+            train_losses = {f"train_{k}": (v / max(counted, 1)) for k, v in loss_sums.items()}
+            reduced = dist_utils.gather({k: float(v) for k, v in train_losses.items()})
+            row: dict[str, float] = {"epoch": epoch + 1}
+            row.update({k: float(np.mean([r[k] for r in reduced if k in r])) for k in train_losses})
+            row.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            row.update({"lr": optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
+                        "time": time.perf_counter() - progress.started})
+            history.append(row)
+            current = float(metrics[task.primary_metric])
+            improved = current > best_metric
+            if improved:
+                best_metric, best_epoch, bad_epochs = current, epoch + 1, 0
+            else:
+                bad_epochs += 1
+            if world > 1 and epoch == start_epoch:
+                check_ranks_agree(raw_model, train_loader, len(train_set), main)
+            state = state_now(epoch + 1, 0, {}, 0)
             if main:
-                console.print(f"early stop: no {task.primary_metric} improvement for {cfg.patience} epochs (best {best_metric:.4f} at epoch {best_epoch})")
-            break
+                epoch_meta = {**metadata, "epoch": epoch + 1, "primary_metric": task.primary_metric,
+                              "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+                # written synchronously: on a 2-core CPU a writer thread slowed the next epoch more
+                # than the write itself costs (measured with benchmarks/train_overhead.py)
+                _write_epoch(run_dir, deployable_state(eval_model, getattr(task, "training_only", ())), state, epoch_meta, improved,
+                             history)
+            progress.end_epoch(row, improved, task.primary_metric)
+            dist_utils.barrier()
+            if cfg.patience and bad_epochs >= cfg.patience:
+                stopped_early = True
+                if main:
+                    console.print(f"early stop: no {task.primary_metric} improvement for {cfg.patience} epochs (best {best_metric:.4f} at epoch {best_epoch})")
+                break
+    finally:
+        stop.restore()
     return FitResult(run_dir, best_epoch, best_metric, metrics, history, stopped_early)
