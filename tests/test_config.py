@@ -44,7 +44,7 @@ def test_yaml_round_trip(tmp_path):
                       class_weights="effective", flipud=0.1, degrees=5.0, translate=0.05, scale=0.2, crop_scale=0.6,
                       brightness=0.1, contrast=0.15, saturation=0.25, hue=0.01, grayscale=0.02, blur=0.3, noise=0.4, erasing=0.6,
                       illumination=0.7, mixup=0.3, cutmix=0.5, precise_bn=3, max_pixels=0, normalize="window",
-                      window="-160,240", tta="flip")
+                      window="-160,240", tta="flip", save_every_steps=50)
     # every field differs from its default, so a field that is lost on the way shows up
     defaults = TrainConfig()
     assert [f.name for f in fields(cfg) if getattr(cfg, f.name) == getattr(defaults, f.name)] == []

@@ -32,7 +32,7 @@ LAYERS = [
 # inside a task's folder (cnnkit/tasks/<task>/): its options (which check model names against the model
 # table), its plain functions, then its class, then its commands
 # (ocr has two classes: api.py's recogniser and detector.py's text detector; shipped.py loads both)
-TASK_FOLDER = {"config": 2, "task": 3, "features": 3, "explain": 3, "api": 4, "detector": 4, "shipped": 4, "cli": 5}
+TASK_FOLDER = {"config": 2, "task": 3, "features": 3, "explain": 3, "api": 4, "detector": 4, "shipped": 4, "cli": 6}
 
 # Upward imports not yet removed: (importer, imported). Shrink this list; never grow it.
 EDGES_TO_REMOVE: set[tuple[str, str]] = set()
@@ -144,7 +144,7 @@ def test_the_checks_catch_what_they_claim():
              "cnnkit.errors": {"cnnkit.cli"}, "cnnkit.cli": set()}
     assert cycles(graph) == [["cnnkit.data.a", "cnnkit.data.b", "cnnkit.data.c"]]
     assert layer("cnnkit.errors") < layer("cnnkit.cli")
-    assert layer("cnnkit.tasks.classify.task") == 3 and layer("cnnkit.tasks") == 4 and layer("cnnkit") == 5
+    assert layer("cnnkit.tasks.classify.task") == 3 and layer("cnnkit.tasks") == 4 and layer("cnnkit") == 6 and layer("cnnkit.serve.app") == 5
 
 
 @pytest.mark.parametrize("command", [["--help"], ["models", "--help"], ["classify", "train", "--help"]])
