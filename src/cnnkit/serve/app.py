@@ -276,7 +276,13 @@ def create_app(models: list[ServedModel], limits: Limits = Limits(), api_key: st
             overlay = _flag(request.query_params.get("overlay", "false"))
             body = await read_body(request, limits.max_upload_bytes)
             parts = upload_parts(body, request.headers.get("content-type", ""), limits.max_files)
-            pictures = await asyncio.to_thread(lambda: [decode_picture(data, name, limits.max_pixels) for name, data in parts])
+            prepare = served.prepare if not overlay else None  # an overlay is drawn on the picture itself
+
+            def decode_all() -> list[Any]:
+                pictures = [decode_picture(data, name, limits.max_pixels) for name, data in parts]
+                return [prepare(p) for p in pictures] if prepare is not None else pictures
+
+            pictures = await asyncio.to_thread(decode_all)
             try:
                 job = state["batchers"][model].submit(pictures, [name for name, _ in parts], params, overlay)
             except QueueFull as exc:

@@ -37,6 +37,9 @@ class ServedModel:
     path: Path
     format: str
     run: Callable[..., list[dict[str, Any]]] = field(repr=False, default=None)  # type: ignore[assignment]
+    # picture -> the network's input, run where the upload is decoded (a worker thread) rather than on the inference
+    # thread, so that resizing the next requests' images overlaps the running batch (tasks whose class has prepare)
+    prepare: Callable[[np.ndarray], Any] | None = field(repr=False, default=None)
 
     def info(self) -> dict[str, Any]:
         classes = getattr(self.model, "class_names", None)
@@ -86,6 +89,7 @@ def load_served(path: str | Path, name: str | None = None, device: str = "auto")
     model = owner.load(path)
     served = ServedModel(name or default_name(path), owner.name, model, path, file_format(path))
     served.run = _runner(owner.name, model, device)
+    served.prepare = getattr(model, "prepare", None)
     return served
 
 

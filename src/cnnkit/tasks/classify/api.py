@@ -56,6 +56,7 @@ class Classifier:
         self.val_split, self.split_seed = 0.2, 0
         self.cost: tuple[int | None, float | None] = (None, None)  # (parameters, GFLOPs) where the weights record them
         self.tta = "none"  # test-time augmentation the weights ask for (--tta): none, flip or d8
+        self._eval_transform: tuple[tuple, Any] | None = None  # (imgsz, mean, std) it was built for, the transform
         if self.class_names:
             self.model = build_classifier(model, len(self.class_names), pretrained)
 
@@ -119,24 +120,35 @@ class Classifier:
     def predict_images(self, images: list[Any], names: list[str], topk: int = 5, device: str = "auto", tta: str = "auto",
                        draw: bool = False) -> list[dict[str, Any]]:
         """The rows of predict for decoded pictures (8-bit RGB, PIL or HxWx3 arrays) in one batch, ``names`` their
-        "file"; with ``draw``, each row also holds "drawn", the picture with its label and score written on it."""
+        "file"; with ``draw``, each row also holds "drawn", the picture with its label and score written on it. A
+        picture may come already prepared (a tensor from ``prepare``: a server does that while it decodes, off the
+        inference thread); such a picture cannot be drawn."""
         model = self._require_model()
         views = self._views(tta)
         dev = dist_utils.select_device(device)
         model.to(dev).eval()
-        transform = classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std)
-        pictures = [image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)) for image in images]
-        batch = torch.stack([transform(picture) for picture in pictures]).to(dev)
+        batch = torch.stack([self.prepare(image) for image in images]).to(dev)
         probs = torch.softmax(classify.predict_logits(model, batch, views), dim=1).cpu()
         scores, indices = probs.topk(min(topk, len(self.class_names)), dim=1)
         results: list[dict[str, Any]] = []
-        for name, picture, s, idx in zip(names, pictures, scores.tolist(), indices.tolist()):
+        for name, picture, s, idx in zip(names, images, scores.tolist(), indices.tolist()):
             row = {"file": name, "label": self.class_names[idx[0]], "score": s[0],
                    "topk": [[self.class_names[i], v] for i, v in zip(idx, s)]}
-            if draw:
+            if draw and not isinstance(picture, torch.Tensor):
                 row["drawn"] = classify.draw_label(np.asarray(picture), f"{row['label']} {row['score']:.2f}")
             results.append(row)
         return results
+
+    def prepare(self, image: Any) -> torch.Tensor:
+        """A decoded picture (PIL or HxWx3 uint8) as the network's input [3, imgsz, imgsz], resized and normalised as in
+        validation; a tensor is taken as already prepared."""
+        if isinstance(image, torch.Tensor):
+            return image
+        picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        if self._eval_transform is None or self._eval_transform[0] != (self.imgsz, tuple(self.mean), tuple(self.std)):
+            self._eval_transform = ((self.imgsz, tuple(self.mean), tuple(self.std)),
+                                    classify_transforms(self.imgsz, train=False, mean=self.mean, std=self.std))
+        return self._eval_transform[1](picture)
 
     def features(self, sources: Iterable[str | Path] | str | Path, out: str | Path | None = None,
                  layers: list[str] | None = None, batch: int = 64, device: str = "auto", workers: int = 2) -> dict[str, np.ndarray]:
