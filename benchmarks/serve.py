@@ -136,6 +136,16 @@ class Server:
             pass
 
 
+def run_threads(threads: list[threading.Thread]) -> float:
+    """Start the client threads together, wait for all; the seconds they took."""
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def drive(url: str, clients: int, requests: int, images: list[bytes], check=None) -> dict:
     """``clients`` threads, each sending ``requests`` one-image requests to ``url`` one after another."""
     import httpx
@@ -161,13 +171,7 @@ def drive(url: str, clients: int, requests: int, images: list[bytes], check=None
                     if problem:
                         failures.append(problem)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - started
+    seconds = run_threads([threading.Thread(target=client, args=(k,)) for k in range(clients)])
     ms = sorted(1000 * v for v in latencies)
     return {"requests": len(latencies), "images_per_s": len(latencies) / seconds, "p50_ms": ms[len(ms) // 2],
             "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))], "failed": len(failures), "first_failure": failures[:1],
@@ -271,13 +275,7 @@ def soak(weights: Path, images: list[bytes], clients: int, total: int) -> dict:
                         if k == total // 10:
                             memory.append(server.rss_mb())
 
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - started
+        seconds = run_threads([threading.Thread(target=client) for _ in range(clients)])
         memory.append(server.rss_mb())
     return {"requests": total, "seconds": seconds, "outcomes": outcomes, "wrong": sum(w for _, w in outcomes.values()),
             "rss_mb_after_tenth": memory[0], "rss_mb_end": memory[-1]}
