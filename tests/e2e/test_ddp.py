@@ -92,7 +92,7 @@ def test_two_nodes_train_one_model(digits_root, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_rank_and_ends_on_the_same_weights(digits_root, tmp_path):
-    """Elastic: one of two ranks is SIGKILLed inside an epoch; `torchrun --max-restarts 1` starts the group again,
+    """Elastic: one of two ranks is SIGKILLed inside an epoch; `torchrun --max-restarts 2` starts the group again,
     the run continues by itself from its latest checkpoint (--save-every-steps), and the final weights are those of
     an uninterrupted run."""
     import signal
@@ -108,7 +108,7 @@ def test_torchrun_restarts_a_killed_rank_and_ends_on_the_same_weights(digits_roo
                                                                                   "127.0.0.1", "--master-port", str(free_port())))
     assert full.returncode == 0, full.stderr
     cut = tmp_path / "cut"
-    agent = subprocess.Popen(_torchrun("--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+    agent = subprocess.Popen(_torchrun("--nproc-per-node", "2", "--max-restarts", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
                                        f"127.0.0.1:{free_port()}", "-m", "cnnkit", *args, "--out", str(cut)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, state = time.time() + 300, None

@@ -62,7 +62,13 @@ def setup(device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
+    store, process_rank, world = next(dist.rendezvous("env://"))
+    # torchrun's agent keeps one key-value store for the whole job, so after an elastic restart the keys the dead
+    # group wrote (each rank's gloo address) are still there: a fresh rank that reads one before its peer rewrites
+    # it dials a port that no longer listens. A prefix per restart keeps every attempt's keys apart.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cnnkit/attempt_{attempt}", store),
+                            rank=process_rank, world_size=world)
 
 
 def cleanup() -> None:
