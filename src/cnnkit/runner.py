@@ -23,6 +23,7 @@ from cnnkit.data.images import pixel_limit
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data.intensity import spec_of
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
+from cnnkit.data.shards import ShardSet, is_shard_source, load_shards, open_shards, stream_train_set, train_count
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import read_history
 from cnnkit.engine.checkpoint import load_exact, load_matching, load_weights, read_metadata, read_state_dict, recorded_model
@@ -121,11 +122,15 @@ def _train_run(cfg: TrainOptions, run_dir: Path, recipe: "Recipe") -> Run:
     cfg = replace(cfg, out=str(run_dir))
     main = dist_utils.is_main()
     seed_everything(cfg.seed + dist_utils.rank(), cfg.deterministic)
-    # rank 0 materialises a built-in dataset; the others wait so they never read half of it
-    data_root = resolve_data(cfg.data, recipe.task) if main else None
-    dist_utils.barrier()
-    data_root = data_root or resolve_data(cfg.data, recipe.task)
-    dataset = recipe.load_data(cfg, data_root)
+    shards = open_shards(cfg.data) if is_shard_source(cfg.data) else None
+    if shards is not None:
+        dataset = _load_shards(cfg, shards, recipe)
+    else:
+        # rank 0 materialises a built-in dataset; the others wait so they never read half of it
+        data_root = resolve_data(cfg.data, recipe.task) if main else None
+        dist_utils.barrier()
+        data_root = data_root or resolve_data(cfg.data, recipe.task)
+        dataset = recipe.load_data(cfg, data_root)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     built = recipe.build_model(cfg, dataset)
     model = built.model
@@ -159,7 +164,12 @@ def _train_run(cfg: TrainOptions, run_dir: Path, recipe: "Recipe") -> Run:
         write_yaml(run_dir / "config.yaml", cfg.to_dict())
     if main and plan.mode != "scratch":
         console.print(f"transfer: {plan.mode}" + (f", backbone lr x{plan.backbone_lr_mult:g}" if plan.mode in ("finetune", "gradual") else ""))
+    if shards is not None:
+        train_set = stream_train_set(train_set, shards, cfg.seed)
     sampler = recipe.train_sampler(cfg, dataset.splits["train"]) if recipe.train_sampler else None
+    if shards is not None and (sampler is not None or getattr(cfg, "balance", "none") == "smote"):
+        raise CnnkitError(f"{cfg.data}: streamed shards are read in their own order", "balance classes with --balance weights, "
+                          "or train from a folder for samplers and SMOTE")
     on_features = recipe.train_on_features(cfg, dataset, model, task, device, run_dir) if recipe.train_on_features else None
     if on_features is not None:
         task, train_set = on_features
@@ -169,6 +179,20 @@ def _train_run(cfg: TrainOptions, run_dir: Path, recipe: "Recipe") -> Run:
         return Run(run_dir, result.metrics, result.best_epoch)
     metrics = recipe.finish(cfg, run_dir, dataset, device)
     return Run(run_dir, metrics, result.best_epoch)
+
+
+def _load_shards(cfg: TrainOptions, shards: ShardSet, recipe: "Recipe") -> Any:
+    """The dataset of a shard folder (data/shards.py): rank 0 unpacks val and test into the cache, the others wait."""
+    if shards.task != recipe.task:
+        raise CnnkitError(f"{cfg.data}: shards of a {shards.task} dataset", f"`cnnkit {shards.task} train` trains them")
+    if dist_utils.is_main():
+        load_shards(shards)
+    dist_utils.barrier()
+    dataset = load_shards(shards, unpack=False)
+    if dist_utils.is_main():
+        console.print(f"streaming {len(shards.train_urls)} train shard{'s' if len(shards.train_urls) > 1 else ''} "
+                      f"({train_count(shards)} images) from {shards.base}")
+    return dataset
 
 
 def find_learning_rate(cfg: TrainOptions, task: Any, model: nn.Module, train_set: Any, collate: Callable, device: torch.device,

@@ -1,4 +1,4 @@
-"""`cnnkit data check|synth|convert`."""
+"""`cnnkit data check|synth|convert|shard`."""
 
 from __future__ import annotations
 
@@ -233,6 +233,52 @@ def data_convert(
     images = sum(len(images) for images in data.splits.values())
     typer.echo(f"{data.layout} -> {target}: {images} images, {data.num_boxes()} boxes, "
                f"{len(data.categories)} categories written to {out}", err=True)
+
+
+@data_app.command("shard")
+@pixel_limited
+def data_shard(
+    source: str = typer.Argument(..., help="dataset root in any layout cnnkit trains from: ImageFolder (classify), COCO / YOLO / "
+                                 "VOC (detect), images/ + masks/ + classes.txt (segment), or a built-in name"),
+    out: Path = typer.Option(..., "--out", help="folder for the shards ({split}-000000.tar …), {split}.json and index.json"),
+    shard_size: str = typer.Option("1GB", "--shard-size", help="largest shard, e.g. 1GB, 500MB (a shard closes once it "
+                                   "reaches it; object stores and tar tools like shards of 100 MB to a few GB)"),
+    task: Optional[str] = typer.Option(None, "--task", help="classify, detect or segment; default: from the layout "
+                                       "(built-in shapes: detect)"),
+    val_split: float = typer.Option(0.2, "--val-split", help="fraction of train held out as val when the source has no val "
+                                    "split (then fixed in the shards)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the val cut"),
+    force: bool = typer.Option(False, "--force", help="replace shards already in --out"),
+) -> None:
+    """Write a dataset as WebDataset tar shards for streaming: `--data OUT` (or a pattern of train shards such as
+    OUT/train-{000000..000099}.tar, local or any URL webdataset opens) then trains from them without unpacking,
+    split between ranks and loader workers, through a shuffle buffer (docs/distributed.md)."""
+    from cnnkit.data.builtin import resolve_data
+    from cnnkit.data.detection import detect_layout
+    from cnnkit.data.segmentation import is_segmentation_layout, load_segmentation
+    from cnnkit.data.shards import parse_size, write_shards
+
+    size = parse_size(shard_size)
+    kind = (task or "").lower() or None
+    if kind not in (None, "classify", "detect", "segment"):
+        raise CnnkitError(f"--task {task}: cannot be sharded", "choose classify, detect or segment")
+    root = resolve_data(source, kind)
+    if kind is None:
+        kind = "segment" if is_segmentation_layout(root) else "detect" if detect_layout(root) else "classify"
+    if kind == "segment":
+        data = load_segmentation(root, val_split, seed)
+    elif kind == "detect":
+        from cnnkit.tasks.detect.api import load_split_data
+
+        data = load_split_data(str(root), False, val_split, seed)
+    else:
+        from cnnkit.data.imagefolder import load_imagefolder
+
+        data = load_imagefolder(root, val_split, seed)
+    index = write_shards(data, out, size, source=str(source), force=force)
+    parts = ", ".join(f"{split} {e['count']} images in {len(e['shards'])} shard{'s' if len(e['shards']) > 1 else ''} "
+                      f"({e['bytes'] / 1e6:.1f} MB)" for split, e in index["splits"].items())
+    typer.echo(f"{kind} shards: {parts}; {len(index['classes'])} classes; written to {out}", err=True)
 
 
 def _is_mot(source: str) -> bool:

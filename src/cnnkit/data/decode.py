@@ -4,6 +4,7 @@ and data/intensity.py build on this; data/images.py's load_image on all three.""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
@@ -34,6 +35,9 @@ MAX_PIXELS_ENV = "CNNKIT_MAX_PIXELS"
 MAX_PIXELS_HINT = ("a genuine large scan (slide, satellite)? raise the limit with --max-pixels N, or 0 for none; "
                    "segmentation then reads it at full resolution in windows with --tile")
 _BOMB_LOCK = threading.Lock()
+# files that live in memory under a name, not on disk: a streamed shard's sample while the task's dataset reads it
+# (data/shards.py). open_image looks here before the disk.
+IN_MEMORY: dict[str, bytes] = {}
 # cnnkit refuses an image over the limit itself, in one line naming the file (open_image); Pillow's warning
 # for images between once and twice its own limit would only repeat that, or contradict a raised --max-pixels
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -259,6 +263,8 @@ def open_image(source: str | Path | BinaryIO, name: str | Path | None = None, ch
     """Image.open (the header only; use it in a ``with``) under cnnkit's pixel limit: an image larger than the
     limit is a CnnkitError naming the file, the limit and the option that raises it. ``check_limit=False``
     for size probes, which decode nothing. Pillow's own errors (unreadable, truncated) pass through."""
+    if isinstance(source, (str, Path)) and str(source) in IN_MEMORY:
+        name, source = name or source, io.BytesIO(IN_MEMORY[str(source)])
     try:
         image = Image.open(source)
     except Image.DecompressionBombError:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 
 from cnnkit.config import TrainOptions
 from cnnkit.console import console
@@ -100,6 +100,14 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, se
     """A loader whose order depends only on (seed, epoch): ``set_epoch`` reseeds the shuffle and the
     workers' base seed, which is what makes --resume land on the same weights."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
+    if isinstance(dataset, IterableDataset):  # streamed shards (data/shards.py): the stream deals samples to ranks itself
+        per_rank = max(1, batch_size // world)
+        dataset.plan(per_rank, rank, world, workers)
+        if workers > 0:
+            _no_opencv_pool()
+        return DataLoader(dataset, batch_size=per_rank, num_workers=workers, collate_fn=collate_fn,
+                          pin_memory=device is not None and device.type == "cuda", generator=torch.Generator().manual_seed(seed),
+                          worker_init_fn=_single_threaded_worker if workers > 0 else None)
     # a sampler passed in is the task's own order (already sharded per rank), e.g. class-balanced batches
     if sampler is None and train:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
@@ -354,7 +362,8 @@ def check_ranks_agree(model: nn.Module, loader: DataLoader, samples: int, main: 
     with torch.no_grad():
         params = [p.detach().double() for p in model.parameters()]
         checksum = (float(sum(p.sum() for p in params)), float(sum((p * p).sum() for p in params)))
-    sampler = loader.sampler
+    streamed = isinstance(loader.dataset, IterableDataset)  # its sampler is endless; the stream deals shards itself
+    sampler = None if streamed else loader.sampler
     seen = list(iter(sampler))[: len(loader) * (loader.batch_size or 1)] if sampler is not None else []
     reports = dist_utils.gather({"checksum": checksum, "seen": seen})
     if not main:
@@ -368,6 +377,9 @@ def check_ranks_agree(model: nn.Module, loader: DataLoader, samples: int, main: 
     counts = np.bincount(np.concatenate([np.asarray(r["seen"], dtype=np.int64) for r in reports]), minlength=samples)
     padding = (-samples) % len(reports)  # DistributedSampler repeats this many images so every rank gets as many
     state = f"weights identical on {len(reports)} ranks" if not differ else "weights differ"
+    if streamed:
+        console.print(f"DDP check: {state}; each rank streamed {len(loader)} batches from its own shards")
+        return
     console.print(f"DDP check: {state}; {int((counts == 1).sum())} of {samples} training images seen once this epoch, "
                   f"{int((counts > 1).sum())} twice (the sampler's padding: at most {padding}), {int((counts == 0).sum())} not "
                   "(the last partial batches)")

@@ -78,6 +78,11 @@ class MosaicSet(Dataset):
         self.base, self.imgsz, self.probability = base, imgsz, probability
         self.last_mosaic_epoch = epochs - close_epochs - 1
         self.active = probability > 0
+        # (k) -> k other sample indices to tile with; a stream of shards (data/shards.py) offers those it holds
+        self.choose_partners: Callable[[int], list[int]] = self.random_partners
+
+    def random_partners(self, k: int) -> list[int]:
+        return torch.randint(len(self.base), (k,)).tolist()
 
     def __len__(self) -> int:
         return len(self.base)
@@ -88,7 +93,7 @@ class MosaicSet(Dataset):
     def __getitem__(self, index: int):
         if not self.active or torch.rand(()) >= self.probability:
             return self.base[index]
-        samples = [self.base[i] for i in [index] + torch.randint(len(self.base), (3,)).tolist()]
+        samples = [self.base[i] for i in [index] + self.choose_partners(3)]
         if any(sample is None for sample in samples):
             return self.base[index]
         image, target = mosaic([(s[0], s[1]) for s in samples], self.imgsz)
