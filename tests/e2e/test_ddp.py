@@ -42,6 +42,25 @@ def test_two_process_ddp_matches_single_process(digits_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_stream_shards(digits_root, tmp_path):
+    """Digits as WebDataset shards under two gloo processes with a loader worker each: every rank streams its own
+    shards (as many batches on each, or DDP would hang), the weights stay identical, and the model learns."""
+    from conftest import run_cli
+
+    code, _, err = run_cli(["data", "shard", str(digits_root), "--out", tmp_path / "shards", "--shard-size", "250kB"])
+    assert code == 0, err
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    args = [a if a != "digits" else str(tmp_path / "shards") for a in ARGS]
+    args[args.index("--epochs") + 1], args[args.index("--workers") + 1] = "3", "1"
+    ddp = run_cnnkit(*args, "--out", str(tmp_path / "ddp"), launcher=launcher)
+    assert ddp.returncode == 0, ddp.stderr
+    log = " ".join(ddp.stderr.split() + ddp.stdout.split())
+    assert "DDP check: weights identical on 2 ranks; each rank streamed" in log, log[-2000:]
+    assert json.loads((tmp_path / "ddp/metrics.json").read_text())["top1"] >= 0.8
+
+
+@pytest.mark.slow
 def test_distillation_with_a_hint_under_torchrun(digits_classifier, tmp_path):
     # the frozen teacher runs on every rank; the hint regressor is a student submodule, so DDP averages its gradients
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cnnkit.console import console, progress_bar
+from cnnkit.console import progress_bar
 from cnnkit.data.decode import IN_MEMORY, is_medical_file
 from cnnkit.errors import CnnkitError
 
@@ -395,32 +395,24 @@ class ShardStream(IterableDataset):
         urls, stride, offset = self._share(worker, workers)
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
         buffer: list[dict] = []
-        yielded, passes = 0, 0
-
-        def samples():
-            nonlocal passes
-            while True:
-                seen = 0
-                for n, sample in enumerate(wds.tarfile_samples([{"url": u} for u in urls])):
-                    if n % stride == offset:
-                        seen += 1
-                        yield sample
-                passes += 1
-                if not seen:
-                    raise CnnkitError(f"{urls[0] if urls else 'the train shards'}: no samples to stream", "write the shards again")
-
-        for sample in samples():
-            if yielded >= quota:
-                break
-            buffer.append(sample)
-            if len(buffer) < self.buffer:
-                continue
-            item = self._take(buffer, rng)
-            yielded += 1
-            yield item
-        while buffer and yielded < quota:
-            yield self._take(buffer, rng)
-            yielded += 1
+        yielded = 0
+        while yielded < quota:  # a pass over this reader's share; another only if the quota is not met yet
+            read = 0
+            for n, sample in enumerate(wds.tarfile_samples([{"url": u} for u in urls])):
+                if n % stride != offset:
+                    continue
+                read += 1
+                buffer.append(sample)
+                if len(buffer) >= self.buffer:
+                    yield self._take(buffer, rng)
+                    yielded += 1
+                    if yielded >= quota:
+                        return
+            if not read:
+                raise CnnkitError(f"{urls[0] if urls else 'the train shards'}: no samples to stream", "write the shards again")
+            while buffer and yielded < quota:
+                yield self._take(buffer, rng)
+                yielded += 1
 
     def _take(self, buffer: list[dict], rng: random.Random) -> Any:
         i = rng.randrange(len(buffer))
