@@ -132,3 +132,38 @@ def test_a_run_stopped_inside_an_epoch_resumes_exactly(digits_root, tmp_path, si
         assert torch.equal(a[key], b[key]), key
     rows = [line.split(",")[:-2] for line in (full / "history.csv").read_text().splitlines()]  # less images/s and time
     assert rows == [line.split(",")[:-2] for line in (cut / "history.csv").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_streamed_run_resumes_exactly_and_on_another_world_size(digits_root, tmp_path):
+    """Training from WebDataset shards: SIGTERM inside an epoch, then --resume replays the stream (its order is a
+    function of seed, epoch, rank and worker) and ends on the uninterrupted run's weights. The same checkpoint resumed
+    by two processes says that the world size changed, with the new global batch, and trains to the end."""
+    import shutil
+
+    from conftest import run_cli
+    from test_ddp import free_port
+
+    code, _, err = run_cli(["data", "shard", str(digits_root), "--out", tmp_path / "shards", "--shard-size", "300kB"])
+    assert code == 0, err
+    args = ["classify", "train", "--data", str(tmp_path / "shards"), "--model", "tiny_cnn", "--epochs", "2", "--imgsz", "16",
+            "--batch", "16", "--workers", "2", "--fliplr", "0.5", "--seed", "5", "--save-every-steps", "7"]
+    done = run_cnnkit(*args, "--out", str(tmp_path / "full"))
+    assert done.returncode == 0, done.stderr
+    cut = tmp_path / "cut"
+    state, code, err = _stop_inside_an_epoch(args, cut, signal.SIGTERM)
+    assert code == 2 and "stopped by SIGTERM" in err, err
+    assert state["step"] > 0 and state["epoch"] < 2, (state["epoch"], state["step"])
+    shutil.copytree(cut, tmp_path / "cut2")
+    resumed = run_cnnkit("classify", "train", "--resume", "--out", str(cut))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(tmp_path / "full/weights/last.safetensors")), load_file(str(cut / "weights/last.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    moved = run_cnnkit("classify", "train", "--resume", "--out", str(tmp_path / "cut2"), launcher=launcher)
+    assert moved.returncode == 0, moved.stderr
+    flat = " ".join(moved.stderr.split() + moved.stdout.split())
+    assert "the checkpoint was written by 1 process, this run has 2: global batch 16 (was 16), 8 per process" in flat, flat[-2000:]
+    assert (tmp_path / "cut2/weights/last.safetensors").is_file()

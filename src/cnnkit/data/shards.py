@@ -356,7 +356,8 @@ class ShardStream(IterableDataset):
         self.epoch, self.batch, self.rank, self.world, self.workers = 0, 1, 0, 1, 0
         if hasattr(base, "choose_partners"):  # mosaic tiles a sample with others: those in the shuffle buffer
             base.choose_partners = self._partners
-        self._buffered: list[int] = []
+        self._buffer: list[dict] = []  # the shuffle buffer of the sample being read, and its position
+        self._current, self._held = 0, []
 
     def plan(self, batch: int, rank: int, world: int, workers: int) -> None:
         self.batch, self.rank, self.world, self.workers = batch, rank, world, workers
@@ -374,8 +375,12 @@ class ShardStream(IterableDataset):
             self.base.set_epoch(epoch)
 
     def _partners(self, k: int) -> list[int]:
-        pool = self._buffered or [0]
-        return [pool[int(i)] for i in torch.randint(len(pool), (k,))]
+        if not self._buffer:
+            return [self._current] * k
+        chosen = [self._buffer[int(i)] for i in torch.randint(len(self._buffer), (k,))]
+        for sample in chosen:
+            self._hold(sample)
+        return [int(sample["__key__"]) for sample in chosen]
 
     def _share(self, worker: int, workers: int) -> tuple[list[str], int, int]:
         """(this reader's shards, keep every ``stride``-th sample from ``offset``)."""
@@ -418,20 +423,22 @@ class ShardStream(IterableDataset):
         i = rng.randrange(len(buffer))
         buffer[i], buffer[-1] = buffer[-1], buffer[i]
         sample = buffer.pop()
-        self._buffered = [int(s["__key__"]) for s in buffer]
-        names = []
+        self._buffer, self._current, self._held = buffer, int(sample["__key__"]), []
         try:
-            for held in [sample, *buffer] if hasattr(self.base, "choose_partners") else [sample]:
-                for ext, value in held.items():
-                    if not ext.startswith("__") and ext not in ("cls", "json"):
-                        name = str(virtual_path("train", held["__key__"], ext))
-                        if name not in IN_MEMORY:
-                            IN_MEMORY[name] = value
-                            names.append(name)
-            return self.base[int(sample["__key__"])]
+            self._hold(sample)
+            return self.base[self._current]
         finally:
-            for name in names:
+            for name in self._held:
                 IN_MEMORY.pop(name, None)
+
+    def _hold(self, sample: dict) -> None:
+        """The sample's files readable under their in-memory names until the task's dataset is done with it."""
+        for ext, value in sample.items():
+            if not ext.startswith("__") and ext not in ("cls", "json"):
+                name = str(virtual_path("train", sample["__key__"], ext))
+                if name not in IN_MEMORY:
+                    IN_MEMORY[name] = value
+                    self._held.append(name)
 
 
 def train_count(shard_set: ShardSet) -> int:
