@@ -115,6 +115,14 @@ def test_classifier_trains_from_shards_as_from_the_folder(digits_root, tmp_path)
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     assert metrics["top1"] >= 0.85, metrics["top1"]
     assert metrics["test"]["top1"] >= 0.85  # the test split, unpacked from its shards
+    # val on the shards scores the unpacked split; train is a stream only
+    code, out, err = run_cli(["classify", "val", "--weights", tmp_path / "run/weights/best.safetensors", "--data", tmp_path / "s",
+                              "--split", "test", "--out", tmp_path / "val"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "val/metrics.json").read_text())["top1"] == pytest.approx(metrics["test"]["top1"], abs=1e-6)
+    code, _, err = run_cli(["classify", "val", "--weights", tmp_path / "run/weights/best.safetensors", "--data", tmp_path / "s",
+                            "--split", "train"])
+    assert code == 2 and "no 'train' split" in err
     pattern = f"file://{tmp_path / 's'}/train-{{000000..000001}}.tar"
     done = run_cnnkit(*args[:5], "1", *args[6:], "--data", pattern, "--out", str(tmp_path / "part"))
     assert done.returncode == 0, done.stderr

@@ -338,6 +338,19 @@ def load_shards(shard_set: ShardSet, unpack: bool = True) -> Any:
     return SegmentationData(cache, classes, splits, int(index.get("ignore_index", 255)), counts)
 
 
+def read_shards_for(data: str, task: str) -> Any:
+    """``data``'s dataset when it names shards of ``task`` (val, predict on a split, and the like: val and test are
+    unpacked into the cache; the train split, a training stream only, is left out), else None."""
+    if not is_shard_source(data):
+        return None
+    shard_set = open_shards(data)
+    if shard_set.task != task:
+        raise CnnkitError(f"{data}: shards of a {shard_set.task} dataset", f"`cnnkit {shard_set.task}` reads them")
+    dataset = load_shards(shard_set)
+    del dataset.splits["train"]  # a training stream only: scoring reads val or test, unpacked
+    return dataset
+
+
 # ------------------------------------------------------------------------------------------------- streaming
 
 class ShardStream(IterableDataset):

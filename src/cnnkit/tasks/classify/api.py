@@ -24,6 +24,7 @@ from cnnkit.console import Skips, console
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.images import is_image_file, load_image
 from cnnkit.data.imagefolder import load_imagefolder
+from cnnkit.data.shards import read_shards_for
 from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec, spec_of
 from cnnkit.data.loaders import ImageDataset, collate_skipping_none
 from cnnkit.data.sources import expand_source_files, output_names
@@ -262,7 +263,8 @@ class Classifier:
 
     def _split_samples(self, data: str, split: str) -> list[tuple[Path, int]]:
         """(path, the model's class id) of one split of a dataset (val cut from train as the training run cut it)."""
-        dataset = load_imagefolder(resolve_data(data), val_split=self.val_split, seed=self.split_seed)
+        dataset = read_shards_for(data, "classify") or load_imagefolder(resolve_data(data), val_split=self.val_split,
+                                                                        seed=self.split_seed)
         return _remap_labels(split_samples(data, dataset.splits, split), dataset.classes, self.class_names, data)
 
     def _views(self, tta: str) -> str:

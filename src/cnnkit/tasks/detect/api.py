@@ -30,6 +30,7 @@ from cnnkit.data.detection import DetectionData, DetectionImage, load_detection,
 from cnnkit.data.images import is_image_file, load_image
 from cnnkit.data.intensity import BEFORE_RECORD, IntensitySpec, spec_of
 from cnnkit.data.sources import SourceFile, expand_source_files, output_names
+from cnnkit.data.shards import read_shards_for
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.rundir import atomic_path
@@ -306,7 +307,11 @@ def deployed_detector(graph: nn.Module, meta: dict[str, Any]) -> nn.Module:
 
 
 def load_split_data(data: str, strict: bool, val_split: float, seed: int) -> DetectionData:
-    """The dataset with a val split: its own, else ``val_split`` of train cut off with ``seed``."""
+    """The dataset with a val split: its own, else ``val_split`` of train cut off with ``seed`` (shards: their val
+    and test)."""
+    shards = read_shards_for(data, "detect")
+    if shards is not None:
+        return shards
     root = resolve_data(data)
     dataset = load_detection(root, strict=strict)
     if "train" in dataset.splits and "val" not in dataset.splits:

@@ -25,6 +25,7 @@ from cnnkit.console import Skips, console, warn
 from cnnkit.data.builtin import resolve_data
 from cnnkit.data.segmentation import SegmentationData, SegmentSample, is_segmentation_input, load_segmentation
 from cnnkit.data.sources import expand_source_files, output_names
+from cnnkit.data.shards import read_shards_for
 from cnnkit.engine import distributed as dist_utils
 from cnnkit.engine.callbacks import progress_bar
 from cnnkit.engine.rundir import atomic_path
@@ -90,7 +91,8 @@ class Segmenter:
             workers: int = 2, tile: bool | None = None, hd95: bool = True) -> dict[str, Any]:
         """miou, dice, pixel accuracy, per-class IoU/Dice/HD95 of the model on one split, measured on the
         masks at their own size; metrics.json, plots and report.html into ``out`` (default: val/ beside the run)."""
-        dataset = load_segmentation(resolve_data(data, TASK), self.val_split, self.split_seed, ignore_index=self.ignore_index)
+        dataset = read_shards_for(data, TASK) or load_segmentation(resolve_data(data, TASK), self.val_split, self.split_seed,
+                                                                    ignore_index=self.ignore_index)
         samples = split_samples(data, dataset.splits, split)
         self._check_classes(dataset, data)
         out_dir = beside_run(out, self.weights_path, TASK)
