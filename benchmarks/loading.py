@@ -1,7 +1,7 @@
 """Data loading: images/s from a folder of JPEGs and from WebDataset shards, decoded by PIL, OpenCV or decode_jpeg.
 Beside what training tiny_cnn at 64 px takes in: is the loader ever the bottleneck on this machine? (issue: data shards)
 
-    python benchmarks/loading.py --work /tmp/cnnkit_loading [--n 500] [--batches 30] [--workers 2] [--batch 64] [--imgsz 64]
+    python benchmarks/loading.py --work W [--n 500] [--batches 30] [--workers 2] [--batch 64] [--imgsz 64]
 
 1. The data, built once into --work (reused while --n, --source-size, --quality and --shards are unchanged):
    `cnnkit data synth objects --task classify --n N --imgsz SOURCE_SIZE` (6 classes of objects on photos among

@@ -143,6 +143,18 @@ def test_bad_shards_are_one_line_errors(digits_root, tmp_path):
     assert code == 2 and "not a train shard of" in err
     code, _, err = run_cli(["classify", "train", "--data", f"{tmp_path}/nothing/train-000000.tar", "--epochs", "1", "--out", tmp_path / "r"])
     assert code == 2 and "index.json: no such file" in err
+    val = tmp_path / "s/val-000000.tar"
+    val.write_bytes(val.read_bytes()[:1000])  # cut short, as by a failed copy
+    code, _, err = run_cli(["classify", "train", "--data", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "r"])
+    assert code == 2 and f"{val}: cannot read the shard: unexpected end of data" in err, err
+    val.unlink()
+    code, _, err = run_cli(["classify", "train", "--data", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "r"])
+    assert code == 2 and f"{val}: no such shard" in err, err
+    index = json.loads((tmp_path / "s/index.json").read_text())
+    del index["splits"]["val"]["count"]
+    (tmp_path / "s/index.json").write_text(json.dumps(index))
+    code, _, err = run_cli(["classify", "train", "--data", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "r"])
+    assert code == 2 and "index.json: split 'val' has no count" in err, err
     (tmp_path / "s/index.json").write_text('{"format": "something-else"}')
     code, _, err = run_cli(["classify", "train", "--data", f"{tmp_path / 's'}/train-000000.tar", "--epochs", "1", "--out", tmp_path / "r"])
     assert code == 2 and "not a cnnkit shard index" in err

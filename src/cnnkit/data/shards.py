@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cnnkit.console import progress_bar
+from cnnkit.console import progress_bar, warn
 from cnnkit.data.decode import IN_MEMORY, is_medical_file
 from cnnkit.errors import CnnkitError
 
@@ -248,8 +248,15 @@ def open_shards(data: str) -> ShardSet:
         raise CnnkitError(f"{location}: not a cnnkit shard index (no \"format\": \"{FORMAT}\")", "write shards with `cnnkit data shard`")
     if index.get("version", 0) > VERSION:
         raise CnnkitError(f"{location}: shard format version {index['version']} is newer than this cnnkit reads ({VERSION})", "upgrade cnnkit")
-    if "train" not in index.get("splits", {}):
-        raise CnnkitError(f"{location}: the index lists no train split")
+    splits = index.get("splits")
+    if not isinstance(splits, dict) or "train" not in splits:
+        raise CnnkitError(f"{location}: the index lists no train split", "write the shards again with `cnnkit data shard`")
+    for name, entry in [("", index)] + list(splits.items()):
+        needed = ("task", "classes") if not name else ("shards", "samples_per_shard", "count", "annotations")
+        missing = [key for key in needed if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            where = f"split '{name}'" if name else "the index"
+            raise CnnkitError(f"{location}: {where} has no {', '.join(missing)}", "write the shards again with `cnnkit data shard`")
     shard_set = ShardSet(base, index)
     shard_set.train_urls = list(braceexpand.braceexpand(text)) if pattern else shard_set.urls("train")
     if pattern:
@@ -257,7 +264,25 @@ def open_shards(data: str) -> ShardSet:
         unknown = [u for u in shard_set.train_urls if u.rsplit("/", 1)[-1] not in known]
         if unknown:
             raise CnnkitError(f"{unknown[0]}: not a train shard of {location}", "the pattern must name train shards that the index lists")
+    for url in shard_set.train_urls + [u for split in index["splits"] if split != "train" for u in shard_set.urls(split)]:
+        if not _is_url(url) and not Path(url).is_file():
+            raise CnnkitError(f"{url}: no such shard", f"{location} lists it: copy the whole shard folder")
     return shard_set
+
+
+def read_shard(url: str) -> Iterator[dict]:
+    """The samples of one tar shard (webdataset: a dict of the files sharing a key); a shard that cannot be opened or
+    read is a CnnkitError naming it."""
+    import tarfile
+
+    import webdataset as wds
+
+    try:
+        yield from wds.tarfile_samples([{"url": url}])
+    except (OSError, tarfile.TarError, ValueError, EOFError) as exc:
+        first = exc.args[0] if exc.args else ""  # webdataset appends the stream and the url to the arguments
+        reason = str(first).splitlines()[0] if str(first) else type(exc).__name__
+        raise CnnkitError(f"{url}: cannot read the shard: {reason}", "write the shards again with `cnnkit data shard`") from None
 
 
 def virtual_path(split: str, key: str, ext: str) -> Path:
@@ -266,18 +291,17 @@ def virtual_path(split: str, key: str, ext: str) -> Path:
 
 def _unpack(shard_set: ShardSet, split: str, folder: Path) -> None:
     """The split's images (and masks) as files in ``folder`` (``{key}.{ext}``, masks as ``{key}.mask.png``), once."""
-    import webdataset as wds
-
     done = folder / ".complete"
     if done.is_file():
         return
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for sample in wds.tarfile_samples([{"url": url} for url in shard_set.urls(split)]):
-        for ext, value in sample.items():
-            if not ext.startswith("__") and ext not in ("cls", "json"):
-                (partial / f"{sample['__key__']}.{ext}").write_bytes(value)
+    for url in shard_set.urls(split):
+        for sample in read_shard(url):
+            for ext, value in sample.items():
+                if not ext.startswith("__") and ext not in ("cls", "json"):
+                    (partial / f"{sample['__key__']}.{ext}").write_bytes(value)
     (partial / ".complete").write_text("")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
@@ -405,8 +429,6 @@ class ShardStream(IterableDataset):
         return order, readers, reader
 
     def __iter__(self):
-        import webdataset as wds
-
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         quota = (self.batches // workers + (worker < self.batches % workers)) * self.batch
@@ -416,7 +438,7 @@ class ShardStream(IterableDataset):
         yielded = 0
         while yielded < quota:  # a pass over this reader's share; another only if the quota is not met yet
             read = 0
-            for n, sample in enumerate(wds.tarfile_samples([{"url": u} for u in urls])):
+            for n, sample in enumerate(sample for url in urls for sample in self._read(url)):
                 if n % stride != offset:
                     continue
                 read += 1
@@ -431,6 +453,15 @@ class ShardStream(IterableDataset):
             while buffer and yielded < quota:
                 yield self._take(buffer, rng)
                 yielded += 1
+
+    @staticmethod
+    def _read(url: str) -> Iterator[dict]:
+        """A shard's samples; a shard that breaks off (corrupt, gone from the store) is skipped from there with a
+        warning, as an unreadable image is, so one bad file does not end a long run."""
+        try:
+            yield from read_shard(url)
+        except CnnkitError as exc:
+            warn(f"{exc.message} (the rest of it skipped)", once_key=url)
 
     def _take(self, buffer: list[dict], rng: random.Random) -> Any:
         i = rng.randrange(len(buffer))
