@@ -137,6 +137,8 @@ def test_bad_shards_are_one_line_errors(digits_root, tmp_path):
     assert code == 0, err
     code, _, err = run_cli(["data", "shard", str(digits_root), "--out", tmp_path / "s"])
     assert code == 2 and "already holds shards" in err and "--force" in err
+    code, _, err = run_cli(["data", "shard", tmp_path / "s", "--out", tmp_path / "again"])
+    assert code == 2 and "already shards" in err
     code, _, err = run_cli(["detect", "train", "--data", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "r"])
     assert code == 2 and "shards of a classify dataset" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["classify", "train", "--data", f"{tmp_path / 's'}/train-{{000000..000007}}.tar", "--epochs", "1", "--out", tmp_path / "r"])

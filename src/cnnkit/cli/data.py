@@ -256,9 +256,11 @@ def data_shard(
     from cnnkit.data.builtin import resolve_data
     from cnnkit.data.detection import detect_layout
     from cnnkit.data.segmentation import is_segmentation_layout, load_segmentation
-    from cnnkit.data.shards import parse_size, write_shards
+    from cnnkit.data.shards import is_shard_source, parse_size, write_shards
 
     size = parse_size(shard_size)
+    if is_shard_source(source):
+        raise CnnkitError(f"{source}: already shards", "train from them with --data, or shard the original dataset again")
     kind = (task or "").lower() or None
     if kind not in (None, "classify", "detect", "segment"):
         raise CnnkitError(f"--task {task}: cannot be sharded", "choose classify, detect or segment")
