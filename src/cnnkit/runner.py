@@ -185,10 +185,9 @@ def _load_shards(cfg: TrainOptions, shards: ShardSet, recipe: "Recipe") -> Any:
     """The dataset of a shard folder (data/shards.py): rank 0 unpacks val and test into the cache, the others wait."""
     if shards.task != recipe.task:
         raise CnnkitError(f"{cfg.data}: shards of a {shards.task} dataset", f"`cnnkit {shards.task} train` trains them")
-    if dist_utils.is_main():
-        load_shards(shards)
+    dataset = load_shards(shards) if dist_utils.is_main() else None
     dist_utils.barrier()
-    dataset = load_shards(shards, unpack=False)
+    dataset = dataset or load_shards(shards, unpack=False)
     if dist_utils.is_main():
         console.print(f"streaming {len(shards.train_urls)} train shard{'s' if len(shards.train_urls) > 1 else ''} "
                       f"({train_count(shards)} images) from {shards.base}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -146,7 +147,15 @@ def test_bad_shards_are_one_line_errors(digits_root, tmp_path):
     code, _, err = run_cli(["classify", "train", "--data", f"{tmp_path}/nothing/train-000000.tar", "--epochs", "1", "--out", tmp_path / "r"])
     assert code == 2 and "index.json: no such file" in err
     val = tmp_path / "s/val-000000.tar"
-    val.write_bytes(val.read_bytes()[:1000])  # cut short, as by a failed copy
+    good = val.read_bytes()
+    import webdataset as wds
+
+    with wds.TarWriter(str(val), encoder=False) as writer:  # a member name that would leave the cache folder
+        writer.write({"__key__": "../../escape", "png": b"x"})
+    code, _, err = run_cli(["classify", "train", "--data", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "r"])
+    assert code == 2 and "member '../../escape'.png is not a plain file name" in err, err
+    assert not list(tmp_path.rglob("escape*")) and not list(Path(os.environ["CNNKIT_HOME"]).parent.rglob("escape*"))
+    val.write_bytes(good[:1000])  # cut short, as by a failed copy
     code, _, err = run_cli(["classify", "train", "--data", tmp_path / "s", "--epochs", "1", "--out", tmp_path / "r"])
     assert code == 2 and f"{val}: cannot read the shard: unexpected end of data" in err, err
     val.unlink()

@@ -285,6 +285,19 @@ def read_shard(url: str) -> Iterator[dict]:
         raise CnnkitError(f"{url}: cannot read the shard: {reason}", "write the shards again with `cnnkit data shard`") from None
 
 
+# a sample's key and a member's extension become file names in the cache: nothing that could leave its folder
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SAFE_EXT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def safe_name(key: str, ext: str, where: str) -> str:
+    """``key.ext`` when both are plain names, else a CnnkitError naming ``where`` (a shard or an annotations file)."""
+    if not (_SAFE_KEY.fullmatch(str(key)) and _SAFE_EXT.fullmatch(str(ext))):
+        raise CnnkitError(f"{where}: member {str(key)[:60]!r}.{str(ext)[:20]} is not a plain file name",
+                          "shards written by `cnnkit data shard` name members NUMBER.EXT")
+    return f"{key}.{ext}"
+
+
 def virtual_path(split: str, key: str, ext: str) -> Path:
     return Path(f"{PREFIX}{split}/{key}.{ext}")
 
@@ -301,7 +314,7 @@ def _unpack(shard_set: ShardSet, split: str, folder: Path) -> None:
         for sample in read_shard(url):
             for ext, value in sample.items():
                 if not ext.startswith("__") and ext not in ("cls", "json"):
-                    (partial / f"{sample['__key__']}.{ext}").write_bytes(value)
+                    (partial / safe_name(sample["__key__"], ext, url)).write_bytes(value)
     (partial / ".complete").write_text("")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
@@ -335,10 +348,19 @@ def load_shards(shard_set: ShardSet, unpack: bool = True) -> Any:
         if split != "train" and unpack:
             _unpack(shard_set, split, cache / split)
 
+    try:
+        return _dataset_of(task, index, rows, cache, folders)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CnnkitError(f"{shard_set.base}: the shards' annotations lack or garble a field ({type(exc).__name__}: {exc})",
+                          "write the shards again with `cnnkit data shard`") from None
+
+
+def _dataset_of(task: str, index: dict, rows: dict[str, list[dict]], cache: Path, folders: dict[str, Path | None]) -> Any:
+    """The task's data object from the rows of {split}.json."""
     def path_of(split: str, row: dict, ext: str | None = None) -> Path:
-        ext = ext or row["ext"]
+        name = safe_name(row["key"], ext or row["ext"], index["splits"][split]["annotations"])
         folder = folders[split]
-        return virtual_path(split, row["key"], ext) if folder is None else folder / f"{row['key']}.{ext}"
+        return Path(f"{PREFIX}{split}/{name}") if folder is None else folder / name
 
     classes = list(index["classes"])
     if task == "classify":
@@ -375,6 +397,10 @@ def read_shards_for(data: str, task: str) -> Any:
     return dataset
 
 
+def url_of(sample: dict) -> str:
+    return str(sample.get("__url__", "a train shard"))
+
+
 # ------------------------------------------------------------------------------------------------- streaming
 
 class ShardStream(IterableDataset):
@@ -390,14 +416,15 @@ class ShardStream(IterableDataset):
 
     def __init__(self, base: Any, urls: list[str], count: int, seed: int, buffer: int = 1000):
         self.base, self.urls, self.count, self.seed, self.buffer = base, list(urls), count, seed, buffer
-        self.epoch, self.batch, self.rank, self.world, self.workers = 0, 1, 0, 1, 0
+        self.epoch, self.batch, self.rank, self.world = 0, 1, 0, 1
         if hasattr(base, "choose_partners"):  # mosaic tiles a sample with others: those in the shuffle buffer
             base.choose_partners = self._partners
         self._buffer: list[dict] = []  # the shuffle buffer of the sample being read, and its position
         self._current, self._held = 0, []
 
     def plan(self, batch: int, rank: int, world: int, workers: int) -> None:
-        self.batch, self.rank, self.world, self.workers = batch, rank, world, workers
+        """``workers`` is the loader's count; each worker reads it again from get_worker_info."""
+        self.batch, self.rank, self.world = batch, rank, world
 
     @property
     def batches(self) -> int:
@@ -442,6 +469,8 @@ class ShardStream(IterableDataset):
                 if n % stride != offset:
                     continue
                 read += 1
+                if not self._known(sample, url_of(sample)):
+                    continue
                 buffer.append(sample)
                 if len(buffer) >= self.buffer:
                     yield self._take(buffer, rng)
@@ -453,6 +482,15 @@ class ShardStream(IterableDataset):
             while buffer and yielded < quota:
                 yield self._take(buffer, rng)
                 yielded += 1
+
+    def _known(self, sample: dict, url: str) -> bool:
+        """A sample whose key is a position of the train split (what `cnnkit data shard` writes); any other is
+        skipped with a warning naming it, as an unreadable image is."""
+        key = str(sample.get("__key__", ""))
+        if key.isdigit() and int(key) < len(self.base):
+            return True
+        warn(f"{url}: sample {key[:60]!r} is not one of the {len(self.base)} train samples the index lists (skipped)", once_key=url)
+        return False
 
     @staticmethod
     def _read(url: str) -> Iterator[dict]:
