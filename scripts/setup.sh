@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv in the repository and install cnnkit (editable) with its test extras from PyPI.
+# Create .venv in the repository and install cnnkit (editable) with its test and edge-runtime extras from PyPI.
 # Idempotent: when .venv exists and pyproject.toml has not changed since the last install, it
 # returns at once.
 set -euo pipefail
@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,edge]"  # edge: the tests export to every edge runtime
 # TrackEval (the MOTChallenge reference metrics) declares the GUI build of OpenCV as a dependency; installed
 # beside cnnkit's headless build, the two overwrite each other's cv2. Its other dependencies are cnnkit's own.
 .venv/bin/python -m pip install --quiet --no-deps "trackeval>=1.3,<2"

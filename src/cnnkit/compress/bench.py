@@ -1,7 +1,7 @@
 """`cnnkit bench`: every deployment variant of one model measured the same way, in one table.
 
 For each format (eager fp32, eager under bf16 autocast, PyTorch int8, ONNX Runtime fp32 and int8,
-torch.export, TorchScript) and each batch size (a detector is timed as its export graph: letterboxed
+torch.export, TorchScript, OpenVINO fp32 and NNCF int8) and each batch size (a detector is timed as its export graph: letterboxed
 batch in, detections after NMS out): the file size, latency p50/p90 over --runs timed
 calls after --warmup untimed ones (the same real images every call), throughput (images per second at
 the p50), and the task metric on --data's val split through the same `val` as everywhere else.
@@ -20,12 +20,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from cnnkit.compress.formats import file_size
 from cnnkit.compress.owner import ModelOwner, require_metric
 from cnnkit.console import console
 from cnnkit.engine.rundir import write_json, write_text
 from cnnkit.errors import CnnkitError
 
-FORMATS = ("eager", "bf16", "int8", "onnx", "onnx-int8", "pt2", "torchscript")
+FORMATS = ("eager", "bf16", "int8", "onnx", "onnx-int8", "pt2", "torchscript", "openvino", "openvino-int8")
+SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "openvino": ".xml"}
+QUANTIZED = {"int8": ("torch", ".int8.pt"), "onnx-int8": ("onnx", ".int8.onnx"), "openvino-int8": ("openvino", ".int8.xml")}
 
 
 @dataclass
@@ -116,15 +119,12 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
     for fmt in formats:
         if fmt in ("eager", "bf16"):
             model, path = (eager if fmt == "eager" else Autocast(eager)), weights
-        elif fmt == "int8":
-            path, _ = quantize_weights(weights, data, "ptq", "torch", calib_images, out=out / f"{stem}.int8.pt", evaluate=False, owner=owner)
-            model = load_deployed(path, threads).model
-        elif fmt == "onnx-int8":
-            path, _ = quantize_weights(weights, data, "ptq", "onnx", calib_images, out=out / f"{stem}.int8.onnx", evaluate=False, owner=owner)
+        elif fmt in QUANTIZED:
+            backend, suffix = QUANTIZED[fmt]
+            path, _ = quantize_weights(weights, data, "ptq", backend, calib_images, out=out / f"{stem}{suffix}", evaluate=False, owner=owner)
             model = load_deployed(path, threads).model
         else:
-            suffix = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts"}[fmt]
-            path = write_export(eager, metadata, fmt, out / f"{stem}{suffix}", dynamic_batch=exports_any_batch(metadata))
+            path = write_export(eager, metadata, fmt, out / f"{stem}{SUFFIX[fmt]}", dynamic_batch=exports_any_batch(metadata))
             model = load_deployed(path, threads).model
         name, value = (_metric(path, fmt, data, owner) if metric and data else (None, None))
         for batch in batches:
@@ -132,7 +132,7 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
             times = time_calls(model, inputs, runs, warmup)
             p50 = statistics.median(times)
             rows.append(BenchRow(fmt, batch, p50 * 1000, percentile(times, 0.9) * 1000, batch / p50,
-                                 path.stat().st_size / 1e6, params, value, name, str(path)))
+                                 file_size(path) / 1e6, params, value, name, str(path)))
             console.print(f"{fmt:>11}  batch {batch:>3}  p50 {p50 * 1000:8.2f} ms  {batch / p50:8.1f} img/s"
                           + (f"  {name} {value:.4f}" if value is not None else ""))
     write_json(out / "bench.json", [asdict(r) for r in rows])
@@ -167,16 +167,17 @@ def markdown(rows: list[BenchRow], metadata: dict[str, Any], threads: int, runs:
     ratios = []
     for batch in sorted({r.batch for r in rows}):
         base = by_key.get(("eager", batch))
-        for fmt in ("int8", "onnx", "onnx-int8"):
+        for fmt in ("int8", "onnx", "onnx-int8", "openvino", "openvino-int8"):
             other = by_key.get((fmt, batch))
             if base and other:
                 ratios.append(f"- batch {batch}: {fmt} is {base.latency_ms_p50 / other.latency_ms_p50:.2f}x eager fp32's speed")
         if by_key.get(("int8", batch)) and by_key.get(("onnx", batch)):
             ratios.append(f"- batch {batch}: int8 is {by_key[('onnx', batch)].latency_ms_p50 / by_key[('int8', batch)].latency_ms_p50:.2f}x "
                           f"ONNX Runtime fp32's speed")
-        if by_key.get(("onnx-int8", batch)) and by_key.get(("onnx", batch)):
-            ratios.append(f"- batch {batch}: onnx-int8 is {by_key[('onnx', batch)].latency_ms_p50 / by_key[('onnx-int8', batch)].latency_ms_p50:.2f}x "
-                          f"ONNX Runtime fp32's speed")
+        for fmt in ("onnx-int8", "openvino"):
+            if by_key.get((fmt, batch)) and by_key.get(("onnx", batch)):
+                ratios.append(f"- batch {batch}: {fmt} is {by_key[('onnx', batch)].latency_ms_p50 / by_key[(fmt, batch)].latency_ms_p50:.2f}x "
+                              f"ONNX Runtime fp32's speed")
     sizes = {r.format: r.size_mb for r in rows}
     if "eager" in sizes and "int8" in sizes:
         ratios.append(f"- int8 file is {sizes['eager'] / sizes['int8']:.2f}x smaller than the fp32 weights")

@@ -1,5 +1,5 @@
-"""`cnnkit export`: a trained model as ONNX, TorchScript or a torch.export program, checked against eager
-PyTorch on real images before the command succeeds.
+"""`cnnkit export`: a trained model as ONNX, TorchScript, a torch.export program or an OpenVINO IR, checked
+against eager PyTorch on real images before the command succeeds.
 
 Every exported file takes the normalised float image batch [B, 3, imgsz, imgsz] (mean/std, class names
 and the rest of the weights' metadata travel inside the file) and returns the eager model's output:
@@ -25,14 +25,15 @@ import torch
 import torch.nn as nn
 
 from cnnkit.compress.detect_graph import is_detection_graph, is_traced_family, output_names
+from cnnkit.compress.formats import file_size
 from cnnkit.compress.owner import ModelOwner
 from cnnkit.compress.runtime import META_FILE, load_deployed
 from cnnkit.console import console
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
 
-FORMATS = ("onnx", "torchscript", "pt2")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
+FORMATS = ("onnx", "torchscript", "pt2", "openvino")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2", "openvino": ".xml"}
 MIN_OPSET = 18  # torch.onnx's exporter writes opset 18 natively; older opsets need a lossy down-conversion
 DEFAULT_OPSET = 18
 
@@ -71,6 +72,8 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
     """Write ``model`` in ``fmt`` to ``path`` (atomically) with the metadata inside."""
     if fmt not in FORMATS:
         raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "openvino":
+        return _export_openvino(model, metadata, path, dynamic_batch, opset)
     imgsz = int(metadata["imgsz"])
     detector = is_detection_graph(metadata)
     traced = detector and is_traced_family(str(metadata.get("model")))
@@ -117,6 +120,36 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
         raise CnnkitError(f"{metadata.get('model')}: cannot be expressed as {fmt}{where}: {type(exc).__name__}: "
                           f"{_first_line(exc)}", _export_hint(fmt)) from None
     return path
+
+
+def _export_openvino(model: nn.Module, metadata: dict[str, Any], path: Path, dynamic_batch: bool, opset: int) -> Path:
+    """An OpenVINO IR converted from cnnkit's own ONNX export (the graph every runtime here shares, a detector's NMS
+    included), written as NAME.xml + NAME.bin."""
+    import tempfile
+
+    from cnnkit.compress.openvino_ir import convert_onnx, require_openvino, save_ir
+
+    require_openvino("--format openvino")
+    if not path.name.endswith(".xml"):
+        raise CnnkitError(f"--out {path}: an OpenVINO IR must end with .xml (its weights go beside it as .bin)")
+    with tempfile.TemporaryDirectory(prefix="cnnkit_openvino_") as tmp:
+        onnx_path = write_export(model, metadata, "onnx", Path(tmp) / "model.onnx", dynamic_batch, opset)
+        meta = json.loads(onnx_metadata_text(onnx_path))
+        meta["deployed"] = {**meta["deployed"], "format": "openvino", "opset": None}
+        try:
+            converted = convert_onnx(onnx_path, meta)
+        except CnnkitError:
+            raise
+        except Exception as exc:
+            raise CnnkitError(f"{metadata.get('model')}: OpenVINO cannot convert it: {type(exc).__name__}: {_first_line(exc)}",
+                              "try --format onnx, which ONNX Runtime runs") from None
+        return save_ir(converted, path)
+
+
+def onnx_metadata_text(path: Path) -> str:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}[META_FILE]
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dims: dict, meta: dict) -> None:
@@ -350,9 +383,11 @@ def export_weights(weights: str | Path, fmt: str, out: str | Path | None = None,
     batch = parity_images(metadata, data, images)
     exported = load_deployed(path).model
     parity = check_parity(model, exported, batch, metadata, rtol=rtol)
-    console.print(f"{fmt}: {path} ({path.stat().st_size / 1e6:.1f} MB)\n{parity.line()}")
+    console.print(f"{fmt}: {path} ({file_size(path) / 1e6:.1f} MB)\n{parity.line()}")
     if not parity.ok:
         path.unlink(missing_ok=True)
+        if fmt == "openvino":
+            path.with_suffix(".bin").unlink(missing_ok=True)
         raise CnnkitError(f"{path}: the exported model disagrees with eager PyTorch ({parity.line()})",
                           "the file was removed; report the model and format, or try another --format")
     return path, parity

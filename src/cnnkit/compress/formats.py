@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-META_FILE = "cnnkit.json"  # extra file of .ts/.pt2, metadata_props key of .onnx
+META_FILE = "cnnkit.json"  # extra file of .ts/.pt2, metadata_props key of .onnx (an IR: rt_info cnnkit/metadata)
 QUANTIZED_FORMAT = "cnnkit-int8"
-SUFFIXES = (".onnx", ".pt2", ".ts", ".int8.pt")
+SUFFIXES = (".onnx", ".pt2", ".ts", ".int8.pt", ".xml")  # .xml: an OpenVINO IR (beside its .bin)
 
 
 def is_deployed(path: str | Path) -> bool:
     return str(path).endswith(SUFFIXES)
+
+
+def file_size(path: str | Path) -> int:
+    """Bytes of a model file, with the weights file an OpenVINO IR keeps beside its graph."""
+    path = Path(path)
+    extra = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (extra.stat().st_size if extra is not None and extra.is_file() else 0)

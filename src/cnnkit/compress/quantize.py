@@ -17,6 +17,10 @@ and it is confined to this module.
 ONNX Runtime (``--backend onnx``): the model exported to ONNX (torch.onnx, whose optimiser folds
 BatchNorm into the convolutions), then static QDQ quantization (per-channel int8 weights, uint8
 activations) calibrated on the same images.
+
+OpenVINO (``--backend openvino``): the same ONNX export converted to an OpenVINO IR, then NNCF's post-training
+quantization (``nncf.quantize``: int8 FakeQuantize on convolutions' inputs and weights, fast bias correction)
+calibrated on the same images; OpenVINO's CPU plugin runs it with its int8 kernels (compress/openvino_ir.py).
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from cnnkit.compress.formats import META_FILE
+from cnnkit.compress.formats import META_FILE, file_size
 from cnnkit.compress.owner import ModelOwner, require_metric
 from cnnkit.compress.int8 import METHODS, calibrate, convert, dynamic, fx_api, prepare, save_quantized
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
+
+BACKENDS = ("torch", "onnx", "openvino")
+
 
 def quantize_onnx(float_onnx: Path, out: Path, batches: list[torch.Tensor], per_channel: bool = True,
                   only_convolutions: bool = False) -> Path:
@@ -94,17 +101,22 @@ def _set_onnx_metadata(model: Any, meta: dict[str, Any]) -> None:
 def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq", backend: str = "torch", calib_images: int = 256,
                      epochs: int = 1, out: str | Path | None = None, lr: float = 1e-4, batch: int = 32, workers: int = 2,
                      evaluate: bool = True, *, owner: ModelOwner) -> tuple[Path, dict[str, Any]]:
-    """`cnnkit quantize`: the int8 file (``NAME.int8.pt`` or ``NAME.int8.onnx`` beside the weights unless
+    """`cnnkit quantize`: the int8 file (``NAME.int8.pt``, ``NAME.int8.onnx`` or ``NAME.int8.xml`` beside the weights unless
     ``out``), and a report with the task metric of fp32 and int8 on ``data``'s val split. ``owner``: the
     weights' task (cnnkit.tasks.owner_of)."""
     from cnnkit.compress.export import data_images, load_float, model_inputs, write_export
 
     if method not in METHODS:
         raise CnnkitError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    if backend not in ("torch", "onnx"):
-        raise CnnkitError(f"--backend {backend!r} is not one of torch, onnx")
-    if backend == "onnx" and method != "ptq":
-        raise CnnkitError(f"--backend onnx quantizes after training (ptq), not by --method {method}", "use --backend torch for qat or dynamic")
+    if backend not in BACKENDS:
+        raise CnnkitError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend != "torch" and method != "ptq":
+        raise CnnkitError(f"--backend {backend} quantizes after training (ptq), not by --method {method}", "use --backend torch for qat or dynamic")
+    if backend == "openvino":
+        from cnnkit.compress.openvino_ir import require_nncf, require_openvino
+
+        require_openvino("--backend openvino")
+        require_nncf()
     weights = Path(weights)
     from cnnkit.compress.detect_graph import is_detection_graph, is_traced_family
     from cnnkit.engine.checkpoint import read_metadata
@@ -127,17 +139,26 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         inputs = model_inputs(metadata, files)
         batches = list(inputs.split(16))
     stem = weights.name.removesuffix(".safetensors")
-    if backend == "onnx":
-        path = Path(out) if out else weights.parent / f"{stem}.int8.onnx"
-        if not path.name.endswith(".onnx"):
-            raise CnnkitError(f"--out {path}: an ONNX Runtime int8 file must end with .onnx")
+    if backend in ("onnx", "openvino"):
+        suffix = ".onnx" if backend == "onnx" else ".xml"
+        path = Path(out) if out else weights.parent / f"{stem}.int8{suffix}"
+        if not path.name.endswith(suffix):
+            raise CnnkitError(f"--out {path}: {'an ONNX Runtime' if backend == 'onnx' else 'an OpenVINO'} int8 file must end with {suffix}")
         from cnnkit.compress.detect_graph import exports_any_batch
 
         detector = is_detection_graph(metadata)
-        float_onnx = write_export(model, metadata, "onnx", path.parent / f"{stem}.fp32-for-int8.onnx",
+        float_onnx = write_export(model, metadata, "onnx", path.parent / f".{stem}.fp32-for-int8.onnx",
                                   dynamic_batch=exports_any_batch(metadata))
         try:
-            quantize_onnx(float_onnx, path, batches, only_convolutions=detector)
+            if backend == "onnx":
+                quantize_onnx(float_onnx, path, batches, only_convolutions=detector)
+            else:
+                from cnnkit.compress.export import onnx_metadata_text
+                from cnnkit.compress.openvino_ir import quantize_ir
+
+                meta = json.loads(onnx_metadata_text(float_onnx))
+                meta["deployed"] = {**meta["deployed"], "opset": None}
+                quantize_ir(float_onnx, path, batches, meta, detector)
         finally:
             float_onnx.unlink(missing_ok=True)
     else:
@@ -156,7 +177,7 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         save_quantized(quantized, metadata, method, path)
     report = {"weights": str(weights), "output": str(path), "method": method, "backend": backend,
               "calib_images": sum(len(b) for b in batches), "size_mb_fp32": weights.stat().st_size / 1e6,
-              "size_mb_int8": path.stat().st_size / 1e6}
+              "size_mb_int8": file_size(path) / 1e6}
     if evaluate and data:
         report.update(compare_metric(weights, path, data, owner=owner))
     return path, report

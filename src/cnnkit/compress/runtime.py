@@ -4,6 +4,8 @@
 - ``.onnx``: ONNX Runtime on the CPU (the cnnkit metadata in the model's metadata_props);
 - ``.pt2``: a torch.export program (``torch.export.load``; the metadata as an extra file);
 - ``.ts``: TorchScript (``torch.jit.load``; the metadata as an extra file);
+- ``.xml`` (+ ``.bin``): an OpenVINO IR, fp32 or NNCF int8, on OpenVINO's CPU plugin (the metadata in its rt_info;
+  compress/openvino_ir.py);
 - ``.int8.pt``: PyTorch int8 (FX graph mode, x86 backend, or dynamic): the quantized state dict read with
   ``torch.load(weights_only=True)``; the network is rebuilt from the metadata and quantized the same way,
   so no code ever comes out of the file.
@@ -32,7 +34,7 @@ from cnnkit.errors import CnnkitError
 class Deployed:
     model: nn.Module
     metadata: dict[str, Any]  # the source weights' metadata (task, model, class_names, imgsz, mean, std, …) + "deployed"
-    kind: str  # onnx | pt2 | torchscript | int8
+    kind: str  # onnx | pt2 | torchscript | int8 | openvino
     path: Path
 
 
@@ -106,6 +108,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             text = {p.key: p.value for p in model.metadata_props}.get(META_FILE)
         elif path.suffix == ".pt2":  # the extra file, read from the checked archive: no program deserialised
             text = next((data for name, data in check_pt2(path).items() if name.partition("/")[2] == f"extra/{META_FILE}"), None)
+        elif path.suffix == ".xml":
+            from cnnkit.compress.openvino_ir import read_metadata_text
+
+            text = read_metadata_text(path)
         elif path.suffix == ".ts":
             extra = {META_FILE: ""}
             _load_torchscript(path, extra)
@@ -141,6 +147,10 @@ def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
     if path.suffix == ".onnx":
         model: nn.Module = OnnxModule(path, threads)
         kind = "onnx"
+    elif path.suffix == ".xml":
+        from cnnkit.compress.openvino_ir import OpenVinoModule
+
+        model, kind = OpenVinoModule(path, threads), "openvino"
     elif path.suffix == ".pt2":
         model, kind = ExportedProgram(_load_program(path).module()), "pt2"
     elif path.suffix == ".ts":
