@@ -80,9 +80,10 @@ def export_command(
     weights: Path = typer.Option(..., "--weights", help="weights/best.safetensors of a classify, embed, detect or segment "
                                  "(semantic) run"),
     format: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime, any ONNX runtime), torchscript (.ts), pt2 (torch.export) or openvino "
-                                "(an OpenVINO IR, NAME.xml + NAME.bin; pip install \"cnnkit[openvino]\")"),
+                                "(an OpenVINO IR, NAME.xml + NAME.bin; pip install \"cnnkit[openvino]\") or executorch (NAME.pte, "
+                                "XNNPACK, batch 1; pip install \"cnnkit[executorch]\")"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="output file (default: beside the weights, "
-                                       "NAME.onnx / NAME.ts / NAME.pt2 / NAME.xml)"),
+                                       "NAME.onnx / NAME.ts / NAME.pt2 / NAME.xml / NAME.pte)"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch/--fixed-batch", help="accept any batch size (default: batch 1)"),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or newer)"),
     data: Optional[str] = typer.Option(None, "--data", help="images for the parity check: this dataset's val split "
@@ -92,7 +93,7 @@ def export_command(
     iou: float = typer.Option(0.5, "--iou", help="detectors: IoU threshold of the NMS inside the exported graph"),
     max_det: int = typer.Option(100, "--max-det", min=1, help="detectors: detection slots per image in the exported graph's outputs"),
 ) -> None:
-    """Export a trained model to ONNX, TorchScript, a torch.export program or an OpenVINO IR, then run it beside eager PyTorch
+    """Export a trained model to ONNX, TorchScript, a torch.export program, an OpenVINO IR or an ExecuTorch program, then run it beside eager PyTorch
     on real images: prints the largest output difference (and top-1 agreement for classifiers, matched
     detections for detectors); a mismatch beyond --rtol fails. Detectors export with their decoding and
     NMS inside the graph. The file carries the model's metadata, so `val`, `predict` and `bench` load it directly."""
@@ -115,7 +116,8 @@ def quantize_command(
                                "for --epochs, then int8 (classifiers); dynamic: int8 Linear layers, no calibration"),
     backend: str = typer.Option("torch", "--backend", help="torch: PyTorch int8 (FX, x86 kernels) -> NAME.int8.pt; "
                                 "onnx: ONNX Runtime static QDQ int8 of the exported model -> NAME.int8.onnx; "
-                                "openvino: NNCF post-training int8 of the OpenVINO IR -> NAME.int8.xml (+ .bin)"),
+                                "openvino: NNCF post-training int8 of the OpenVINO IR -> NAME.int8.xml (+ .bin); "
+                                "executorch: PT2E int8 (XNNPACKQuantizer) lowered to XNNPACK -> NAME.int8.pte"),
     calib_images: int = typer.Option(256, "--calib-images", help="calibration images (ptq, qat)"),
     epochs: int = typer.Option(1, "--epochs", help="--method qat: fine-tuning epochs"),
     lr: float = typer.Option(1e-4, "--lr", help="--method qat: learning rate"),
@@ -145,11 +147,12 @@ def bench_command(
                                        "and the int8 calibration (its train split)"),
     formats: str = typer.Option("eager,bf16,int8,onnx,onnx-int8", "--formats", metavar="A,B",
                                 help="variants to measure: eager, bf16, int8, onnx, onnx-int8, pt2, torchscript, openvino, "
-                                "openvino-int8"),
+                                "openvino-int8, executorch, executorch-int8"),
     batch: str = typer.Option("1,32", "--batch", metavar="1,32", help="batch sizes"),
     runs: int = typer.Option(30, "--runs", help="timed calls per variant and batch size (median and p90 of these)"),
     warmup: int = typer.Option(5, "--warmup", help="untimed calls first"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="intra-op threads for PyTorch, ONNX Runtime and OpenVINO (default: PyTorch's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="intra-op threads for PyTorch, ONNX Runtime and OpenVINO (default: PyTorch's; ExecuTorch "
+                                           "uses its own thread pool)"),
     calib_images: int = typer.Option(256, "--calib-images", help="calibration images for the int8 variants"),
     out: Path = typer.Option(Path("runs/bench"), "--out", metavar="DIR", help="where the variants' files, bench.json and bench.md go"),
     no_metric: bool = typer.Option(False, "--no-metric", help="latency only: skip the task metric"),
@@ -164,7 +167,7 @@ def bench_command(
         batches = [int(b) for b in parse_list(batch, "batch")]
     except ValueError:
         raise CnnkitError(f"--batch {batch!r}: give whole numbers separated by commas, e.g. 1,32") from None
-    needs_data = {"int8", "onnx-int8", "openvino-int8"} & set(format_list)
+    needs_data = {"int8", "onnx-int8", "openvino-int8", "executorch-int8"} & set(format_list)
     if needs_data and not data:
         raise CnnkitError(f"--formats {','.join(sorted(needs_data))} need calibration images: pass --data ROOT")
     bench(weights, data, format_list, batches, out, runs, warmup, threads, calib_images, metric=not no_metric)

@@ -1,7 +1,7 @@
 """`cnnkit bench`: every deployment variant of one model measured the same way, in one table.
 
 For each format (eager fp32, eager under bf16 autocast, PyTorch int8, ONNX Runtime fp32 and int8,
-torch.export, TorchScript, OpenVINO fp32 and NNCF int8) and each batch size (a detector is timed as its export graph: letterboxed
+torch.export, TorchScript, OpenVINO fp32 and NNCF int8, ExecuTorch XNNPACK fp32 and int8) and each batch size (a detector is timed as its export graph: letterboxed
 batch in, detections after NMS out): the file size, latency p50/p90 over --runs timed
 calls after --warmup untimed ones (the same real images every call), throughput (images per second at
 the p50), and the task metric on --data's val split through the same `val` as everywhere else.
@@ -26,9 +26,11 @@ from cnnkit.console import console
 from cnnkit.engine.rundir import write_json, write_text
 from cnnkit.errors import CnnkitError
 
-FORMATS = ("eager", "bf16", "int8", "onnx", "onnx-int8", "pt2", "torchscript", "openvino", "openvino-int8")
-SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "openvino": ".xml"}
-QUANTIZED = {"int8": ("torch", ".int8.pt"), "onnx-int8": ("onnx", ".int8.onnx"), "openvino-int8": ("openvino", ".int8.xml")}
+FORMATS = ("eager", "bf16", "int8", "onnx", "onnx-int8", "pt2", "torchscript", "openvino", "openvino-int8", "executorch",
+           "executorch-int8")
+SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".ts", "openvino": ".xml", "executorch": ".pte"}
+QUANTIZED = {"int8": ("torch", ".int8.pt"), "onnx-int8": ("onnx", ".int8.onnx"), "openvino-int8": ("openvino", ".int8.xml"),
+             "executorch-int8": ("executorch", ".int8.pte")}
 
 
 @dataclass
@@ -124,7 +126,8 @@ def bench(weights: str | Path, data: str | None, formats: list[str], batches: li
             path, _ = quantize_weights(weights, data, "ptq", backend, calib_images, out=out / f"{stem}{suffix}", evaluate=False, owner=owner)
             model = load_deployed(path, threads).model
         else:
-            path = write_export(eager, metadata, fmt, out / f"{stem}{SUFFIX[fmt]}", dynamic_batch=exports_any_batch(metadata))
+            path = write_export(eager, metadata, fmt, out / f"{stem}{SUFFIX[fmt]}",
+                                dynamic_batch=exports_any_batch(metadata) and fmt != "executorch")
             model = load_deployed(path, threads).model
         name, value = (_metric(path, fmt, data, owner) if metric and data else (None, None))
         for batch in batches:
@@ -167,7 +170,7 @@ def markdown(rows: list[BenchRow], metadata: dict[str, Any], threads: int, runs:
     ratios = []
     for batch in sorted({r.batch for r in rows}):
         base = by_key.get(("eager", batch))
-        for fmt in ("int8", "onnx", "onnx-int8", "openvino", "openvino-int8"):
+        for fmt in ("int8", "onnx", "onnx-int8", "openvino", "openvino-int8", "executorch", "executorch-int8"):
             other = by_key.get((fmt, batch))
             if base and other:
                 ratios.append(f"- batch {batch}: {fmt} is {base.latency_ms_p50 / other.latency_ms_p50:.2f}x eager fp32's speed")

@@ -1,5 +1,5 @@
-"""`cnnkit export`: a trained model as ONNX, TorchScript, a torch.export program or an OpenVINO IR, checked
-against eager PyTorch on real images before the command succeeds.
+"""`cnnkit export`: a trained model as ONNX, TorchScript, a torch.export program, an OpenVINO IR or an ExecuTorch
+program, checked against eager PyTorch on real images before the command succeeds.
 
 Every exported file takes the normalised float image batch [B, 3, imgsz, imgsz] (mean/std, class names
 and the rest of the weights' metadata travel inside the file) and returns the eager model's output:
@@ -32,8 +32,8 @@ from cnnkit.console import console
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
 
-FORMATS = ("onnx", "torchscript", "pt2", "openvino")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2", "openvino": ".xml"}
+FORMATS = ("onnx", "torchscript", "pt2", "openvino", "executorch")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2", "openvino": ".xml", "executorch": ".pte"}
 MIN_OPSET = 18  # torch.onnx's exporter writes opset 18 natively; older opsets need a lossy down-conversion
 DEFAULT_OPSET = 18
 
@@ -74,6 +74,13 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
         raise CnnkitError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "openvino":
         return _export_openvino(model, metadata, path, dynamic_batch, opset)
+    if fmt == "executorch":
+        from cnnkit.compress.executorch_pte import write_pte
+
+        if dynamic_batch:
+            raise CnnkitError("--dynamic-batch: ExecuTorch programs here have a fixed batch of 1",
+                              "leave it out: val, predict and bench run any batch through it an image at a time")
+        return write_pte(model, metadata, path)
     imgsz = int(metadata["imgsz"])
     detector = is_detection_graph(metadata)
     traced = detector and is_traced_family(str(metadata.get("model")))

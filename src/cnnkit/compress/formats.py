@@ -7,7 +7,7 @@ from pathlib import Path
 
 META_FILE = "cnnkit.json"  # extra file of .ts/.pt2, metadata_props key of .onnx (an IR: rt_info cnnkit/metadata)
 QUANTIZED_FORMAT = "cnnkit-int8"
-SUFFIXES = (".onnx", ".pt2", ".ts", ".int8.pt", ".xml")  # .xml: an OpenVINO IR (beside its .bin)
+SUFFIXES = (".onnx", ".pt2", ".ts", ".int8.pt", ".xml", ".pte")  # .xml: an OpenVINO IR (beside its .bin); .pte: ExecuTorch
 
 
 def is_deployed(path: str | Path) -> bool:

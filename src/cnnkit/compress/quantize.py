@@ -21,6 +21,9 @@ activations) calibrated on the same images.
 OpenVINO (``--backend openvino``): the same ONNX export converted to an OpenVINO IR, then NNCF's post-training
 quantization (``nncf.quantize``: int8 FakeQuantize on convolutions' inputs and weights, fast bias correction)
 calibrated on the same images; OpenVINO's CPU plugin runs it with its int8 kernels (compress/openvino_ir.py).
+
+ExecuTorch (``--backend executorch``): PT2E quantization with ExecuTorch's XNNPACKQuantizer (per-channel symmetric
+int8), calibrated on the same images, lowered to XNNPACK in a ``.pte`` (compress/executorch_pte.py).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from cnnkit.compress.int8 import METHODS, calibrate, convert, dynamic, fx_api, p
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
 
-BACKENDS = ("torch", "onnx", "openvino")
+BACKENDS = ("torch", "onnx", "openvino", "executorch")
 
 
 def quantize_onnx(float_onnx: Path, out: Path, batches: list[torch.Tensor], per_channel: bool = True,
@@ -101,7 +104,7 @@ def _set_onnx_metadata(model: Any, meta: dict[str, Any]) -> None:
 def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq", backend: str = "torch", calib_images: int = 256,
                      epochs: int = 1, out: str | Path | None = None, lr: float = 1e-4, batch: int = 32, workers: int = 2,
                      evaluate: bool = True, *, owner: ModelOwner) -> tuple[Path, dict[str, Any]]:
-    """`cnnkit quantize`: the int8 file (``NAME.int8.pt``, ``NAME.int8.onnx`` or ``NAME.int8.xml`` beside the weights unless
+    """`cnnkit quantize`: the int8 file (``NAME.int8.pt``, ``.int8.onnx``, ``.int8.xml`` or ``.int8.pte`` beside the weights unless
     ``out``), and a report with the task metric of fp32 and int8 on ``data``'s val split. ``owner``: the
     weights' task (cnnkit.tasks.owner_of)."""
     from cnnkit.compress.export import data_images, load_float, model_inputs, write_export
@@ -117,6 +120,10 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
 
         require_openvino("--backend openvino")
         require_nncf()
+    if backend == "executorch":
+        from cnnkit.compress.executorch_pte import require_executorch
+
+        require_executorch("--backend executorch")
     weights = Path(weights)
     from cnnkit.compress.detect_graph import is_detection_graph, is_traced_family
     from cnnkit.engine.checkpoint import read_metadata
@@ -139,7 +146,12 @@ def quantize_weights(weights: str | Path, data: str | None, method: str = "ptq",
         inputs = model_inputs(metadata, files)
         batches = list(inputs.split(16))
     stem = weights.name.removesuffix(".safetensors")
-    if backend in ("onnx", "openvino"):
+    if backend == "executorch":
+        from cnnkit.compress.executorch_pte import write_pte
+
+        path = Path(out) if out else weights.parent / f"{stem}.int8.pte"
+        write_pte(model, metadata, path, batches)
+    elif backend in ("onnx", "openvino"):
         suffix = ".onnx" if backend == "onnx" else ".xml"
         path = Path(out) if out else weights.parent / f"{stem}.int8{suffix}"
         if not path.name.endswith(suffix):

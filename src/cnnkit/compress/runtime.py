@@ -6,6 +6,8 @@
 - ``.ts``: TorchScript (``torch.jit.load``; the metadata as an extra file);
 - ``.xml`` (+ ``.bin``): an OpenVINO IR, fp32 or NNCF int8, on OpenVINO's CPU plugin (the metadata in its rt_info;
   compress/openvino_ir.py);
+- ``.pte``: an ExecuTorch program (XNNPACK, fp32 or int8) on ExecuTorch's runtime (the metadata as a constant method;
+  compress/executorch_pte.py);
 - ``.int8.pt``: PyTorch int8 (FX graph mode, x86 backend, or dynamic): the quantized state dict read with
   ``torch.load(weights_only=True)``; the network is rebuilt from the metadata and quantized the same way,
   so no code ever comes out of the file.
@@ -34,7 +36,7 @@ from cnnkit.errors import CnnkitError
 class Deployed:
     model: nn.Module
     metadata: dict[str, Any]  # the source weights' metadata (task, model, class_names, imgsz, mean, std, …) + "deployed"
-    kind: str  # onnx | pt2 | torchscript | int8 | openvino
+    kind: str  # onnx | pt2 | torchscript | int8 | openvino | executorch
     path: Path
 
 
@@ -112,6 +114,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             from cnnkit.compress.openvino_ir import read_metadata_text
 
             text = read_metadata_text(path)
+        elif path.suffix == ".pte":
+            from cnnkit.compress.executorch_pte import read_metadata_text as read_pte_metadata
+
+            text = read_pte_metadata(path)
         elif path.suffix == ".ts":
             extra = {META_FILE: ""}
             _load_torchscript(path, extra)
@@ -151,6 +157,10 @@ def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
         from cnnkit.compress.openvino_ir import OpenVinoModule
 
         model, kind = OpenVinoModule(path, threads), "openvino"
+    elif path.suffix == ".pte":  # any batch already: an image at a time
+        from cnnkit.compress.executorch_pte import load_pte
+
+        return Deployed(load_pte(path, metadata), metadata, "executorch", path)
     elif path.suffix == ".pt2":
         model, kind = ExportedProgram(_load_program(path).module()), "pt2"
     elif path.suffix == ".ts":
