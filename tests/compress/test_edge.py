@@ -1,6 +1,7 @@
 """Edge runtimes: OpenVINO (IR export, NNCF int8) and ExecuTorch (XNNPACK .pte, PT2E int8) for a classifier, the
 YOLO-style detector and a U-Net, each file loaded back in its own runtime and checked against eager PyTorch; val,
-predict, bench and serve take the files; bad files and a missing extra are one line."""
+predict, bench and serve take the files; Core ML packages converted and their description checked (its runtime is
+macOS-only); bad files and a missing extra are one line."""
 
 from __future__ import annotations
 
@@ -233,6 +234,35 @@ def test_what_a_runtime_cannot_run_is_one_line(tmp_path):
     assert "\n" not in str(caught.value) and "--format onnx or openvino" in caught.value.hint
 
 
+def test_coreml_package_states_its_inputs_outputs_and_metadata(digits_classifier, yolo_weights, tmp_path):
+    from cnnkit.compress.coreml_package import RUNS_HERE, read_spec
+    from cnnkit.compress.runtime import load_deployed, read_metadata
+    from cnnkit.tasks import export_weights, owner_of
+
+    path, parity = export_weights(digits_classifier, "coreml", tmp_path / "m.mlpackage")
+    spec = read_spec(path)
+    (given,), (answer,) = spec.description.input, spec.description.output
+    assert given.name == "images" and list(given.type.multiArrayType.shape) == [1, 3, 16, 16]
+    assert given.type.multiArrayType.dataType == given.type.multiArrayType.FLOAT32 and answer.name == "logits"
+    meta = read_metadata(path)
+    assert meta["deployed"]["format"] == "coreml" and meta["class_names"] == [str(d) for d in range(10)]
+    assert owner_of(path).name == "classify"
+    if not RUNS_HERE:  # conversion only: the description was checked, and running it is one line
+        assert parity.images == 0 and "parity not checked: Core ML runs on Apple devices" in parity.line()
+        with pytest.raises(CnnkitError, match=r"m.mlpackage: Core ML models run on Apple devices and macOS only") as caught:
+            load_deployed(path)
+        assert "\n" not in str(caught.value)
+    again, _ = export_weights(digits_classifier, "coreml", path)  # a package is a folder: replaced whole
+    assert again == path and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    detector, _ = export_weights(yolo_weights, "coreml", tmp_path / "yolo.mlpackage")
+    assert [o.name for o in read_spec(detector).description.output] == ["features"]
+    assert "NMS in PyTorch" in read_metadata(detector)["deployed"]["postprocess"]
+    (tmp_path / "empty.mlpackage").mkdir()
+    with pytest.raises(CnnkitError, match=r"empty.mlpackage: not a Core ML package \(no Manifest.json inside\)"):
+        read_metadata(tmp_path / "empty.mlpackage")
+
+
 def _tiny_onnx(tmp_path: Path) -> str:
     """An ONNX file of a plain torch module (no cnnkit metadata)."""
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
@@ -241,7 +271,8 @@ def _tiny_onnx(tmp_path: Path) -> str:
     return str(target)
 
 
-@pytest.mark.parametrize("fmt,package,extra", [("openvino", "openvino", "openvino"), ("executorch", "executorch", "executorch")])
+@pytest.mark.parametrize("fmt,package,extra", [("openvino", "openvino", "openvino"), ("executorch", "executorch", "executorch"),
+                                               ("coreml", "coremltools", "coreml")])
 def test_a_missing_extra_names_the_pip_install(digits_classifier, monkeypatch, tmp_path, fmt, package, extra):
     from cnnkit.tasks import export_weights, quantize_weights
 
@@ -254,7 +285,9 @@ def test_a_missing_extra_names_the_pip_install(digits_classifier, monkeypatch, t
 
     monkeypatch.setattr(builtins, "__import__", without)
     with pytest.raises(CnnkitError, match=rf"--format {fmt} needs the {package} package") as caught:
-        export_weights(digits_classifier, fmt, tmp_path / f"m{'.xml' if fmt == 'openvino' else '.pte'}")
+        export_weights(digits_classifier, fmt, tmp_path / f"m{ {'openvino': '.xml', 'executorch': '.pte'}.get(fmt, '.mlpackage')}")
     assert f'pip install "cnnkit[{extra}]"' in str(caught.value)
+    if fmt == "coreml":  # no int8 route for Core ML in cnnkit
+        return
     with pytest.raises(CnnkitError, match=rf"--backend {fmt} needs the {package} package"):
         quantize_weights(digits_classifier, "digits", "ptq", fmt)

@@ -81,9 +81,10 @@ def export_command(
                                  "(semantic) run"),
     format: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime, any ONNX runtime), torchscript (.ts), pt2 (torch.export) or openvino "
                                 "(an OpenVINO IR, NAME.xml + NAME.bin; pip install \"cnnkit[openvino]\") or executorch (NAME.pte, "
-                                "XNNPACK, batch 1; pip install \"cnnkit[executorch]\")"),
+                                "XNNPACK, batch 1; pip install \"cnnkit[executorch]\") or coreml (NAME.mlpackage, fp32, batch 1; "
+                                "converted anywhere, run on Apple devices; pip install \"cnnkit[coreml]\")"),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="output file (default: beside the weights, "
-                                       "NAME.onnx / NAME.ts / NAME.pt2 / NAME.xml / NAME.pte)"),
+                                       "NAME.onnx / NAME.ts / NAME.pt2 / NAME.xml / NAME.pte / NAME.mlpackage)"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch/--fixed-batch", help="accept any batch size (default: batch 1)"),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or newer)"),
     data: Optional[str] = typer.Option(None, "--data", help="images for the parity check: this dataset's val split "
@@ -93,7 +94,7 @@ def export_command(
     iou: float = typer.Option(0.5, "--iou", help="detectors: IoU threshold of the NMS inside the exported graph"),
     max_det: int = typer.Option(100, "--max-det", min=1, help="detectors: detection slots per image in the exported graph's outputs"),
 ) -> None:
-    """Export a trained model to ONNX, TorchScript, a torch.export program, an OpenVINO IR or an ExecuTorch program, then run it beside eager PyTorch
+    """Export a trained model to ONNX, TorchScript, a torch.export program, an OpenVINO IR, an ExecuTorch program or a Core ML package, then run it beside eager PyTorch
     on real images: prints the largest output difference (and top-1 agreement for classifiers, matched
     detections for detectors); a mismatch beyond --rtol fails. Detectors export with their decoding and
     NMS inside the graph. The file carries the model's metadata, so `val`, `predict` and `bench` load it directly."""

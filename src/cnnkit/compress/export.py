@@ -1,5 +1,6 @@
-"""`cnnkit export`: a trained model as ONNX, TorchScript, a torch.export program, an OpenVINO IR or an ExecuTorch
-program, checked against eager PyTorch on real images before the command succeeds.
+"""`cnnkit export`: a trained model as ONNX, TorchScript, a torch.export program, an OpenVINO IR, an ExecuTorch
+program or a Core ML package, checked against eager PyTorch on real images before the command succeeds (a Core ML
+package only where Core ML runs: macOS).
 
 Every exported file takes the normalised float image batch [B, 3, imgsz, imgsz] (mean/std, class names
 and the rest of the weights' metadata travel inside the file) and returns the eager model's output:
@@ -32,8 +33,8 @@ from cnnkit.console import console
 from cnnkit.engine.rundir import atomic_path
 from cnnkit.errors import CnnkitError
 
-FORMATS = ("onnx", "torchscript", "pt2", "openvino", "executorch")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2", "openvino": ".xml", "executorch": ".pte"}
+FORMATS = ("onnx", "torchscript", "pt2", "openvino", "executorch", "coreml")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2", "openvino": ".xml", "executorch": ".pte", "coreml": ".mlpackage"}
 MIN_OPSET = 18  # torch.onnx's exporter writes opset 18 natively; older opsets need a lossy down-conversion
 DEFAULT_OPSET = 18
 
@@ -46,8 +47,11 @@ class Parity:
     top1_agreement: float | None
     ok: bool
     agreement_name: str = "top-1 agreement"
+    note: str | None = None  # said instead of the figures when parity could not be measured on this machine
 
     def line(self) -> str:
+        if self.note:
+            return self.note
         agree = f", {self.agreement_name} {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
         return f"parity on {self.images} images: largest output difference {self.max_abs_diff:.2e} (outputs up to {self.output_scale:.3g}){agree}"
 
@@ -81,6 +85,12 @@ def write_export(model: nn.Module, metadata: dict[str, Any], fmt: str, path: Pat
             raise CnnkitError("--dynamic-batch: ExecuTorch programs here have a fixed batch of 1",
                               "leave it out: val, predict and bench run any batch through it an image at a time")
         return write_pte(model, metadata, path)
+    if fmt == "coreml":
+        from cnnkit.compress.coreml_package import write_mlpackage
+
+        if dynamic_batch:
+            raise CnnkitError("--dynamic-batch: Core ML packages here have a fixed batch of 1", "leave it out")
+        return write_mlpackage(model, metadata, path)
     imgsz = int(metadata["imgsz"])
     detector = is_detection_graph(metadata)
     traced = detector and is_traced_family(str(metadata.get("model")))
@@ -387,6 +397,14 @@ def export_weights(weights: str | Path, fmt: str, out: str | Path | None = None,
     if not str(path).endswith(SUFFIX[fmt]):
         raise CnnkitError(f"--out {path}: a {fmt} file must end with {SUFFIX[fmt]}", "val, predict and bench tell formats by the suffix")
     write_export(model, metadata, fmt, path, dynamic_batch, opset)
+    if fmt == "coreml":
+        from cnnkit.compress.coreml_package import RUNS_HERE, describe
+
+        if not RUNS_HERE:  # conversion only: the package's description is what can be checked here
+            parity = Parity(0, float("nan"), float("nan"), None, True,
+                            note=f"{describe(path)}; parity not checked: Core ML runs on Apple devices and macOS only")
+            console.print(f"{fmt}: {path} ({file_size(path) / 1e6:.1f} MB)\n{parity.line()}")
+            return path, parity
     batch = parity_images(metadata, data, images)
     exported = load_deployed(path).model
     parity = check_parity(model, exported, batch, metadata, rtol=rtol)

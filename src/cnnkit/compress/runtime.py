@@ -8,6 +8,7 @@
   compress/openvino_ir.py);
 - ``.pte``: an ExecuTorch program (XNNPACK, fp32 or int8) on ExecuTorch's runtime (the metadata as a constant method;
   compress/executorch_pte.py);
+- ``.mlpackage``: a Core ML package, converted here and run on macOS only (compress/coreml_package.py);
 - ``.int8.pt``: PyTorch int8 (FX graph mode, x86 backend, or dynamic): the quantized state dict read with
   ``torch.load(weights_only=True)``; the network is rebuilt from the metadata and quantized the same way,
   so no code ever comes out of the file.
@@ -36,7 +37,7 @@ from cnnkit.errors import CnnkitError
 class Deployed:
     model: nn.Module
     metadata: dict[str, Any]  # the source weights' metadata (task, model, class_names, imgsz, mean, std, …) + "deployed"
-    kind: str  # onnx | pt2 | torchscript | int8 | openvino | executorch
+    kind: str  # onnx | pt2 | torchscript | int8 | openvino | executorch | coreml
     path: Path
 
 
@@ -98,7 +99,7 @@ class OnnxModule(nn.Module):
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The cnnkit metadata a deployed file carries; CnnkitError when it has none."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not (path.suffix == ".mlpackage" and path.is_dir()):
         raise CnnkitError(f"{path}: no such file")
     text = None
     try:
@@ -118,6 +119,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             from cnnkit.compress.executorch_pte import read_metadata_text as read_pte_metadata
 
             text = read_pte_metadata(path)
+        elif path.suffix == ".mlpackage":
+            from cnnkit.compress.coreml_package import read_metadata_text as read_package_metadata
+
+            text = read_package_metadata(path)
         elif path.suffix == ".ts":
             extra = {META_FILE: ""}
             _load_torchscript(path, extra)
@@ -161,6 +166,10 @@ def load_deployed(path: str | Path, threads: int | None = None) -> Deployed:
         from cnnkit.compress.executorch_pte import load_pte
 
         return Deployed(load_pte(path, metadata), metadata, "executorch", path)
+    elif path.suffix == ".mlpackage":
+        from cnnkit.compress.coreml_package import load_mlpackage
+
+        return Deployed(load_mlpackage(path, metadata), metadata, "coreml", path)
     elif path.suffix == ".pt2":
         model, kind = ExportedProgram(_load_program(path).module()), "pt2"
     elif path.suffix == ".ts":

@@ -69,7 +69,7 @@ def png_base64(pixels: np.ndarray) -> str:
 def file_format(path: Path) -> str:
     name = path.name.lower()
     for suffix, label in ((".int8.pt", "int8"), (".onnx", "onnx"), (".ts", "torchscript"), (".pt2", "torch.export"), (".xml", "openvino"),
-                          (".pte", "executorch")):
+                          (".pte", "executorch"), (".mlpackage", "coreml")):
         if name.endswith(suffix):
             return f"{label}-int8" if label in ("onnx", "openvino", "executorch") and ".int8." in name else label
     return "eager"
