@@ -38,6 +38,25 @@ def _images(sizes: list[tuple[int, int]], seed: int = 1) -> list[torch.Tensor]:
     return [torch.rand(3, h, w, generator=generator) for h, w in sizes]
 
 
+def assert_detects_as_eager(weights: Path, deployed_file: Path):
+    """The deployed file's detector finds eager's boxes and labels on images of three odd shapes (letterboxed by the
+    deployed model, padded to a multiple of 32 by eager: the same cells); returns the deployed detector."""
+    from cnnkit.models.detectors import set_postprocess
+    from cnnkit.tasks.detect.api import Detector
+
+    eager, deployed = Detector.load(weights), Detector.load(deployed_file)
+    for det in (eager, deployed):
+        set_postprocess(det.model, 0.05, 0.5, 100)
+    images = _images([(48, 64), (64, 40), (100, 70)])
+    with torch.no_grad():
+        want, got = eager.model.eval()(images), deployed.model(images)
+    for w, g in zip(want, got):
+        assert len(w["boxes"]) > 0
+        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-3, rtol=1e-4)
+        assert torch.equal(g["labels"], w["labels"])
+    return deployed
+
+
 def test_yolo_graph_matches_the_eager_detector_per_image_and_over_a_batch(tmp_path):
     from cnnkit.tasks import load_float
     from cnnkit.tasks.detect.api import Detector
@@ -68,26 +87,15 @@ def test_yolo_graph_matches_the_eager_detector_per_image_and_over_a_batch(tmp_pa
 def test_deployed_yolo_detects_what_eager_detects_on_any_image_shape(tmp_path):
     from cnnkit.tasks import export_weights
     from cnnkit.compress.runtime import read_metadata
-    from cnnkit.tasks.detect.api import Detector
+    from cnnkit.models.detectors import set_postprocess
 
     weights = _weights(tmp_path, "yolo_n")
     path, parity = export_weights(weights, "pt2", tmp_path / "yolo.pt2", dynamic_batch=True)
     assert parity.ok and parity.top1_agreement == 1.0 and parity.max_abs_diff < 1e-3
     meta = read_metadata(path)
     assert meta["deployed"]["outputs"] == ["boxes", "scores", "labels"] and meta["deployed"]["max_det"] == 100
-    eager, deployed = Detector.load(weights), Detector.load(path)
-    for det in (eager, deployed):
-        from cnnkit.models.detectors import set_postprocess
-
-        set_postprocess(det.model, 0.05, 0.5, 100)
-    # letterboxing (deployed) and padding to a multiple of 32 (eager) give the same cells: same detections
+    deployed = assert_detects_as_eager(weights, path)
     images = _images([(48, 64), (64, 40), (100, 70)])
-    with torch.no_grad():
-        want, got = eager.model.eval()(images), deployed.model(images)
-    for w, g in zip(want, got):
-        assert len(w["boxes"]) > 0
-        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-3, rtol=1e-4)
-        assert torch.equal(g["labels"], w["labels"])
     with pytest.raises(CnnkitError, match="exported with IoU 0.5"):
         set_postprocess(deployed.model, 0.05, 0.7, 100)
         deployed.model(images)

@@ -94,10 +94,9 @@ def test_int8_keeps_top1_shrinks_the_file_and_holds_int8_operators(digits_classi
 
 @pytest.mark.parametrize("fmt,suffix", RUNTIMES)
 def test_yolo_detects_what_eager_detects_and_int8_keeps_decoding_in_float(yolo_weights, shapes_detection, tmp_path, fmt, suffix):
-    from test_detect_export import _images
+    from test_detect_export import _images, assert_detects_as_eager
 
     from cnnkit.compress.runtime import read_metadata
-    from cnnkit.models.detectors import set_postprocess
     from cnnkit.tasks import export_weights, quantize_weights
     from cnnkit.tasks.detect.api import Detector
 
@@ -105,16 +104,8 @@ def test_yolo_detects_what_eager_detects_and_int8_keeps_decoding_in_float(yolo_w
     assert parity.ok and parity.top1_agreement == 1.0 and parity.agreement_name == "detections matched"
     outside = read_metadata(path)["deployed"].get("postprocess")
     assert (outside is not None) == (fmt == "executorch")  # ExecuTorch has no NMS: cnnkit's runs after the file
-    eager, deployed = Detector.load(yolo_weights), Detector.load(path)
-    for det in (eager, deployed):
-        set_postprocess(det.model, 0.05, 0.5, 100)
-    images = _images([(48, 64), (64, 40), (100, 70)])  # letterboxed by the deployed model, padded by eager
-    with torch.no_grad():
-        want, got = eager.model.eval()(images), deployed.model(images)
-    for w, g in zip(want, got):
-        assert len(w["boxes"]) > 0
-        torch.testing.assert_close(g["boxes"], w["boxes"], atol=1e-3, rtol=1e-4)
-        assert torch.equal(g["labels"], w["labels"])
+    assert_detects_as_eager(yolo_weights, path)
+    images = _images([(48, 64), (64, 40), (100, 70)])
 
     if fmt == "executorch":  # its int8 network is the classifier's route (PT2E, XNNPACK); lowering yolo again costs a minute
         return
