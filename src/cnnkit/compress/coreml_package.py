@@ -167,7 +167,7 @@ class CoreMLModule(nn.Module):
 
 
 def load_mlpackage(path: Path, metadata: dict[str, Any]) -> nn.Module:
-    from cnnkit.compress.runtime import FixedBatch
+    from cnnkit.compress.fixed_batch import FixedBatch
 
     deployed = metadata.get("deployed", {})
     network = FixedBatch(CoreMLModule(path, list(deployed.get("outputs", ["output"]))), 1)

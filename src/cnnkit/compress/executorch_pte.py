@@ -176,7 +176,7 @@ class PteModule(nn.Module):
 def load_pte(path: Path, metadata: dict[str, Any]) -> nn.Module:
     """The module of a ``.pte`` for any batch (an image at a time); a detector's file with cnnkit's decoding and NMS
     after it."""
-    from cnnkit.compress.runtime import FixedBatch
+    from cnnkit.compress.fixed_batch import FixedBatch
 
     network = FixedBatch(PteModule(path), 1)
     if not metadata.get("deployed", {}).get("postprocess"):

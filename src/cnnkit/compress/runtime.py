@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.compress.archives import check_onnx_external_data, check_pt2, check_torchscript, weights_only_loading
+from cnnkit.compress.fixed_batch import FixedBatch
 from cnnkit.compress.formats import META_FILE, QUANTIZED_FORMAT, SUFFIXES, is_deployed  # noqa: F401 - read here by others
 from cnnkit.errors import CnnkitError
 
@@ -39,25 +40,6 @@ class Deployed:
     metadata: dict[str, Any]  # the source weights' metadata (task, model, class_names, imgsz, mean, std, …) + "deployed"
     kind: str  # onnx | pt2 | torchscript | int8 | openvino | executorch | coreml
     path: Path
-
-
-class FixedBatch(nn.Module):
-    """Runs a model exported for one batch size on any batch, a sample (or exported batch) at a time."""
-
-    def __init__(self, inner: Any, batch: int):
-        super().__init__()
-        self.inner, self.batch = inner, batch
-
-    def forward(self, x: torch.Tensor) -> Any:
-        if x.shape[0] == self.batch:
-            return self.inner(x)
-        if self.batch != 1:
-            raise CnnkitError(f"this model was exported for batch {self.batch}, got {x.shape[0]}",
-                              "export it again with --dynamic-batch")
-        parts = [self.inner(x[i:i + 1]) for i in range(x.shape[0])]
-        if isinstance(parts[0], (tuple, list)):  # a detector's (boxes, scores, labels)
-            return tuple(torch.cat(column) for column in zip(*parts))
-        return torch.cat(parts)
 
 
 class ExportedProgram(nn.Module):
