@@ -147,7 +147,7 @@ def quantize_ir(float_onnx: Path, out: Path, batches: list[torch.Tensor], meta: 
     model = convert_onnx(float_onnx, meta)
     fixed = model.inputs[0].get_partial_shape()[0].is_static
     samples = [b[i:i + 1].numpy() for b in batches for i in range(b.shape[0])] if fixed else [b.numpy() for b in batches]
-    options: dict[str, Any] = {"subset_size": sum(len(b) for b in batches) if not fixed else len(samples)}
+    options: dict[str, Any] = {"subset_size": len(samples)}  # every calibration image (NNCF's default takes 300 items)
     if detector:
         options["ignored_scope"] = nncf.IgnoredScope(names=_after_last_convolution(model), validate=False)
     with _quiet():
