@@ -1,7 +1,10 @@
 """Edge runtimes: OpenVINO (IR export, NNCF int8) and ExecuTorch (XNNPACK .pte, PT2E int8) for a classifier, the
 YOLO-style detector and a U-Net, each file loaded back in its own runtime and checked against eager PyTorch; val,
 predict, bench and serve take the files; Core ML packages converted and their description checked (its runtime is
-macOS-only); bad files and a missing extra are one line."""
+macOS-only); bad files and a missing extra are one line.
+
+Run by test_edge_runtimes.py in a pytest process of its own (the file name keeps the main session from collecting it).
+"""
 
 from __future__ import annotations
 
